@@ -1,0 +1,19 @@
+"""Shared fixtures: a real tiny transformers model + tokenizer, built locally (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dppo import synthetic
+from dppo.tiny_model import TinyModelSpec, save_tiny_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised tiny Llama with the synthetic task's ChatML tokenizer, saved with
+    ``save_pretrained`` (load it with AutoModelForCausalLM / AutoTokenizer)."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    return save_tiny_model(out, synthetic.vocabulary(), TinyModelSpec(hidden_size=32, intermediate_size=64))
