@@ -1,0 +1,157 @@
+"""Batched response log-probs of a causal LM: one forward for all B*K sequences.
+
+Used by preference training (with autograd) and by the reference log-prob cache
+(under ``torch.no_grad``), so both see exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dppo.losses import ResponseLogps
+
+PADDING_SIDES = ("left", "right")
+
+
+@dataclass
+class ResponseBatchLogps:
+    """Log-probs of K responses for each of B prompts."""
+
+    sums: Tensor  # (B, K) summed response token log-probs, float32
+    lengths: Tensor  # (B, K) number of response tokens, int64
+    token_logps: Tensor | None = None  # (B, T) per-token log-probs of response k (0 on padding)
+    token_mask: Tensor | None = None  # (B, T) bool, True on real tokens of response k
+    token_logps_for: int | None = None  # k
+
+
+def _pack(
+    prompt_ids: list[list[int]], responses: list[list[list[int]]], pad_token_id: int, padding_side: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Padded (prompt + response) ids of the B*K sequences, row b*K + k.
+
+    Returns input_ids and attention_mask (N, L), the mask of the positions whose
+    next-token distribution scores a response token (N, L), and response lengths (N,).
+    """
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side={padding_side!r} is not one of: {', '.join(PADDING_SIDES)}")
+    if len(prompt_ids) != len(responses) or not prompt_ids:
+        raise ValueError(f"need one list of responses per prompt, got {len(prompt_ids)} prompts and {len(responses)}")
+    num_responses = {len(group) for group in responses}
+    if len(num_responses) != 1 or 0 in num_responses:
+        raise ValueError(f"every prompt needs the same number K >= 1 of responses, got {sorted(num_responses)}")
+    sequences, prompt_lens, response_lens = [], [], []
+    for b, (prompt, group) in enumerate(zip(prompt_ids, responses)):
+        if not prompt:
+            raise ValueError(f"prompt {b} is empty: the first response token needs a prompt token to condition on")
+        for k, response in enumerate(group):
+            if not response:
+                raise ValueError(f"response {k} of prompt {b} is empty")
+            sequences.append(list(prompt) + list(response))
+            prompt_lens.append(len(prompt))
+            response_lens.append(len(response))
+
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    scored = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, (seq, prompt_len) in enumerate(zip(sequences, prompt_lens)):
+        start = width - len(seq) if padding_side == "left" else 0
+        input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, start : start + len(seq)] = 1
+        # position p predicts token p + 1: the response tokens are predicted from
+        # the last prompt token up to the second-to-last response token.
+        scored[row, start + prompt_len - 1 : start + len(seq) - 1] = True
+    return input_ids, attention_mask, scored, torch.tensor(response_lens, dtype=torch.long)
+
+
+def response_logps(
+    model,
+    prompt_ids: list[list[int]],
+    responses: list[list[list[int]]],
+    pad_token_id: int,
+    return_token_logps_for: int | None = None,
+    padding_side: str = "right",
+) -> ResponseBatchLogps:
+    """Summed log-probs of ``responses[b][k]`` given ``prompt_ids[b]`` under ``model``.
+
+    One forward over the B*K (prompt + response) sequences; padding is masked and
+    position ids count real tokens only, so left and right padding give the same
+    numbers as unpadded sequences. The model's head runs only at the positions that
+    predict a response token (``logits_to_keep`` with a boolean mask), so neither
+    logits nor log-probs are built over the vocabulary for prompt tokens. The autograd
+    graph is kept; call under ``torch.no_grad`` for a reference pass.
+    """
+    input_ids, attention_mask, scored, lengths = _pack(prompt_ids, responses, pad_token_id, padding_side)
+    num_prompts, num_per_prompt = len(prompt_ids), len(responses[0])
+    if return_token_logps_for is not None and not 0 <= return_token_logps_for < num_per_prompt:
+        raise ValueError(f"return_token_logps_for={return_token_logps_for} is not a response index in [0, {num_per_prompt})")
+
+    device = model.device
+    input_ids, attention_mask, scored, lengths = (t.to(device) for t in (input_ids, attention_mask, scored, lengths))
+    # Left padding: positions must start at 0 on the first real token, as unpadded.
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=scored,
+        use_cache=False,
+    ).logits
+    num_scored = int(scored.sum())
+    if logits.dim() != 2 or logits.shape[0] != num_scored:
+        raise TypeError(
+            f"{type(model).__name__} ignored the boolean logits_to_keep mask (logits of shape "
+            f"{tuple(logits.shape)}, expected ({num_scored}, vocab)); it needs a transformers causal LM "
+            "whose forward slices with `slice_logits_to_keep`"
+        )
+
+    # Boolean indexing flattens row-major, the same order as `logits`.
+    targets = input_ids[:, 1:][scored[:, :-1]]
+    logits = logits.float()  # log-softmax in float32 even for bf16 models
+    token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    rows = scored.nonzero(as_tuple=True)[0]
+    sums = torch.zeros(len(lengths), dtype=token_lp.dtype, device=device).index_add(0, rows, token_lp)
+    result = ResponseBatchLogps(
+        sums=sums.view(num_prompts, num_per_prompt), lengths=lengths.view(num_prompts, num_per_prompt)
+    )
+    if return_token_logps_for is not None:
+        # index of each scored token within its response
+        token_index = (scored.cumsum(dim=-1) - 1)[scored]
+        width = int(lengths.max())
+        per_token = torch.zeros((len(lengths), width), dtype=token_lp.dtype, device=device)
+        per_token = per_token.index_put((rows, token_index), token_lp)
+        k = result.token_logps_for = return_token_logps_for
+        width_k = int(result.lengths[:, k].max())
+        result.token_logps = per_token.view(num_prompts, num_per_prompt, width)[:, k, :width_k]
+        positions = torch.arange(width_k, device=device)
+        result.token_mask = positions.unsqueeze(0) < result.lengths[:, k].unsqueeze(1)
+    return result
+
+
+def as_response_logps(batch: ResponseBatchLogps) -> ResponseLogps:
+    """The loss inputs of a batch whose responses are ordered (y_w, y_l) or (y_w, y_l, y_gen).
+
+    Per-token log-probs, when present, must be those of y_gen (``return_token_logps_for=2``).
+    """
+    num_per_prompt = batch.sums.shape[1]
+    if num_per_prompt not in (2, 3):
+        raise ValueError(f"expected responses (y_w, y_l) or (y_w, y_l, y_gen), got K={num_per_prompt}")
+    has_gen = num_per_prompt == 3
+    if batch.token_logps is not None and batch.token_logps_for != 2:
+        raise ValueError(
+            f"per-token log-probs are only used for y_gen (response 2), got them for response {batch.token_logps_for}"
+        )
+    return ResponseLogps(
+        chosen=batch.sums[:, 0],
+        rejected=batch.sums[:, 1],
+        chosen_len=batch.lengths[:, 0],
+        rejected_len=batch.lengths[:, 1],
+        gen=batch.sums[:, 2] if has_gen else None,
+        gen_len=batch.lengths[:, 2] if has_gen else None,
+        gen_token_logps=batch.token_logps,
+        gen_token_mask=batch.token_mask,
+    )

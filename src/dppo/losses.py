@@ -1,0 +1,365 @@
+"""DPO-family preference losses and the DPPO penalties.
+
+Every loss is a pure function of per-sequence summed log-probs (and, for token-level
+unlikelihood, per-token log-probs of y_gen), so the same code serves the language
+model pipeline and the toy model of the 3D-properties seed (where each response is a
+single "token").
+
+Notation (DESIGN.md, "Losses"): ``logp(y)`` is the summed token log-prob of ``y``
+given the prompt, ``D(y) = logp_theta(y) - logp_ref(y)``, ``sigma`` the logistic
+function.
+
+- ``dpo``      ``-log sigma(beta (D(y_w) - D(y_l)))``
+- ``minll``    ``dpo + alpha f(r) logp_theta(y_gen)``
+- ``unll``     ``dpo - alpha f(r) sum_t log(1 - p_theta(y_gen_t | x, y_gen_<t))``
+               (``unll_level="sequence"``: ``- alpha f(r) log(1 - p_theta(y_gen | x))``)
+- ``conll``    ``-log sigma(beta (D(y_w) - D(y_l)) - alpha beta f(r) D(y_gen))``
+- ``ipo``      ``(D(y_w) - D(y_l) - 1/(2 tau))^2`` on length-averaged log-probs
+- ``slic``     ``max(0, delta - logp_theta(y_w) + logp_theta(y_l)) - lambda logp_theta(y_w)``
+- ``flex_dpo`` ``-log sigma(beta_w D(y_w) - beta_l D(y_l))``
+- ``dpo_sft``  ``dpo + lambda * mean token NLL of y_w``
+
+The trigger ``r`` is ``logp_theta(y_w) - logp_theta(y_l)`` (``r_mode="policy"``, the
+poster's r) or ``beta (D(y_w) - D(y_l))`` (``r_mode="implicit"``). It is DETACHED: r and
+f(r) only weight the penalty, they never receive gradient.
+
+Weightings f(r): ``linear = max(-r, 0)``, ``quadratic = 1{r<0} r^2``,
+``sqrt = 1{r<0} sqrt(-r)``, ``expectile = |zeta - 1{r<0}| r^2``. The poster prints the
+expectile without the absolute value; ``(zeta - 1) r^2`` is negative for r < 0, which
+would turn the penalty into a reward for y_gen exactly when the model ranks the pair
+wrongly, so we read it as the (always non-negative) asymmetric expectile weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+R_MODES = ("policy", "implicit")
+UNLL_LEVELS = ("token", "sequence")
+PENALIZED_LOSSES = ("minll", "unll", "conll")
+
+# Unlikelihood clamps p(y_gen token) to at most 1 - UNLL_MIN_ONE_MINUS_P, so
+# -log(1 - p) <= log(1e5) ~ 11.5 per token and its gradient stays bounded (<= 1e5)
+# even when the model puts (numerically) all mass on the token.
+UNLL_MIN_ONE_MINUS_P = 1e-5
+_UNLL_MAX_LOGP = math.log1p(-UNLL_MIN_ONE_MINUS_P)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ResponseLogps:
+    """Log-probs of one batch of B preference rows; every tensor has shape (B,)."""
+
+    chosen: Tensor
+    rejected: Tensor
+    chosen_len: Tensor
+    rejected_len: Tensor
+    gen: Tensor | None = None
+    gen_len: Tensor | None = None
+    gen_token_logps: Tensor | None = None  # (B, T), padded
+    gen_token_mask: Tensor | None = None  # (B, T) bool, True on real tokens
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "dpo"
+    f: str = "linear"
+    alpha: float = 0.0
+    beta: float = 0.1
+    zeta: float = 0.5
+    r_mode: str = "policy"
+    unll_level: str = "token"
+    beta_w: float | None = None
+    beta_l: float | None = None
+    tau: float = 0.1
+    slic_delta: float = 1.0
+    slic_lambda: float = 0.1
+    sft_lambda: float = 0.1
+
+    def validate(self) -> None:
+        _check_choice("name", self.name, tuple(LOSSES))
+        _check_choice("f", self.f, tuple(WEIGHTINGS))
+        _check_choice("r_mode", self.r_mode, R_MODES)
+        _check_choice("unll_level", self.unll_level, UNLL_LEVELS)
+        # `not (x >= 0)` rather than `x < 0` so that NaN is rejected too.
+        for field in ("alpha", "slic_lambda", "sft_lambda"):
+            if not _finite(getattr(self, field)) or not getattr(self, field) >= 0:
+                raise ValueError(f"LossConfig.{field} must be a finite number >= 0, got {getattr(self, field)!r}")
+        for field in ("beta", "tau", "beta_w", "beta_l"):
+            value = getattr(self, field)
+            if field in ("beta_w", "beta_l") and value is None:
+                continue
+            if not _finite(value) or not value > 0:
+                raise ValueError(f"LossConfig.{field} must be a finite number > 0, got {value!r}")
+        if not _finite(self.zeta) or not 0.0 <= self.zeta <= 1.0:
+            raise ValueError(f"LossConfig.zeta must be in [0, 1], got {self.zeta!r}")
+        if not _finite(self.slic_delta):
+            raise ValueError(f"LossConfig.slic_delta must be a finite number, got {self.slic_delta!r}")
+
+    @property
+    def needs_gen(self) -> bool:
+        """True when the loss penalizes y_gen, so training must forward y_gen too."""
+        return self.name in PENALIZED_LOSSES
+
+    @property
+    def beta_chosen(self) -> float:
+        return self.beta if self.beta_w is None else self.beta_w
+
+    @property
+    def beta_rejected(self) -> float:
+        return self.beta if self.beta_l is None else self.beta_l
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_choice(field: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"LossConfig.{field}={value!r} is not one of: {', '.join(valid)}")
+
+
+# ------------------------------------------------------------------- weightings f(r)
+
+
+def f_linear(r: Tensor, zeta: float) -> Tensor:
+    return torch.clamp(-r, min=0.0)
+
+
+def f_quadratic(r: Tensor, zeta: float) -> Tensor:
+    return torch.where(r < 0, r * r, torch.zeros_like(r))
+
+
+def f_sqrt(r: Tensor, zeta: float) -> Tensor:
+    # clamp before sqrt so the unused branch of `where` never holds a NaN.
+    return torch.where(r < 0, torch.sqrt(torch.clamp(-r, min=0.0)), torch.zeros_like(r))
+
+
+def f_expectile(r: Tensor, zeta: float) -> Tensor:
+    return torch.abs(zeta - (r < 0).to(r.dtype)) * r * r
+
+
+WEIGHTINGS: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "linear": f_linear,
+    "quadratic": f_quadratic,
+    "sqrt": f_sqrt,
+    "expectile": f_expectile,
+}
+
+
+def weighting(name: str) -> Callable[[Tensor, float], Tensor]:
+    """The weighting f(r, zeta) called `name` (zeta is used by `expectile` only)."""
+    if name not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting f={name!r}; valid: {', '.join(WEIGHTINGS)}")
+    return WEIGHTINGS[name]
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate over the whole range (Maechler 2012)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def unlikelihood(logp: Tensor) -> Tensor:
+    """-log(1 - p) from log p, finite with finite gradient even at p = 1.
+
+    Log-probs above log(1 - UNLL_MIN_ONE_MINUS_P) are clamped in value only: the
+    gradient is passed through at the clamp point, so a token with p -> 1 is still
+    pushed down (a plain clamp would silence exactly the tokens the penalty targets).
+    """
+    clamped = torch.clamp(logp, max=_UNLL_MAX_LOGP)
+    straight_through = logp + (clamped - logp).detach()
+    return -log1mexp(straight_through)
+
+
+def _float(t: Tensor) -> Tensor:
+    # Half-precision log-probs lose the small differences DPO lives on.
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Per-row quantities every loss is built from (all shape (B,))."""
+
+    policy: ResponseLogps
+    reference: ResponseLogps
+    d_chosen: Tensor
+    d_rejected: Tensor
+    d_gen: Tensor | None
+    r: Tensor  # detached
+    f_r: Tensor  # detached
+
+
+def _dpo_rows(d_chosen: Tensor, d_rejected: Tensor, beta_w: float, beta_l: float) -> Tensor:
+    # dpo and flex_dpo share this so that beta_w = beta_l = beta gives dpo bit for bit.
+    return -F.logsigmoid(beta_w * d_chosen - beta_l * d_rejected)
+
+
+def _plain_dpo(terms: LossTerms, cfg: LossConfig) -> Tensor:
+    return _dpo_rows(terms.d_chosen, terms.d_rejected, cfg.beta, cfg.beta)
+
+
+# ------------------------------------------------------------------------- losses
+# Each returns (per-row loss, per-row penalty/regularizer part), both shape (B,).
+
+
+def loss_dpo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    rows = _plain_dpo(terms, cfg)
+    return rows, torch.zeros_like(rows)
+
+
+def loss_minll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    penalty = cfg.alpha * terms.f_r * _float(terms.policy.gen)
+    return _plain_dpo(terms, cfg) + penalty, penalty
+
+
+def loss_unll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    if cfg.unll_level == "sequence":
+        neg_log_1mp = unlikelihood(_float(terms.policy.gen))
+    else:
+        token_logps, mask = terms.policy.gen_token_logps, terms.policy.gen_token_mask
+        if token_logps is None or mask is None:
+            raise ValueError(
+                "unll with unll_level='token' needs policy.gen_token_logps and gen_token_mask "
+                "(a single-token response, as in the toy model, is gen.unsqueeze(1))"
+            )
+        mask = mask.bool()
+        # Padding may hold anything (0 = p of 1, even NaN): replace it before the
+        # log so that neither the value nor the gradient sees it.
+        safe = torch.where(mask, _float(token_logps), torch.full_like(_float(token_logps), -1.0))
+        neg_log_1mp = torch.where(mask, unlikelihood(safe), torch.zeros_like(safe)).sum(dim=-1)
+    penalty = cfg.alpha * terms.f_r * neg_log_1mp
+    return _plain_dpo(terms, cfg) + penalty, penalty
+
+
+def loss_conll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    logits = cfg.beta * terms.d_chosen - cfg.beta * terms.d_rejected
+    rows = -F.logsigmoid(logits - cfg.alpha * cfg.beta * terms.f_r * terms.d_gen)
+    # conll is one term; its "penalty" part is what it adds on top of dpo.
+    return rows, rows - _plain_dpo(terms, cfg)
+
+
+def loss_ipo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    def mean_d(policy: Tensor, reference: Tensor, length: Tensor) -> Tensor:
+        return (_float(policy) - _float(reference)) / length.clamp(min=1).to(terms.d_chosen.dtype)
+
+    pol, ref = terms.policy, terms.reference
+    d_w = mean_d(pol.chosen, ref.chosen, pol.chosen_len)
+    d_l = mean_d(pol.rejected, ref.rejected, pol.rejected_len)
+    rows = (d_w - d_l - 1.0 / (2.0 * cfg.tau)) ** 2
+    return rows, torch.zeros_like(rows)
+
+
+def loss_slic(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    logp_w, logp_l = _float(terms.policy.chosen), _float(terms.policy.rejected)
+    regularizer = -cfg.slic_lambda * logp_w
+    return torch.clamp(cfg.slic_delta - logp_w + logp_l, min=0.0) + regularizer, regularizer
+
+
+def loss_flex_dpo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    rows = _dpo_rows(terms.d_chosen, terms.d_rejected, cfg.beta_chosen, cfg.beta_rejected)
+    return rows, torch.zeros_like(rows)
+
+
+def loss_dpo_sft(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    pol = terms.policy
+    mean_nll = -_float(pol.chosen) / pol.chosen_len.clamp(min=1).to(terms.d_chosen.dtype)
+    regularizer = cfg.sft_lambda * mean_nll
+    return _plain_dpo(terms, cfg) + regularizer, regularizer
+
+
+LOSSES: dict[str, Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]] = {
+    "dpo": loss_dpo,
+    "minll": loss_minll,
+    "unll": loss_unll,
+    "conll": loss_conll,
+    "ipo": loss_ipo,
+    "slic": loss_slic,
+    "flex_dpo": loss_flex_dpo,
+    "dpo_sft": loss_dpo_sft,
+}
+
+
+def get_loss(name: str) -> Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss name={name!r}; valid: {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def trigger(policy: ResponseLogps, reference: ResponseLogps, cfg: LossConfig) -> Tensor:
+    """The detached trigger r of every row (see module docstring)."""
+    with torch.no_grad():
+        if cfg.r_mode == "policy":
+            return _float(policy.chosen) - _float(policy.rejected)
+        d_w = _float(policy.chosen) - _float(reference.chosen)
+        d_l = _float(policy.rejected) - _float(reference.rejected)
+        return cfg.beta * (d_w - d_l)
+
+
+def loss_terms(policy: ResponseLogps, reference: ResponseLogps, cfg: LossConfig) -> LossTerms:
+    has_gen = policy.gen is not None
+    if cfg.needs_gen and not has_gen:
+        raise ValueError(f"loss {cfg.name!r} penalizes y_gen: policy.gen must be given")
+    if has_gen and reference.gen is None:
+        raise ValueError("policy.gen is given but reference.gen is not")
+    r = trigger(policy, reference, cfg)
+    return LossTerms(
+        policy=policy,
+        reference=reference,
+        d_chosen=_float(policy.chosen) - _float(reference.chosen),
+        d_rejected=_float(policy.rejected) - _float(reference.rejected),
+        d_gen=_float(policy.gen) - _float(reference.gen) if has_gen else None,
+        r=r,
+        f_r=weighting(cfg.f)(r, cfg.zeta).detach(),
+    )
+
+
+def preference_loss(
+    policy: ResponseLogps, reference: ResponseLogps, cfg: LossConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Batch-mean loss and its logged parts (detached scalar batch means).
+
+    Parts: loss, dpo (plain DPO value, for comparison under every loss), penalty (the
+    loss's penalty/regularizer term; conll: its excess over dpo), reward_chosen,
+    reward_rejected, margin (beta D(.), chosen - rejected), r, f_r, frac_r_neg,
+    reward_acc, logp_chosen, logp_rejected, and reward_gen / logp_gen when y_gen is given.
+    """
+    cfg.validate()
+    terms = loss_terms(policy, reference, cfg)
+    rows, penalty = get_loss(cfg.name)(terms, cfg)
+    loss = rows.mean()
+    with torch.no_grad():
+        reward_w = cfg.beta * terms.d_chosen
+        reward_l = cfg.beta * terms.d_rejected
+        parts = {
+            "loss": loss,
+            "dpo": _plain_dpo(terms, cfg).mean(),
+            "penalty": penalty.mean(),
+            "reward_chosen": reward_w.mean(),
+            "reward_rejected": reward_l.mean(),
+            "margin": (reward_w - reward_l).mean(),
+            "r": terms.r.mean(),
+            "f_r": terms.f_r.mean(),
+            "frac_r_neg": (terms.r < 0).to(reward_w.dtype).mean(),
+            "reward_acc": (reward_w > reward_l).to(reward_w.dtype).mean(),
+            "logp_chosen": _float(policy.chosen).mean(),
+            "logp_rejected": _float(policy.rejected).mean(),
+        }
+        if terms.d_gen is not None:
+            parts["reward_gen"] = (cfg.beta * terms.d_gen).mean()
+            parts["logp_gen"] = _float(policy.gen).mean()
+        parts = {key: value.detach() for key, value in parts.items()}
+    return loss, parts
