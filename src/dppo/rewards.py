@@ -1,0 +1,405 @@
+"""Reward backends behind one interface: ``get_reward_backend(name, **options).score(prompts, responses)``.
+
+- ``programmatic``: the embedded synthetic task's ground truth (:func:`dppo.synthetic.reward`).
+- ``seqcls``: any ``AutoModelForSequenceClassification`` reward model with ``num_labels=1``;
+  the reward is its logit for the (user prompt, assistant response) chat.
+- ``nemotron``: ``nvidia/Llama-3.1-Nemotron-70B-Reward-HF`` style, a causal LM whose reward is
+  the logit of token id 0 at the first generated position.
+
+Both model backends render the conversation with the reward model's OWN chat template, and
+run either with transformers (``engine: hf``, CPU or GPU) or with vLLM (``engine: vllm``,
+tensor parallel on GPUs; vLLM is imported only then). Loading is safe: safetensors only,
+``trust_remote_code`` off unless configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+VALID_BACKENDS = ("programmatic", "seqcls", "nemotron")
+VALID_ENGINES = ("hf", "vllm")
+# Token whose logit is the Nemotron reward (model card: ``response_token_ids['scores'][0][0][0]``).
+NEMOTRON_REWARD_TOKEN_ID = 0
+
+
+class RewardBackend(ABC):
+    """Scores (prompt, response) pairs; ``prompt`` is the user message, ``response`` the assistant text."""
+
+    name: str
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """One float reward per pair, in input order."""
+
+
+def chat(prompt: str, response: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+
+
+class ProgrammaticReward(RewardBackend):
+    name = "programmatic"
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        _check_pairs(prompts, responses)
+        # Lazy: the synthetic task is only needed by this backend.
+        from dppo import synthetic
+
+        return [float(synthetic.reward(p, r)) for p, r in zip(prompts, responses)]
+
+
+@dataclass(frozen=True)
+class ModelRewardOptions:
+    """Config of a model-based backend (``seqcls`` / ``nemotron``)."""
+
+    model: str
+    engine: str = "hf"
+    batch_size: int = 8
+    # Longer chats keep their LAST max_length tokens (the response end is what the RM reads).
+    max_length: int | None = None
+    device: str = "auto"  # hf: "auto" = cuda when available, else cpu
+    device_map: str | None = None  # hf: e.g. "auto" to shard a 70B model over the visible GPUs
+    dtype: str = "auto"  # "auto" = the checkpoint's dtype; or float32 / bfloat16 / float16
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.engine not in VALID_ENGINES:
+            raise ValueError(f"reward engine {self.engine!r} is not one of {list(VALID_ENGINES)}")
+        if self.batch_size < 1:
+            raise ValueError(f"reward batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"reward max_length must be >= 2 or null, got {self.max_length}")
+
+    @classmethod
+    def from_dict(cls, backend: str, options: dict[str, Any]) -> "ModelRewardOptions":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for reward backend {backend!r}; valid: {valid}")
+        if not options.get("model"):
+            raise ValueError(f"reward backend {backend!r} needs option 'model' (a local directory or hub id)")
+        return cls(**options)
+
+
+def check_safe_checkpoint(model: str) -> None:
+    """Refuse a local checkpoint without safetensors weights (pickle files can run code on load).
+
+    Hub ids are checked by ``from_pretrained(use_safetensors=True)`` itself.
+    """
+    path = Path(model).expanduser()
+    looks_local = path.is_absolute() or model.startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return
+    if not path.is_dir():
+        raise FileNotFoundError(f"reward model directory {model!r} does not exist")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
+        found = f" (found only pickle weights: {pickles})" if pickles else ""
+        raise ValueError(
+            f"reward model {model!r} has no *.safetensors weights{found}; pickle checkpoints are "
+            "refused because loading them can execute code. Convert it once with "
+            "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment."
+        )
+
+
+def chat_token_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int | None) -> list[list[int]]:
+    """Token ids of each (prompt, response) chat under the tokenizer's own chat template.
+
+    ``add_generation_prompt=False``: the chat ends with the assistant turn, as the Nemotron
+    model card and sequence-classification reward models expect.
+    """
+    _check_pairs(prompts, responses)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the reward model's tokenizer has no chat_template; cannot build the conversation")
+    ids = [
+        list(tokenizer.apply_chat_template(chat(p, r), tokenize=True, add_generation_prompt=False, return_dict=False))
+        for p, r in zip(prompts, responses)
+    ]
+    if max_length is not None:
+        too_long = sum(len(x) > max_length for x in ids)
+        if too_long:
+            log.warning("%d of %d chats exceed max_length=%d tokens; keeping their last %d tokens",
+                        too_long, len(ids), max_length, max_length)
+            ids = [x[-max_length:] for x in ids]
+    return ids
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return "auto"
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"reward dtype {name!r} is not a torch dtype (e.g. float32, bfloat16) or 'auto'")
+    return dtype
+
+
+class _ChatModelReward(RewardBackend):
+    """Tokenizes chats with the reward model's template; subclasses turn token ids into rewards."""
+
+    def __init__(self, options: ModelRewardOptions):
+        from transformers import AutoTokenizer
+
+        check_safe_checkpoint(options.model)
+        self.options = options
+        self.tokenizer = AutoTokenizer.from_pretrained(options.model, trust_remote_code=options.trust_remote_code)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        ids = chat_token_ids(self.tokenizer, prompts, responses, self.options.max_length)
+        return self._score_ids(ids) if ids else []
+
+    @abstractmethod
+    def _score_ids(self, ids: list[list[int]]) -> list[float]: ...
+
+
+class _HFChatModelReward(_ChatModelReward):
+    """transformers engine: length-sorted batches (little padding), results back in input order."""
+
+    padding_side: str
+
+    def __init__(self, options: ModelRewardOptions):
+        import torch
+
+        super().__init__(options)
+        kwargs: dict[str, Any] = dict(
+            use_safetensors=True, trust_remote_code=options.trust_remote_code, dtype=_torch_dtype(options.dtype)
+        )
+        if options.device_map:
+            kwargs["device_map"] = options.device_map
+        try:
+            self.model = self.auto_class().from_pretrained(options.model, **kwargs)
+        except OSError as err:
+            raise OSError(f"cannot load reward model {options.model!r} with safetensors weights: {err}") from err
+        if not options.device_map:
+            device = options.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model.to(device)
+        self.model.eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ValueError(f"reward model {options.model!r}: tokenizer has neither a pad nor an eos token")
+
+    @staticmethod
+    @abstractmethod
+    def auto_class(): ...
+
+    def _pad(self, batch: list[list[int]]):
+        import torch
+
+        width = max(len(x) for x in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, x in enumerate(batch):
+            span = slice(width - len(x), width) if self.padding_side == "left" else slice(0, len(x))
+            input_ids[i, span] = torch.tensor(x, dtype=torch.long)
+            attention_mask[i, span] = 1
+        device = self.model.device
+        return input_ids.to(device), attention_mask.to(device)
+
+    def _score_ids(self, ids: list[list[int]]) -> list[float]:
+        import torch
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        rewards = [0.0] * len(ids)
+        size = self.options.batch_size
+        starts = range(0, len(order), size)
+        for start in tqdm(starts, desc=f"reward ({self.name})", disable=not self.options.show_progress):
+            chunk = order[start : start + size]
+            input_ids, attention_mask = self._pad([ids[i] for i in chunk])
+            with torch.inference_mode():
+                values = self._batch_rewards(input_ids, attention_mask).float().cpu().tolist()
+            for i, value in zip(chunk, values):
+                rewards[i] = float(value)
+        return rewards
+
+    @abstractmethod
+    def _batch_rewards(self, input_ids, attention_mask): ...
+
+
+class SeqClsReward(_HFChatModelReward):
+    """Reward = the single logit of an ``AutoModelForSequenceClassification`` (num_labels=1)."""
+
+    name = "seqcls"
+    # Right padding keeps real tokens at their unpadded positions; the model pools the last
+    # non-pad token itself (config.pad_token_id).
+    padding_side = "right"
+
+    def __init__(self, options: ModelRewardOptions):
+        super().__init__(options)
+        labels = self.model.config.num_labels
+        if labels != 1:
+            raise ValueError(f"seqcls reward model {options.model!r} has num_labels={labels}; a scalar reward needs 1")
+        if self.model.config.pad_token_id is None:
+            # Batched pooling needs it; without it transformers refuses batches larger than one.
+            self.model.config.pad_token_id = self.pad_id
+
+    @staticmethod
+    def auto_class():
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def _batch_rewards(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+
+
+class NemotronReward(_HFChatModelReward):
+    """Llama-3.1-Nemotron-70B-Reward-HF: reward = logit of token id 0 at the first generated position.
+
+    This is the model card's usage (huggingface.co/nvidia/Llama-3.1-Nemotron-70B-Reward-HF,
+    README "Usage"), reproduced e.g. by public evaluation code: ``apply_chat_template(messages,
+    tokenize=True, add_generation_prompt=False)``, ``model.generate(..., max_new_tokens=1,
+    return_dict_in_generate=True, output_scores=True)``, ``reward =
+    response_token_ids['scores'][0][0][0]``, i.e. scores[step 0][row][token id 0]. We run the
+    same call on a left-padded batch and read ``scores[0][:, 0]``; ``do_sample=False`` pins the
+    greedy path the card relies on (no sampling warpers alter the scores).
+    """
+
+    name = "nemotron"
+    padding_side = "left"  # generate() continues after the last column
+
+    @staticmethod
+    def auto_class():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def _batch_rewards(self, input_ids, attention_mask):
+        out = self.model.generate(
+            input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=1,
+            return_dict_in_generate=True,
+            output_scores=True,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+        )
+        return out["scores"][0][:, NEMOTRON_REWARD_TOKEN_ID]
+
+
+class _VLLMChatModelReward(_ChatModelReward):
+    """vLLM engine (GPU; tensor parallel). Tokens come from the same chat template as the hf
+    engine and are passed as ``prompt_token_ids`` so both engines score identical inputs.
+    Needs vllm >= 0.11.1 (``logprobs_mode``, ``PoolingParams.use_activation``)."""
+
+    def __init__(self, options: ModelRewardOptions, **engine_kwargs):
+        super().__init__(options)
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ImportError("reward engine 'vllm' selected but vllm is not installed (pip install vllm)") from err
+        self.llm = LLM(
+            model=options.model,
+            tensor_parallel_size=options.tensor_parallel_size,
+            dtype=options.dtype,
+            trust_remote_code=options.trust_remote_code,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            max_model_len=options.max_length,
+            **engine_kwargs,
+        )
+
+    @staticmethod
+    def _prompts(ids: list[list[int]]) -> list[dict]:
+        return [{"prompt_token_ids": x} for x in ids]
+
+
+class VLLMSeqClsReward(_VLLMChatModelReward):
+    """``classify`` with the activation (sigmoid for one label) switched off: the raw logit,
+    as ``SeqClsReward`` returns. vLLM pools the last token of the unpadded prompt."""
+
+    name = "seqcls"
+
+    def __init__(self, options: ModelRewardOptions):
+        super().__init__(options, runner="pooling")
+
+    def _score_ids(self, ids: list[list[int]]) -> list[float]:
+        from vllm import PoolingParams
+
+        outputs = self.llm.classify(
+            self._prompts(ids), pooling_params=PoolingParams(use_activation=False), use_tqdm=self.options.show_progress
+        )
+        return [float(o.outputs.probs[0]) for o in outputs]
+
+
+class VLLMNemotronReward(_VLLMChatModelReward):
+    """vLLM returns log-probs, not logits, by default; the logit of token 0 cannot be recovered
+    from log-probs without the full log-sum-exp. So the engine runs with
+    ``logprobs_mode="raw_logits"`` (the "logprobs" it returns are then the raw logits, taken
+    before any logits processor, which is what HF's greedy ``scores`` equal), and each request
+    is restricted to ``allowed_token_ids=[0]`` so token 0 is the sampled token, which vLLM
+    always includes in the returned logprobs. One generated token, temperature 0."""
+
+    name = "nemotron"
+
+    def __init__(self, options: ModelRewardOptions):
+        super().__init__(options, logprobs_mode="raw_logits")
+
+    def _score_ids(self, ids: list[list[int]]) -> list[float]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprobs=1, allowed_token_ids=[NEMOTRON_REWARD_TOKEN_ID], detokenize=False
+        )
+        outputs = self.llm.generate(self._prompts(ids), params, use_tqdm=self.options.show_progress)
+        return [float(o.outputs[0].logprobs[0][NEMOTRON_REWARD_TOKEN_ID].logprob) for o in outputs]
+
+
+_MODEL_BACKENDS = {
+    ("seqcls", "hf"): SeqClsReward,
+    ("seqcls", "vllm"): VLLMSeqClsReward,
+    ("nemotron", "hf"): NemotronReward,
+    ("nemotron", "vllm"): VLLMNemotronReward,
+}
+
+
+def get_reward_backend(name: str, **options: Any) -> RewardBackend:
+    """The reward backend ``name`` (one of :data:`VALID_BACKENDS`) configured with ``options``.
+
+    ``programmatic`` takes no options; ``seqcls`` / ``nemotron`` take the fields of
+    :class:`ModelRewardOptions` (``model`` required).
+    """
+    if name not in VALID_BACKENDS:
+        raise ValueError(f"unknown reward backend {name!r}; valid backends: {list(VALID_BACKENDS)}")
+    if name == "programmatic":
+        if options:
+            raise ValueError(f"reward backend 'programmatic' takes no options, got {sorted(options)}")
+        return ProgrammaticReward()
+    opts = ModelRewardOptions.from_dict(name, options)
+    return _MODEL_BACKENDS[name, opts.engine](opts)
+
+
+GENERATION_COLUMNS = ("prompt_id", "prompt", "response")
+
+
+def score_generations(generations: pd.DataFrame, backend: RewardBackend) -> pd.DataFrame:
+    """``prompt_id, prompt, response`` rows -> the same rows plus a float ``reward`` column."""
+    missing = [c for c in GENERATION_COLUMNS if c not in generations.columns]
+    if missing:
+        raise ValueError(f"generations table lacks column(s) {missing}; has {list(generations.columns)}")
+    if generations["prompt_id"].duplicated().any():
+        dup = generations.loc[generations["prompt_id"].duplicated(), "prompt_id"].iloc[0]
+        raise ValueError(f"generations table repeats prompt_id {dup!r}")
+    out = generations.loc[:, list(GENERATION_COLUMNS)].reset_index(drop=True)
+    responses = out["response"].fillna("").astype(str).tolist()
+    out["reward"] = pd.Series(backend.score(out["prompt"].astype(str).tolist(), responses), dtype="float64")
+    return out
