@@ -1,0 +1,291 @@
+"""Data preparation: load with ``datasets``, keep valid single-turn rows, chat-template,
+tokenize, and cut at a percentile of the TRAIN split's token lengths.
+
+One code path serves a hub id (``HuggingFaceTB/smoltalk``) and a local directory in the hub
+layout (the embedded default), so the loader tested here is the one the paper run uses.
+Malformed rows are skipped and counted by reason; nothing malformed crashes the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dppo.io import atomic_output_dir
+
+REPORTED_PERCENTILES = (50, 90, 95, 99)
+
+
+class DataError(ValueError):
+    """A dataset cannot be used at all (missing path, empty split, no valid row)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_split(path: str, split: str, name: str | None = None):
+    """``datasets.load_dataset`` for a hub id or a local directory, with a clear message when
+    the path or split does not exist."""
+    import datasets
+
+    local = Path(path)
+    looks_local = path.startswith((".", "/")) or local.exists()
+    if looks_local and not local.exists():
+        raise DataError(f"dataset path does not exist: {path}")
+    try:
+        return datasets.load_dataset(path, name=name, split=split)
+    except ValueError as err:  # unknown split name
+        raise DataError(f"cannot load split {split!r} of dataset {path!r}: {err}") from err
+    except FileNotFoundError as err:
+        raise DataError(f"dataset not found: {path!r} ({err})") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Row validation: each returns the clean fields, or raises RowError with a countable reason.
+
+
+class RowError(ValueError):
+    """A row to skip; ``str(err)`` is the reason it is counted under."""
+
+
+def _text(value, what: str) -> str:
+    if value is None:
+        raise RowError(f"{what} is missing")
+    if not isinstance(value, str):
+        raise RowError(f"{what} is not a string")
+    if not value.strip():
+        raise RowError(f"{what} is empty")
+    if any(ord(c) < 32 and c not in "\n\t\r" for c in value):
+        raise RowError(f"{what} has control characters")
+    return value
+
+
+def single_turn(messages) -> tuple[str, str]:
+    """(user, assistant) of a one-turn conversation; RowError for anything else.
+
+    A leading system message is not part of the poster's "one-turn conversation between user
+    and assistant", so such rows are skipped too.
+    """
+    if not isinstance(messages, (list, tuple)):
+        raise RowError("messages is not a list")
+    if len(messages) != 2:
+        raise RowError("not a single user/assistant turn")
+    roles = []
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise RowError("message without role/content")
+        roles.append(m["role"])
+    if roles != ["user", "assistant"]:
+        raise RowError("wrong roles")
+    return _text(messages[0]["content"], "user content"), _text(messages[1]["content"], "assistant content")
+
+
+def sft_fields(row: dict) -> tuple[str, str]:
+    return single_turn(row.get("messages"))
+
+
+def preference_fields(row: dict) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) of an UltraFeedback-binarized row."""
+    prompt_c, chosen = single_turn(row.get("chosen"))
+    prompt_r, rejected = single_turn(row.get("rejected"))
+    if prompt_c != prompt_r:
+        raise RowError("chosen and rejected answer different prompts")
+    if chosen == rejected:
+        raise RowError("chosen equals rejected")
+    return prompt_c, chosen, rejected
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization
+
+
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_and_response_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Token ids of the templated prompt (ending with the assistant header) and of the
+    assistant's turn, split where the full conversation's ids extend the prompt's ids.
+
+    Everything after the header (the answer, its end-of-turn token and any trailing template
+    text) is the response, the only part that carries loss."""
+    user = [{"role": "user", "content": prompt}]
+    prompt_ids = chat_ids(tokenizer, user, add_generation_prompt=True)
+    full_ids = chat_ids(tokenizer, [*user, {"role": "assistant", "content": response}])
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise RowError("chat template does not extend the prompt (tokenization boundary)")
+    response_ids = full_ids[len(prompt_ids) :]
+    if not response_ids:
+        raise RowError("response tokenizes to nothing")
+    return prompt_ids, response_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# The percentile cut
+
+
+def percentile_cutoff(lengths, percentile: float) -> int:
+    """The cut-off in tokens: the ``percentile``-th percentile of ``lengths``, rounded up."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"max_len_percentile must be in (0, 100], got {percentile}")
+    if len(lengths) == 0:
+        raise DataError("no valid training row to compute a length percentile from")
+    return int(np.ceil(np.percentile(np.asarray(lengths), percentile)))
+
+
+def cut_response(prompt_ids: list[int], response_ids: list[int], cutoff: int) -> list[int] | None:
+    """The response truncated so prompt + response fits in ``cutoff`` tokens; None when the
+    prompt alone leaves no room for a single response token."""
+    room = cutoff - len(prompt_ids)
+    return response_ids[:room] if room > 0 else None
+
+
+@dataclass
+class PrepStats:
+    percentile: float
+    cutoff: int = 0
+    percentiles: dict = field(default_factory=dict)
+    rows_in: dict = field(default_factory=dict)
+    rows_kept: dict = field(default_factory=dict)
+    rows_truncated: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)  # split -> {reason: count}
+
+    def to_json(self) -> dict:
+        return {
+            "percentile": self.percentile,
+            "cutoff": self.cutoff,
+            "percentiles": self.percentiles,
+            "rows_in": self.rows_in,
+            "rows_kept": self.rows_kept,
+            "rows_truncated": self.rows_truncated,
+            "dropped": self.dropped,
+        }
+
+
+def _tokenize_split(rows, kind: str, tokenizer) -> tuple[list[dict], Counter]:
+    """Validate and tokenize every row; returns the clean rows and the skip reasons."""
+    kept, dropped = [], Counter()
+    seen = set()
+    for i, row in enumerate(rows):
+        try:
+            if kind == "sft":
+                prompt, response = sft_fields(row)
+                prompt_ids, response_ids = prompt_and_response_ids(tokenizer, prompt, response)
+                out = {"prompt": prompt, "response": response, "prompt_ids": prompt_ids, "response_ids": response_ids}
+                length = len(prompt_ids) + len(response_ids)
+                key = (prompt, response)
+            else:
+                prompt, chosen, rejected = preference_fields(row)
+                prompt_ids, chosen_ids = prompt_and_response_ids(tokenizer, prompt, chosen)
+                _, rejected_ids = prompt_and_response_ids(tokenizer, prompt, rejected)
+                out = {
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "prompt_ids": prompt_ids,
+                    "chosen_ids": chosen_ids,
+                    "rejected_ids": rejected_ids,
+                }
+                length = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
+                key = (prompt, chosen, rejected)
+        except RowError as err:
+            dropped[str(err)] += 1
+            continue
+        if key in seen:
+            dropped["duplicate row"] += 1
+            continue
+        seen.add(key)
+        out["prompt_id"] = str(row.get("prompt_id") or f"{i}")
+        out["length"] = length
+        kept.append(out)
+    return kept, dropped
+
+
+def _apply_cut(rows: list[dict], kind: str, cutoff: int, overlong: str) -> tuple[list[dict], int, Counter]:
+    response_keys = ("response_ids",) if kind == "sft" else ("chosen_ids", "rejected_ids")
+    kept, truncated, dropped = [], 0, Counter()
+    for row in rows:
+        if row["length"] <= cutoff:
+            kept.append(row)
+            continue
+        if overlong == "drop":
+            dropped[f"longer than the cut-off ({cutoff} tokens)"] += 1
+            continue
+        cut = [cut_response(row["prompt_ids"], row[k], cutoff) for k in response_keys]
+        if any(c is None for c in cut):
+            dropped[f"prompt alone reaches the cut-off ({cutoff} tokens)"] += 1
+            continue
+        row = {**row, **dict(zip(response_keys, cut))}
+        if kind == "pref" and row["chosen_ids"] == row["rejected_ids"]:
+            dropped["chosen equals rejected after truncation"] += 1
+            continue
+        kept.append(row)
+        truncated += 1
+    return kept, truncated, dropped
+
+
+def prepare(
+    kind: str,
+    dataset_path: str,
+    tokenizer_dir: str,
+    out_dir: str | Path,
+    train_split: str,
+    test_split: str,
+    percentile: float = 95.0,
+    overlong: str = "truncate",
+    dataset_name: str | None = None,
+    max_train_rows: int | None = None,
+    max_test_rows: int | None = None,
+) -> PrepStats:
+    """Prepare ``kind`` ("sft" or "pref") data into ``out_dir``: ``train.parquet``,
+    ``test.parquet``, ``lengths.parquet`` (train lengths before the cut) and ``stats.json``.
+
+    The cut-off is the ``percentile`` of the TRAIN split's token lengths (prompt + longest
+    response); the test split is cut at the same number. ``overlong="truncate"`` (the
+    poster's "context token length is truncated to N") shortens the response end;
+    ``"drop"`` removes the row instead.
+    """
+    from transformers import AutoTokenizer
+
+    if kind not in ("sft", "pref"):
+        raise ValueError(f"kind must be 'sft' or 'pref', got {kind!r}")
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    stats = PrepStats(percentile=percentile)
+    splits = {}
+    for split_key, split, limit in (("train", train_split, max_train_rows), ("test", test_split, max_test_rows)):
+        raw = load_split(dataset_path, split, dataset_name)
+        if limit is not None:
+            raw = raw.select(range(min(limit, len(raw))))
+        if len(raw) == 0:
+            raise DataError(f"split {split!r} of {dataset_path!r} is empty")
+        rows, dropped = _tokenize_split(raw, kind, tokenizer)
+        if not rows:
+            raise DataError(f"no valid row in split {split!r} of {dataset_path!r}: {dict(dropped)}")
+        stats.rows_in[split_key] = len(raw)
+        stats.dropped[split_key] = dict(dropped)
+        splits[split_key] = rows
+
+    train_lengths = [r["length"] for r in splits["train"]]
+    stats.cutoff = percentile_cutoff(train_lengths, percentile)
+    stats.percentiles = {str(q): float(np.percentile(train_lengths, q)) for q in REPORTED_PERCENTILES}
+    out_dir = Path(out_dir)
+    with atomic_output_dir(out_dir) as tmp:
+        pd.DataFrame({"length": train_lengths}).to_parquet(tmp / "lengths.parquet", index=False)
+        for split_key, rows in splits.items():
+            kept, truncated, dropped = _apply_cut(rows, kind, stats.cutoff, overlong)
+            for reason, count in dropped.items():
+                stats.dropped[split_key][reason] = stats.dropped[split_key].get(reason, 0) + count
+            stats.rows_kept[split_key] = len(kept)
+            stats.rows_truncated[split_key] = truncated
+            pd.DataFrame(kept).drop(columns="length").to_parquet(tmp / f"{split_key}.parquet", index=False)
+        (tmp / "stats.json").write_text(json.dumps(stats.to_json(), indent=2))
+    return stats

@@ -1,0 +1,96 @@
+"""Output and loading helpers shared by every stage.
+
+Outputs appear atomically (complete or absent): they are written under a temporary name in
+the same directory and renamed into place, so a killed job never leaves a half-written file
+or model directory that a rerun would take as complete. Models load only from safetensors,
+without remote code unless the config asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A model directory holds only pickle weights (pytorch_model.bin / *.pt)."""
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | Path):
+    """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_file(path: str | Path):
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_parquet(path: str | Path, frame) -> None:
+    with atomic_output_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def check_safetensors(model_dir: str | Path) -> None:
+    """Refuse a local model directory whose weights exist only as pickle files."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return  # a hub id: from_pretrained(use_safetensors=True) enforces it there
+    if any(model_dir.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    if pickles:
+        raise UnsafeCheckpointError(
+            f"{model_dir} holds only pickle weights ({', '.join(pickles)}); loading them can run "
+            "arbitrary code. Convert the checkpoint to safetensors (save_pretrained("
+            "safe_serialization=True)) and rerun."
+        )
+    raise FileNotFoundError(f"no model weights (*.safetensors) in {model_dir}")
+
+
+def load_causal_lm(model_dir: str | Path, trust_remote_code: bool = False, dtype=None, device=None):
+    """AutoModelForCausalLM from safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    check_safetensors(model_dir)
+    kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    return model.to(device) if device is not None else model
+
+
+def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)

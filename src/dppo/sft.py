@@ -1,0 +1,95 @@
+"""Supervised fine-tuning: next-token loss on the assistant tokens only (prompt masked)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import Trainer
+
+from dppo.io import load_causal_lm, load_tokenizer
+from dppo.training import (
+    JsonlMetricsCallback,
+    OptimConfig,
+    last_checkpoint,
+    resume_step,
+    save_final_model,
+    training_arguments,
+)
+
+IGNORE_INDEX = -100  # label value the causal-LM loss skips
+log = logging.getLogger(__name__)
+
+
+def sft_example(prompt_ids: list[int], response_ids: list[int]) -> dict:
+    """input_ids = prompt + response; labels copy the response and mask the prompt."""
+    prompt_ids, response_ids = list(prompt_ids), list(response_ids)
+    return {
+        "input_ids": prompt_ids + response_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+    }
+
+
+class SFTCollator:
+    """Right-pads a batch to its longest row (dynamic padding); padding gets no loss."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(r["input_ids"])
+            labels[i, :n] = torch.as_tensor(r["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def train_sft(
+    model_dir: str | Path,
+    train_file: str | Path,
+    out_dir: str | Path,
+    metrics_file: str | Path,
+    opt: OptimConfig,
+    checkpoint_dir: str | Path,
+    trust_remote_code: bool = False,
+) -> None:
+    """Fine-tune ``model_dir`` on the prepared SFT split and save to ``out_dir``.
+
+    Resumes from the newest checkpoint in ``checkpoint_dir`` when a previous run was killed.
+    """
+    torch.manual_seed(opt.seed)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    model = load_causal_lm(model_dir, trust_remote_code)
+    frame = pd.read_parquet(train_file)
+    rows = [sft_example(p, r) for p, r in zip(frame["prompt_ids"], frame["response_ids"])]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    checkpoint = last_checkpoint(checkpoint_dir)
+    if checkpoint:
+        log.info("resuming SFT from %s", checkpoint)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(opt, checkpoint_dir),
+        train_dataset=ListDataset(rows),
+        data_collator=SFTCollator(pad),
+        callbacks=[JsonlMetricsCallback(metrics_file, resume_step(checkpoint))],
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    save_final_model(trainer, tokenizer, out_dir, extra={"stage": "sft", "rows": len(rows), "steps": trainer.state.global_step})

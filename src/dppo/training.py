@@ -1,0 +1,142 @@
+"""What SFT and preference training share: Trainer arguments, checkpoint resumption, the
+per-step metrics log, and the atomic save of the final model directory.
+
+Both stages use ``transformers.Trainer`` so gradient accumulation, checkpointing, bf16 and
+multi-GPU launches (``accelerate launch`` / ``torchrun``) come from a well-kept trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from dppo.io import atomic_output_dir
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation settings shared by SFT and preference training."""
+
+    lr: float = 1e-3
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 32  # effective batch size, whatever the device count
+    micro_batch_size: int | None = None  # per device; None: the whole batch at once
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    save_steps: int = 100
+    seed: int = 0
+    bf16: bool = True  # used only where a GPU supports it
+    gradient_checkpointing: bool = False
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accumulation_steps(opt: OptimConfig) -> tuple[int, int]:
+    """(per-device micro batch, gradient-accumulation steps) that keep the effective batch
+    equal to ``opt.batch_size`` whatever the number of processes."""
+    per_device = math.ceil(opt.batch_size / world_size())
+    micro = min(opt.micro_batch_size or per_device, per_device)
+    accum = math.ceil(per_device / micro)
+    if micro * accum * world_size() != opt.batch_size:
+        raise ValueError(
+            f"batch_size {opt.batch_size} is not divisible into {world_size()} devices x micro "
+            f"batches of {micro}; pick batch_size / micro_batch_size that divide evenly"
+        )
+    return micro, accum
+
+
+def training_arguments(opt: OptimConfig, checkpoint_dir: str | Path, **overrides) -> TrainingArguments:
+    micro, accum = accumulation_steps(opt)
+    use_bf16 = opt.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    args = dict(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        learning_rate=opt.lr,
+        num_train_epochs=opt.epochs,
+        max_steps=opt.max_steps,
+        warmup_steps=opt.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=opt.weight_decay,
+        lr_scheduler_type=opt.scheduler,
+        max_grad_norm=opt.max_grad_norm,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=opt.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=opt.seed,
+        data_seed=opt.seed,
+        bf16=use_bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        gradient_checkpointing=opt.gradient_checkpointing,
+        disable_tqdm=False,
+    )
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete checkpoint to resume from after a kill (SLURM time limit,
+    preemption), or None to start fresh."""
+    checkpoint_dir = Path(checkpoint_dir)
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Appends every training log (one per optimizer step) to a JSONL file.
+
+    On resume the file is cut back to the checkpoint's step first, so a rerun never holds
+    duplicated or orphaned steps."""
+
+    KEEP = ("epoch", "learning_rate", "grad_norm")
+
+    def __init__(self, path: str | Path, resume_step: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        record = {"step": state.global_step}
+        for key, value in logs.items():
+            if key == "learning_rate":
+                key = "lr"
+            record[key] = float(value) if isinstance(value, (int, float)) else value
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def resume_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+
+
+def save_final_model(trainer, tokenizer, out_dir: str | Path, extra: dict | None = None) -> None:
+    """Save weights (safetensors), tokenizer and generation config atomically, refusing to
+    write a model with non-finite weights."""
+    model = trainer.model
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise FloatingPointError(f"parameter {name} is not finite; refusing to save the model")
+    with atomic_output_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            (tmp / "dppo_training.json").write_text(json.dumps(extra, indent=2))
