@@ -1,0 +1,213 @@
+"""Win rate against the SFT model, with a percentile-bootstrap interval, and the LaTeX table.
+
+Per experiment, on the SAME evaluation prompts (joined on ``prompt_id``): a prompt is a win
+(1) when the experiment's reward beats the SFT model's, a tie counts 1/2, a loss 0. The win
+rate is the mean over prompts; its 95% interval is the percentile bootstrap over prompts
+(seeded, so reruns give the same numbers). Mean reward and the share of negative rewards are
+reported beside it (the poster's "negative rewards decrease" claim).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+# Bootstrap draws are generated in blocks of at most this many indices (bounded memory).
+_BOOT_BLOCK = 1 << 22
+
+EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "n_train", "seed", "init")
+TABLE_COLUMNS = (
+    *EXPERIMENT_COLUMNS,
+    "win_rate", "ci_low", "ci_high", "n_wins", "n_ties", "n_losses",
+    "mean_reward", "mean_reward_reference", "frac_negative", "n_prompts",
+)
+
+
+def paired_rewards(scores: pd.DataFrame, reference: pd.DataFrame, name: str = "model") -> pd.DataFrame:
+    """``prompt_id, reward, reward_reference`` for the prompts both tables score, sorted by id.
+
+    The two prompt sets must be identical: a win rate over different prompts compares nothing.
+    """
+    for table, who in ((scores, name), (reference, "reference")):
+        missing = {"prompt_id", "reward"} - set(table.columns)
+        if missing:
+            raise ValueError(f"scores of {who!r} lack column(s) {sorted(missing)}")
+        if table["prompt_id"].duplicated().any():
+            raise ValueError(f"scores of {who!r} repeat prompt_id {table.loc[table['prompt_id'].duplicated(), 'prompt_id'].iloc[0]!r}")
+        if table["reward"].isna().any():
+            raise ValueError(f"scores of {who!r} contain {int(table['reward'].isna().sum())} missing rewards")
+    ids, ref_ids = set(scores["prompt_id"]), set(reference["prompt_id"])
+    if ids != ref_ids:
+        only_model, only_ref = sorted(ids - ref_ids), sorted(ref_ids - ids)
+        raise ValueError(
+            f"{name!r} and the reference scored different prompts: {len(only_model)} only in {name!r} "
+            f"(e.g. {only_model[:3]}), {len(only_ref)} only in the reference (e.g. {only_ref[:3]})"
+        )
+    merged = scores[["prompt_id", "reward"]].merge(
+        reference[["prompt_id", "reward"]].rename(columns={"reward": "reward_reference"}), on="prompt_id", validate="1:1"
+    )
+    return merged.sort_values("prompt_id", kind="stable").reset_index(drop=True)
+
+
+def win_scores(reward: np.ndarray, reward_reference: np.ndarray) -> np.ndarray:
+    """1 where ``reward`` wins, 0.5 on a tie, 0 where it loses."""
+    reward, reward_reference = np.asarray(reward, dtype=float), np.asarray(reward_reference, dtype=float)
+    return (reward > reward_reference) + 0.5 * (reward == reward_reference)
+
+
+def _resample_indices(rng: np.random.Generator, n_rows: int, n: int) -> np.ndarray:
+    # One double per index: a block of draws consumes the stream exactly like row-by-row draws,
+    # so results do not depend on the block size (bounded-integer draws are buffered per call).
+    return np.minimum((rng.random((n_rows, n)) * n).astype(np.int64), n - 1)
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Means of ``n_boot`` resamples (with replacement, same size) of ``values``; vectorised."""
+    values = np.asarray(values, dtype=float)
+    n = values.size
+    if n == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    rows_per_block = max(1, _BOOT_BLOCK // n)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, rows_per_block):
+        stop = min(n_boot, start + rows_per_block)
+        means[start:stop] = values[_resample_indices(rng, stop - start, n)].mean(axis=1)
+    return means
+
+
+def bootstrap_interval(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``values`` at confidence ``level``."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(bootstrap_means(values, n_boot, seed), [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def compare(scores: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95,
+            name: str = "model") -> dict[str, float | int]:
+    """Win rate of ``scores`` against ``reference`` with its bootstrap interval and reward stats."""
+    paired = paired_rewards(scores, reference, name)
+    wins = win_scores(paired["reward"].to_numpy(), paired["reward_reference"].to_numpy())
+    low, high = bootstrap_interval(wins, n_boot, seed, level)
+    return {
+        "win_rate": float(wins.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "n_wins": int((wins == 1.0).sum()),
+        "n_ties": int((wins == 0.5).sum()),
+        "n_losses": int((wins == 0.0).sum()),
+        **reward_stats(paired["reward"].to_numpy()),
+        "mean_reward_reference": float(paired["reward_reference"].mean()),
+    }
+
+
+def reward_stats(reward: np.ndarray) -> dict[str, float | int]:
+    reward = np.asarray(reward, dtype=float)
+    return {"mean_reward": float(reward.mean()), "frac_negative": float((reward < 0).mean()), "n_prompts": int(reward.size)}
+
+
+def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Mapping], reference: str = "sft",
+                   n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """One row per experiment of ``experiments`` (the lead's ``results/experiments.json``), in
+    that order, after a first row for the reference model itself (its mean reward and share of
+    negative rewards; its win rate against itself is left empty)."""
+    if reference not in scores:
+        raise ValueError(f"no scores for the reference model {reference!r}")
+    missing = [e["name"] for e in experiments if e["name"] not in scores]
+    if missing:
+        raise ValueError(f"no scores for experiment(s) {missing}")
+    ref = scores[reference]
+    paired_rewards(ref, ref, reference)  # same validation as every experiment gets
+    reference_row = {
+        "name": reference, "label": f"{reference.upper()} (reference)", "group": "reference",
+        **reward_stats(ref["reward"].to_numpy()), "mean_reward_reference": float(ref["reward"].mean()),
+    }
+    rows = [reference_row]
+    for exp in experiments:
+        row = {col: exp.get(col) for col in EXPERIMENT_COLUMNS}
+        row.update(compare(scores[exp["name"]], ref, n_boot=n_boot, seed=seed, level=level, name=exp["name"]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _number(value, digits: int) -> str:
+    return "--" if _missing(value) else f"{value:.{digits}f}"
+
+
+def _plain(value) -> str:
+    if _missing(value):
+        return "--"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return latex_escape(value)
+
+
+def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model.", label: str = "tab:win-rates",
+                digits: int = 3) -> str:
+    """A booktabs table of :func:`win_rate_table`'s output; a ``\\midrule`` between groups."""
+    header = (r"Experiment & Method & $\alpha$ & $n_{\mathrm{train}}$ & Win rate & 95\% CI"
+              r" & Mean reward & Neg.\ share \\")
+    lines = [
+        r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llrrrcrr}", r"\toprule", header, r"\midrule",
+    ]
+    previous_group = None
+    for row in df.to_dict("records"):
+        if previous_group is not None and row.get("group") != previous_group:
+            lines.append(r"\midrule")
+        previous_group = row.get("group")
+        ci = "--" if _missing(row["ci_low"]) else f"[{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+        cells = [
+            r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row.get("label")), _plain(row.get("alpha")),
+            _plain(row.get("n_train")), _number(row["win_rate"], digits), ci,
+            _number(row["mean_reward"], digits), _number(row["frac_negative"], digits),
+        ]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, so
+    readers never see a half-written file. On error the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """``write(tmp_path)`` then move the result onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        write(tmp)
