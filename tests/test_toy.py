@@ -1,0 +1,163 @@
+"""The 3D-properties toy model: set-up, step 1, gradient recording, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from dppo import toy
+from dppo.losses import LossConfig
+
+SMALL = toy.ToySettings(
+    seeds=(0,),
+    hidden=16,
+    sft_steps=300,
+    sft_lr=1e-2,
+    steps=20,
+    lr=1e-2,
+    pairs_per_prompt=3,
+    losses=(("dpo", LossConfig(name="dpo")), ("minll", LossConfig(name="minll", alpha=0.5))),
+)
+
+
+@pytest.mark.parametrize(
+    "number, chosen, rejected",
+    [(1, 0.3, 0.1), (2, 0.03, 0.1), (3, 0.3, 0.01), (4, 0.03, 0.01)],
+)
+def test_initial_distribution_of_each_scenario(number, chosen, rejected):
+    scenario = toy.SCENARIOS[number - 1]
+    assert scenario.number == number
+    target = toy.initial_distribution(scenario)
+    assert target.shape == (4, 10)
+    rest = (1 - chosen - 4 * rejected) / 5
+    for prompt in range(4):
+        expected = [rest] * 10
+        expected[prompt] = chosen
+        expected[4:8] = [rejected] * 4
+        assert target[prompt].tolist() == pytest.approx(expected, abs=1e-12)
+    assert target.sum(-1).tolist() == pytest.approx([1.0] * 4, abs=1e-12)
+
+
+def test_on_policy_means_higher_initial_probability():
+    s1, s2, s3, s4 = (toy.initial_distribution(s) for s in toy.SCENARIOS)
+    assert s1[0, 0] > s2[0, 0] and s3[0, 0] > s4[0, 0]  # chosen on vs off
+    assert s1[0, 4] > s3[0, 4] and s2[0, 4] > s4[0, 4]  # rejected on vs off
+
+
+def test_initial_levels_that_leave_no_mass_are_refused():
+    with pytest.raises(ValueError, match="scenario 1"):
+        toy.initial_distribution(toy.SCENARIOS[0], toy.InitialLevels(chosen_on=0.7, rejected_on=0.1))
+
+
+def test_policy_is_a_three_layer_mlp_over_ten_responses():
+    policy = toy.build_policy(hidden=8, seed=0)
+    linears = [m for m in policy.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(4, 8), (8, 8), (8, 10)]
+    logp = policy()
+    assert logp.shape == (4, 10) and logp.dtype == torch.float64
+    assert torch.logsumexp(logp, -1).tolist() == pytest.approx([0.0] * 4, abs=1e-12)
+    same = toy.build_policy(hidden=8, seed=0)
+    assert torch.equal(same(), logp)
+    assert not torch.equal(toy.build_policy(hidden=8, seed=1)(), logp)
+
+
+@pytest.mark.parametrize("number, greedy", [(1, [0, 1, 2, 3]), (3, [0, 1, 2, 3])])
+def test_step1_reaches_the_target_and_y_gen_is_its_argmax(number, greedy):
+    target = toy.initial_distribution(toy.SCENARIOS[number - 1])
+    policy = toy.build_policy(hidden=16, seed=0)
+    kl = toy.fit_distribution(policy, target, steps=300, lr=1e-2)
+    assert kl < 1e-4
+    with torch.no_grad():
+        logp = policy()
+    assert logp.exp().numpy() == pytest.approx(target.numpy(), abs=5e-3)
+    # In scenarios 1 and 3 the optimal response is the most likely one after step 1.
+    assert toy.greedy_responses(logp).tolist() == greedy
+    assert toy.greedy_responses(logp).tolist() == [int(row.argmax()) for row in logp.exp()]
+
+
+def test_preference_pairs():
+    pairs = toy.make_preference_pairs(pairs_per_prompt=5, seed=3)
+    assert len(pairs) == 20
+    assert pairs.prompt.tolist() == [p for p in range(4) for _ in range(5)]
+    assert torch.equal(pairs.chosen, pairs.prompt)  # the optimal response is always chosen
+    assert set(pairs.rejected.tolist()) <= {4, 5, 6, 7}
+    assert torch.equal(toy.make_preference_pairs(5, seed=3).rejected, pairs.rejected)
+    assert not torch.equal(toy.make_preference_pairs(5, seed=4).rejected, pairs.rejected)
+    with pytest.raises(ValueError, match="pairs_per_prompt"):
+        toy.make_preference_pairs(0, seed=0)
+
+
+def test_pair_logps_are_single_token_log_softmax_entries():
+    logp = torch.log_softmax(torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1)
+    pairs = toy.make_preference_pairs(2, seed=0)
+    y_gen = torch.tensor([9, 8, 2, 3])
+    out = toy.pair_logps(logp[pairs.prompt], pairs, y_gen)
+    for i in range(len(pairs)):
+        x = int(pairs.prompt[i])
+        assert out.chosen[i] == logp[x, x]
+        assert out.rejected[i] == logp[x, pairs.rejected[i]]
+        assert out.gen[i] == logp[x, y_gen[x]]
+    assert out.gen_token_logps.shape == (8, 1) and torch.equal(out.gen_token_logps[:, 0], out.gen)
+    assert out.gen_token_mask.all()
+    assert out.chosen_len.tolist() == out.rejected_len.tolist() == out.gen_len.tolist() == [1.0] * 8
+
+
+def test_distribution_summary_by_hand():
+    probs = torch.full((4, 10), 0.05, dtype=torch.float64)
+    probs[:, 0] = 0.55  # response 0: optimal for prompt 0, "other chosen" for prompts 1..3
+    summary = toy.distribution_summary(probs.log())
+    assert summary["p_chosen"] == pytest.approx((0.55 + 3 * 0.05) / 4)
+    assert summary["p_rejected"] == pytest.approx(0.2)
+    assert summary["p_unseen"] == pytest.approx(0.1)
+    assert summary["p_other_chosen"] == pytest.approx((3 * 0.05 + 3 * (0.55 + 0.1)) / 4)
+    assert summary["p_outside"] == pytest.approx(1 - summary["p_chosen"] - 0.2)
+
+
+def test_recorded_gradients_match_the_dpo_formula_at_the_reference():
+    # At step 0 the policy IS the reference, so the DPO margin is 0 and sigma(-0) = 1/2:
+    # |dL/dpi_w| = beta / (2 pi_w), |dL/dpi_l| = beta / (2 pi_l) (seed 002, Corollary 1).
+    policy = toy.build_policy(hidden=8, seed=0)
+    with torch.no_grad():
+        reference_logp = policy().clone()
+    pairs = toy.make_preference_pairs(3, seed=0)
+    beta = 0.2
+    records = toy.train_preference(
+        policy, reference_logp, pairs, toy.greedy_responses(reference_logp),
+        LossConfig(name="dpo", beta=beta), steps=2, lr=1e-2,
+    )
+    probs = reference_logp.exp()
+    expected_w = (beta / 2 / probs[pairs.prompt, pairs.chosen]).mean()
+    expected_l = (beta / 2 / probs[pairs.prompt, pairs.rejected]).mean()
+    assert records[0]["grad_chosen"] == pytest.approx(float(expected_w), rel=1e-10)
+    assert records[0]["grad_rejected"] == pytest.approx(float(expected_l), rel=1e-10)
+    assert records[0]["loss_value"] == pytest.approx(math.log(2), rel=1e-12)
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[1]["p_chosen"] > records[0]["p_chosen"]
+    assert records[1]["p_rejected"] < records[0]["p_rejected"]
+
+
+def test_same_seed_gives_identical_numbers_and_another_seed_does_not():
+    scenario = toy.SCENARIOS[1]
+    first, step1 = toy.run_scenario(scenario, seed=0, settings=SMALL)
+    again, step1_again = toy.run_scenario(scenario, seed=0, settings=SMALL)
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    assert step1 == step1_again
+    other, _ = toy.run_scenario(scenario, seed=1, settings=SMALL)
+    assert not first["p_chosen"].equals(other["p_chosen"])
+    assert set(first["loss"]) == {"dpo", "minll"}
+    assert len(first) == 2 * (SMALL.steps + 1)
+
+
+def test_settings_from_config_names_the_bad_loss():
+    settings = toy.ToySettings.from_config(
+        {"seeds": [4, 5], "steps": 7, "losses": {"flex": {"name": "flex_dpo", "beta_w": 0.1, "beta_l": 0.05}}}
+    )
+    assert settings.seeds == (4, 5) and settings.steps == 7
+    assert settings.losses == (("flex", LossConfig(name="flex_dpo", beta_w=0.1, beta_l=0.05)),)
+    with pytest.raises(ValueError, match="toy.losses.bad"):
+        toy.ToySettings.from_config({"losses": {"bad": {"name": "nope"}}})
+    with pytest.raises(ValueError, match="empty"):
+        toy.ToySettings.from_config({"losses": {}})
