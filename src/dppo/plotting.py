@@ -1,0 +1,417 @@
+"""Figures of the DPPO paper: one shared style and one function per figure.
+
+Every function takes already-computed tables (win rates, scores, metrics, data stats),
+never a model, so restyling a figure never retrains anything. Every function copes with
+what a small run yields (one seed, empty groups, missing runs): it draws what exists and
+writes a short note on the axes instead of crashing.
+
+Win-rate tables follow ``dppo.winrate``: one row per experiment with columns ``name``,
+``label``, ``group``, ``loss``, ``f``, ``alpha``, ``n_train``, ``seed``, ``win_rate``,
+``ci_low``, ``ci_high``, ``mean_reward``, ``frac_negative``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files, never shown
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+# Widths of a two-column paper (letter, 0.75 in margins): one column, the full text.
+COLUMN_WIDTH = 3.3
+TEXT_WIDTH = 6.9
+PNG_DPI = 200
+
+PENALTY_LOSSES = ("minll", "unll", "conll")
+# One fixed colour per training paradigm so a method looks the same in every figure.
+_PALETTE = sns.color_palette("colorblind", 10)
+METHOD_COLORS = {
+    "sft": _PALETTE[7],
+    "dpo": _PALETTE[0],
+    "minll": _PALETTE[1],
+    "unll": _PALETTE[2],
+    "conll": _PALETTE[4],
+    "chained": _PALETTE[3],
+    "ipo": _PALETTE[5],
+    "slic": _PALETTE[6],
+    "flex_dpo": _PALETTE[8],
+    "dpo_sft": _PALETTE[9],
+}
+F_MARKERS = {"linear": "o", "quadratic": "s", "sqrt": "^", "expectile": "D"}
+F_ORDER = ("linear", "quadratic", "sqrt", "expectile")
+SEED_KEYS = ("label", "group", "loss", "f", "alpha", "n_train")
+
+
+def apply_style() -> None:
+    """Seaborn 'paper' look with fonts >= 7 pt at the printed size and embeddable fonts."""
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+    plt.rcParams.update(
+        {
+            "font.size": 8,
+            "axes.titlesize": 8,
+            "axes.labelsize": 8,
+            "xtick.labelsize": 7,
+            "ytick.labelsize": 7,
+            "legend.fontsize": 7,
+            "legend.title_fontsize": 7,
+            "lines.linewidth": 1.2,
+            "lines.markersize": 4,
+            "grid.linewidth": 0.5,
+            "axes.linewidth": 0.6,
+            # TrueType fonts in the PDF: selectable text, accepted by paper venues.
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+            "savefig.bbox": "tight",
+            "savefig.pad_inches": 0.02,
+        }
+    )
+
+
+def method_color(loss: str | None, group: str | None = None):
+    """Colour of a method: the chained run has its own colour whatever its last loss."""
+    if group == "chained":
+        return METHOD_COLORS["chained"]
+    return METHOD_COLORS.get(str(loss), _PALETTE[7])
+
+
+def save_figure(fig: Figure, pdf_path: str | Path, png_path: str | Path | None = None,
+                dpi: int = PNG_DPI) -> None:
+    """Write the vector PDF (and the PNG) atomically: a half-written figure never remains."""
+    for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
+        if path is None:
+            continue
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
+        tmp.replace(path)
+
+
+def _note(ax, text: str) -> None:
+    """Say on the axes why nothing is drawn (a small run may lack a group)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
+            fontsize=7, color="0.35", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def aggregate_seeds(win_rates: pd.DataFrame, keys=SEED_KEYS) -> pd.DataFrame:
+    """Mean over seeds of the win rate and of its bootstrap interval bounds.
+
+    With one seed this is the run's own 95% bootstrap interval over prompts; with several,
+    the seed-averaged interval (the table keeps per-seed rows for anything finer).
+    """
+    keys = [k for k in keys if k in win_rates.columns]
+    if win_rates.empty:
+        return pd.DataFrame(columns=[*keys, "win_rate", "ci_low", "ci_high", "n_seeds"])
+    agg = (
+        win_rates.groupby(keys, dropna=False, sort=False)
+        .agg(win_rate=("win_rate", "mean"), ci_low=("ci_low", "mean"),
+             ci_high=("ci_high", "mean"), n_seeds=("win_rate", "size"))
+        .reset_index()
+    )
+    return agg
+
+
+def _yerr(df: pd.DataFrame) -> np.ndarray:
+    """Asymmetric error bars (2, n) from the interval bounds; never negative."""
+    low = (df["win_rate"] - df["ci_low"]).clip(lower=0).to_numpy()
+    high = (df["ci_high"] - df["win_rate"]).clip(lower=0).to_numpy()
+    return np.vstack([low, high])
+
+
+def _log_scale_if_wide(ax, values, axis: str = "x") -> None:
+    """Log axis when the values are all positive and span more than a factor of 10."""
+    values = np.asarray([v for v in values if pd.notna(v)], dtype=float)
+    if len(values) and (values > 0).all() and values.max() / values.min() > 10:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+def _f_sort_key(f) -> int:
+    return F_ORDER.index(f) if f in F_ORDER else len(F_ORDER)
+
+
+def pick_runs(win_rates: pd.DataFrame) -> dict[str, dict]:
+    """The runs the reward histogram and the dynamics compare.
+
+    ``dpo``: the main-group DPO run with the most training rows; ``dppo``: the penalty
+    variant (minll/unll/conll, groups main or alpha_sweep) with the highest seed-averaged
+    win rate. Each value is ``{"name", "label", "win_rate"}`` of its lowest seed; a key is
+    absent when the grid has no such run.
+    """
+    picked: dict[str, dict] = {}
+    if win_rates.empty:
+        return picked
+    main_dpo = win_rates[(win_rates["group"] == "main") & (win_rates["loss"] == "dpo")]
+    if not main_dpo.empty:
+        row = main_dpo.sort_values(["n_train", "seed"], ascending=[False, True]).iloc[0]
+        picked["dpo"] = {"name": row["name"], "label": row["label"],
+                         "win_rate": float(row["win_rate"])}
+    penal = win_rates[win_rates["group"].isin(["main", "alpha_sweep"])
+                      & win_rates["loss"].isin(PENALTY_LOSSES)]
+    if not penal.empty:
+        agg = aggregate_seeds(penal, ("label", "loss", "f", "alpha", "n_train", "group"))
+        best = agg.sort_values("win_rate", ascending=False, kind="stable").iloc[0]
+        same = penal
+        for key in ("label", "loss", "f", "alpha", "n_train", "group"):
+            same = same[(same[key] == best[key]) | (same[key].isna() & pd.isna(best[key]))]
+        row = same.sort_values("seed").iloc[0]
+        picked["dppo"] = {"name": row["name"], "label": _with_alpha(row),
+                          "win_rate": float(best["win_rate"])}
+    return picked
+
+
+def _with_alpha(row) -> str:
+    """Label plus alpha, since one label (loss and f) may be run at several alphas."""
+    alpha = row.get("alpha")
+    if pd.notna(alpha) and row.get("loss") in PENALTY_LOSSES:
+        return f"{row['label']}, α={alpha:g}"
+    return str(row["label"])
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
+    """Win rate vs alpha: one panel per penalty loss, one line per f (poster's search).
+
+    Rows of groups ``alpha_sweep`` and ``main`` with a penalty loss; the main-group DPO
+    win rate is the dashed reference line, 0.5 (parity with SFT) the dotted one.
+    """
+    apply_style()
+    rows = win_rates[win_rates["group"].isin(["alpha_sweep", "main"])
+                     & win_rates["loss"].isin(PENALTY_LOSSES)]
+    agg = aggregate_seeds(rows, ("loss", "f", "alpha"))
+    losses = [loss for loss in PENALTY_LOSSES if loss in set(agg["loss"])]
+    n_panels = max(1, len(losses))
+    fig, axes = plt.subplots(1, n_panels, figsize=(TEXT_WIDTH if n_panels > 1 else COLUMN_WIDTH, 2.1),
+                             sharey=True, squeeze=False)
+    axes = axes[0]
+    if not losses:
+        _note(axes[0], "no alpha-sweep runs in this configuration")
+        return fig
+    dpo = aggregate_seeds(win_rates[(win_rates["group"] == "main") & (win_rates["loss"] == "dpo")],
+                          ("loss",))
+    for ax, loss in zip(axes, losses):
+        sub = agg[agg["loss"] == loss]
+        _log_scale_if_wide(ax, sub["alpha"])
+        fs = sorted(sub["f"].dropna().unique(), key=_f_sort_key)
+        for i, f in enumerate(fs):
+            line = sub[sub["f"] == f].sort_values("alpha")
+            x = line["alpha"].to_numpy(dtype=float)
+            if ax.get_xscale() == "log":
+                # Small multiplicative dodge so equal win rates keep visible error bars.
+                x = x * 10 ** (0.04 * (i - (len(fs) - 1) / 2))
+            ax.errorbar(x, line["win_rate"], yerr=_yerr(line), label=str(f),
+                        marker=F_MARKERS.get(f, "o"), capsize=2, elinewidth=0.8)
+        if not dpo.empty:
+            ax.axhline(dpo["win_rate"].iloc[0], color="0.15", ls="--", lw=0.9, label="DPO")
+        ax.axhline(0.5, color="0.5", ls=":", lw=0.8)
+        ax.set_title(loss)
+        ax.set_xlabel(r"penalty strength $\alpha$")
+    axes[0].set_ylabel("win rate vs SFT")
+    axes[-1].legend(title="f(r)", loc="best", frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+def fig_paradigms(win_rates: pd.DataFrame) -> Figure:
+    """One horizontal bar per training paradigm (groups main and chained), with 95% CI."""
+    apply_style()
+    rows = win_rates[win_rates["group"].isin(["main", "chained"])]
+    agg = aggregate_seeds(rows)
+    n = len(agg)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.9 + 0.28 * max(n, 2)))
+    if n == 0:
+        _note(ax, "no main or chained runs in this configuration")
+        return fig
+    # Labels get alpha when one label occurs at several alphas, so every bar is unambiguous.
+    dup = agg["label"].duplicated(keep=False)
+    names = [(_with_alpha(r) if d else str(r["label"])) for (_, r), d in zip(agg.iterrows(), dup)]
+    y = np.arange(n)[::-1]  # first table row at the top
+    colors = [method_color(r["loss"], r["group"]) for _, r in agg.iterrows()]
+    ax.barh(y, agg["win_rate"], xerr=_yerr(agg), color=colors, height=0.65,
+            error_kw={"elinewidth": 0.8, "capsize": 2})
+    for yi, value, hi in zip(y, agg["win_rate"], agg["ci_high"]):
+        ax.text(min(max(hi, value) + 0.02, 1.0), yi, f"{value:.2f}", va="center", fontsize=7)
+    ax.axvline(0.5, color="0.4", ls=":", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("win rate vs SFT (95% CI)")
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return fig
+
+
+def fig_reward_hist(scores: Mapping[str, pd.DataFrame], bins: int = 30) -> Figure:
+    """Overlaid reward histograms (e.g. SFT, DPO, best DPPO) with each share of r < 0.
+
+    ``scores`` maps a display label to a scores table (column ``reward``); empty or
+    missing tables are skipped.
+    """
+    apply_style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
+    present = {k: v for k, v in scores.items() if v is not None and len(v)}
+    if not present:
+        _note(ax, "no score files to plot")
+        return fig
+    all_rewards = np.concatenate([v["reward"].to_numpy(dtype=float) for v in present.values()])
+    edges = np.histogram_bin_edges(all_rewards, bins=bins)  # shared bins: comparable heights
+    for i, (label, df) in enumerate(present.items()):
+        rewards = df["reward"].to_numpy(dtype=float)
+        neg = float((rewards < 0).mean())
+        color = _hist_color(label, i)
+        ax.hist(rewards, bins=edges, histtype="stepfilled", alpha=0.25, color=color)
+        ax.hist(rewards, bins=edges, histtype="step", lw=1.2, color=color,
+                label=f"{label} (r<0: {neg:.0%})")
+    if edges[0] < 0 < edges[-1]:
+        ax.axvline(0, color="0.3", ls=":", lw=0.8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # head room: the legend must not hide bars
+    ax.set_xlabel("reward")
+    ax.set_ylabel("prompts")
+    ax.legend(loc="upper left", frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+def _hist_color(label: str, index: int):
+    """Colour by method name when the label starts with one (SFT, DPO, unll...)."""
+    head = label.split()[0].lower().strip(",():") if label else ""
+    return METHOD_COLORS.get(head, _PALETTE[index % len(_PALETTE)])
+
+
+def fig_data_efficiency(win_rates: pd.DataFrame) -> Figure:
+    """Win rate vs number of preference rows per method, plus the chained run as a star."""
+    apply_style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
+    rows = win_rates[win_rates["group"] == "data_efficiency"]
+    chained = aggregate_seeds(win_rates[win_rates["group"] == "chained"])
+    if rows.empty and chained.empty:
+        _note(ax, "no data-efficiency runs in this configuration")
+        return fig
+    agg = aggregate_seeds(rows, ("label", "loss", "f", "n_train"))
+    for label in agg["label"].unique():
+        line = agg[agg["label"] == label].sort_values("n_train")
+        ax.errorbar(line["n_train"], line["win_rate"], yerr=_yerr(line), label=str(label),
+                    marker="o", capsize=2, elinewidth=0.8,
+                    color=method_color(line["loss"].iloc[0]))
+    for _, row in chained.iterrows():
+        ax.errorbar([row["n_train"]], [row["win_rate"]], yerr=_yerr(row.to_frame().T),
+                    marker="*", markersize=9, ls="none", capsize=2,
+                    color=METHOD_COLORS["chained"], label=str(row["label"]))
+    ax.axhline(0.5, color="0.5", ls=":", lw=0.8)
+    _log_scale_if_wide(ax, pd.concat([agg["n_train"], chained["n_train"]]))
+    ax.set_xlabel("preference training rows")
+    ax.set_ylabel("win rate vs SFT")
+    ax.legend(loc="best", frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+DYNAMICS_SERIES = (("logp_chosen", r"$y_w$ (chosen)"), ("logp_rejected", r"$y_l$ (rejected)"),
+                   ("logp_gen", r"$y_{gen}$"))
+
+
+def smooth(values: pd.Series, window: int | None = None) -> pd.Series:
+    """Centred rolling mean: per-step metrics are batch means and jump between batches."""
+    if window is None:
+        window = max(1, len(values) // 20) | 1  # odd, so "centred" does not shift the curve
+    return values.rolling(window, center=True, min_periods=1).mean()
+
+
+def fig_dynamics(metrics: Mapping[str, pd.DataFrame]) -> Figure:
+    """Log-probs of y_w, y_l and y_gen over training: one panel per run.
+
+    ``metrics`` maps a display label to the run's per-step metrics (columns ``step``,
+    ``logp_chosen``, ``logp_rejected``, ``logp_gen``). Null series (DPO has no y_gen
+    forward) are left out. Curves are smoothed with :func:`smooth`.
+    """
+    apply_style()
+    present = {k: v for k, v in metrics.items() if v is not None and len(v)}
+    n = max(1, len(present))
+    fig, axes = plt.subplots(1, n, figsize=(TEXT_WIDTH if n > 1 else COLUMN_WIDTH, 2.1),
+                             sharey=True, squeeze=False)
+    axes = axes[0]
+    if not present:
+        _note(axes[0], "no training metrics to plot")
+        return fig
+    colors = {"logp_chosen": _PALETTE[2], "logp_rejected": _PALETTE[3], "logp_gen": _PALETTE[4]}
+    for ax, (label, df) in zip(axes, present.items()):
+        df = df.sort_values("step")
+        for column, name in DYNAMICS_SERIES:
+            if column not in df or df[column].isna().all():
+                continue
+            values = pd.to_numeric(df[column], errors="coerce")
+            ax.plot(df["step"], smooth(values), label=name, color=colors[column])
+        ax.set_title(label)
+        ax.set_xlabel("optimizer step")
+    axes[0].set_ylabel(r"$\log \pi_\theta(y \mid x)$ (batch mean)")
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[-1].legend(handles.values(), handles.keys(), loc="best", frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+def fig_length_dist(datasets: Mapping[str, tuple[Mapping, pd.Series | np.ndarray]]) -> Figure:
+    """Token-length histograms of the training splits with the percentile cut-off.
+
+    ``datasets`` maps a title (e.g. "SFT") to ``(stats, lengths)``: ``stats`` as in
+    ``results/data/*/stats.json`` (``cutoff``, ``percentile``), ``lengths`` the token
+    length of each train row before the cut.
+    """
+    apply_style()
+    present = {k: v for k, v in datasets.items() if v is not None and len(v[1])}
+    n = max(1, len(present))
+    fig, axes = plt.subplots(1, n, figsize=(COLUMN_WIDTH, 1.8), squeeze=False)
+    axes = axes[0]
+    if not present:
+        _note(axes[0], "no length statistics")
+        return fig
+    for ax, (title, (stats, lengths)) in zip(axes, present.items()):
+        lengths = np.asarray(lengths, dtype=float)
+        sns.histplot(lengths, bins=40, ax=ax, color=METHOD_COLORS["sft"], element="step",
+                     edgecolor="0.3", linewidth=0.5)
+        cutoff = stats.get("cutoff")
+        if cutoff is not None:
+            kept = float((lengths <= cutoff).mean())  # rows not truncated
+            ax.axvline(cutoff, color=_PALETTE[3], ls="--", lw=1.0,
+                       label=f"p{stats.get('percentile', 95):g} = {cutoff}")
+            ax.legend(loc="upper right", frameon=True, handlelength=1.2)
+            ax.set_title(f"{title} ({kept:.0%} ≤ cut)")
+        else:
+            ax.set_title(title)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("rows" if ax is axes[0] else "")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_win_rates(path: str | Path) -> pd.DataFrame:
+    """The win-rate table; a loss without f (DPO) reads as NaN, not the string 'nan'."""
+    df = pd.read_csv(path)
+    for column in ("label", "group", "loss", "f"):
+        if column in df:
+            df[column] = df[column].where(df[column].notna(), None)
+    return df
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    """Per-step training metrics (JSON lines); an empty file gives an empty table."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return pd.DataFrame(columns=["step"])
+    return pd.read_json(path, lines=True)
