@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from dppo import synthetic
+from dppo.io import UnsafeCheckpointError
 from dppo.rewards import VALID_BACKENDS, get_reward_backend, score_generations
 from dppo.tiny_model import build_tokenizer
 
@@ -127,7 +128,7 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, seqcls_dir, tokenizer):
     model.config.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"pickle.*pytorch_model\.bin"):
+    with pytest.raises(UnsafeCheckpointError, match=r"pickle weights \(pytorch_model\.bin\)"):
         get_reward_backend("seqcls", model=str(tmp_path))
 
 

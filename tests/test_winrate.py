@@ -8,7 +8,7 @@ import pytest
 
 from dppo import winrate
 from dppo.winrate import (
-    atomic_path, bootstrap_interval, bootstrap_means, compare, latex_table, paired_rewards, win_rate_table,
+    bootstrap_interval, bootstrap_means, compare, latex_table, paired_rewards, win_rate_table,
 )
 
 
@@ -115,6 +115,9 @@ def test_win_rate_table_rows(table):
     assert table.loc[2, "win_rate"] == pytest.approx(0.25)
     assert table.loc[2, "frac_negative"] == pytest.approx(0.5)
     assert table.loc[2, ["loss", "f", "alpha", "n_train", "group"]].tolist() == ["unll", "sqrt", 0.1, 4, "alpha_sweep"]
+    # Integer columns stay integers in the CSV although the reference row leaves them empty.
+    assert table.to_csv(index=False).splitlines()[1].split(",")[8:11] == ["", "", ""]
+    assert table.to_csv(index=False).splitlines()[2].split(",")[8:11] == ["4", "0", "sft"]
     assert (table.loc[1:, "ci_low"] <= table.loc[1:, "win_rate"]).all()
     assert (table.loc[1:, "win_rate"] <= table.loc[1:, "ci_high"]).all()
     for col in ("name", "label", "group", "loss", "f", "alpha", "n_train", "seed", "win_rate", "ci_low", "ci_high",
@@ -144,17 +147,3 @@ def test_latex_table_content(table):
     sft = next(line for line in lines if line.startswith(r"\texttt{sft}"))
     assert sft == r"\texttt{sft} & SFT (reference) & -- & -- & -- & -- & 1.250 & 0.000 \\"
     assert r"\caption{Win rates.}" in lines and r"\label{tab:wr}" in lines
-
-
-def test_atomic_path_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
-    target = tmp_path / "sub" / "out.csv"
-    with atomic_path(target) as tmp:
-        tmp.write_text("new")
-        assert not target.exists()  # invisible until complete
-    assert target.read_text() == "new"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
-    assert target.read_text() == "new"
-    assert [p.name for p in target.parent.iterdir()] == ["out.csv"]

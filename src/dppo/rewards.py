@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from dppo.io import check_safetensors, load_tokenizer
+
 log = logging.getLogger(__name__)
 
 VALID_BACKENDS = ("programmatic", "seqcls", "nemotron")
@@ -97,24 +99,12 @@ class ModelRewardOptions:
 
 
 def check_safe_checkpoint(model: str) -> None:
-    """Refuse a local checkpoint without safetensors weights (pickle files can run code on load).
-
-    Hub ids are checked by ``from_pretrained(use_safetensors=True)`` itself.
-    """
+    """A local reward model must exist and hold safetensors weights (pickle can run code on
+    load); hub ids are checked by ``from_pretrained(use_safetensors=True)`` itself."""
     path = Path(model).expanduser()
-    looks_local = path.is_absolute() or model.startswith((".", "~")) or path.exists()
-    if not looks_local:
-        return
-    if not path.is_dir():
+    if (path.is_absolute() or model.startswith((".", "~"))) and not path.exists():
         raise FileNotFoundError(f"reward model directory {model!r} does not exist")
-    if not any(path.glob("*.safetensors")):
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
-        found = f" (found only pickle weights: {pickles})" if pickles else ""
-        raise ValueError(
-            f"reward model {model!r} has no *.safetensors weights{found}; pickle checkpoints are "
-            "refused because loading them can execute code. Convert it once with "
-            "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment."
-        )
+    check_safetensors(path if path.exists() else model)
 
 
 def chat_token_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int | None) -> list[list[int]]:
@@ -154,11 +144,9 @@ class _ChatModelReward(RewardBackend):
     """Tokenizes chats with the reward model's template; subclasses turn token ids into rewards."""
 
     def __init__(self, options: ModelRewardOptions):
-        from transformers import AutoTokenizer
-
         check_safe_checkpoint(options.model)
         self.options = options
-        self.tokenizer = AutoTokenizer.from_pretrained(options.model, trust_remote_code=options.trust_remote_code)
+        self.tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         ids = chat_token_ids(self.tokenizer, prompts, responses, self.options.max_length)

@@ -10,11 +10,7 @@ reported beside it (the poster's "negative rewards decrease" claim).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +24,7 @@ TABLE_COLUMNS = (
     "win_rate", "ci_low", "ci_high", "n_wins", "n_ties", "n_losses",
     "mean_reward", "mean_reward_reference", "frac_negative", "n_prompts",
 )
+INTEGER_COLUMNS = ("n_train", "seed", "n_wins", "n_ties", "n_losses", "n_prompts")
 
 
 def paired_rewards(scores: pd.DataFrame, reference: pd.DataFrame, name: str = "model") -> pd.DataFrame:
@@ -138,7 +135,9 @@ def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Map
         row = {col: exp.get(col) for col in EXPERIMENT_COLUMNS}
         row.update(compare(scores[exp["name"]], ref, n_boot=n_boot, seed=seed, level=level, name=exp["name"]))
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    # Nullable integers: the reference row's empty counts must not turn 100 into "100.0".
+    return table.astype({col: "Int64" for col in INTEGER_COLUMNS})
 
 
 _LATEX_SPECIAL = {
@@ -152,7 +151,7 @@ def latex_escape(text: str) -> str:
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _number(value, digits: int) -> str:
@@ -189,25 +188,3 @@ def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, so
-    readers never see a half-written file. On error the temporary file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """``write(tmp_path)`` then move the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        write(tmp)
