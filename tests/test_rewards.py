@@ -12,7 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from dppo import synthetic
 from dppo.io import UnsafeCheckpointError
-from dppo.rewards import VALID_BACKENDS, get_reward_backend, score_generations
+from dppo.rewards import (
+    VALID_BACKENDS, ProgrammaticReward, SeqClsReward, get_reward_backend, reward_backend_from_config,
+    score_generations,
+)
 from dppo.tiny_model import build_tokenizer
 
 # Different lengths so a batch needs padding.
@@ -77,6 +80,18 @@ def test_unknown_option_and_missing_model_are_named(seqcls_dir):
         get_reward_backend("seqcls", model=str(seqcls_dir), engine="tgi")
     with pytest.raises(ValueError, match="takes no options"):
         get_reward_backend("programmatic", model="x")
+
+
+def test_backend_from_config_section(seqcls_dir):
+    # The embedded default's section: model options are present but null or irrelevant.
+    section = {"backend": "programmatic", "model": None, "engine": "transformers", "batch_size": 64,
+               "tensor_parallel_size": 1}
+    assert isinstance(reward_backend_from_config(section), ProgrammaticReward)
+    backend = reward_backend_from_config({**section, "backend": "seqcls", "model": str(seqcls_dir), "max_length": None})
+    assert isinstance(backend, SeqClsReward)
+    assert (backend.options.batch_size, backend.options.max_length) == (64, None)
+    with pytest.raises(ValueError, match="unknown reward backend 'nemo'"):
+        reward_backend_from_config({"backend": "nemo"})
 
 
 def test_programmatic_matches_hand_computed_ground_truth():

@@ -7,7 +7,7 @@
   the logit of token id 0 at the first generated position.
 
 Both model backends render the conversation with the reward model's OWN chat template, and
-run either with transformers (``engine: hf``, CPU or GPU) or with vLLM (``engine: vllm``,
+run either with transformers (``engine: transformers``, CPU or GPU) or with vLLM (``engine: vllm``,
 tensor parallel on GPUs; vLLM is imported only then). Loading is safe: safetensors only,
 ``trust_remote_code`` off unless configured.
 """
@@ -27,7 +27,7 @@ from dppo.io import check_safetensors, load_tokenizer
 log = logging.getLogger(__name__)
 
 VALID_BACKENDS = ("programmatic", "seqcls", "nemotron")
-VALID_ENGINES = ("hf", "vllm")
+VALID_ENGINES = ("transformers", "vllm")
 # Token whose logit is the Nemotron reward (model card: ``response_token_ids['scores'][0][0][0]``).
 NEMOTRON_REWARD_TOKEN_ID = 0
 
@@ -67,12 +67,12 @@ class ModelRewardOptions:
     """Config of a model-based backend (``seqcls`` / ``nemotron``)."""
 
     model: str
-    engine: str = "hf"
+    engine: str = "transformers"
     batch_size: int = 8
     # Longer chats keep their LAST max_length tokens (the response end is what the RM reads).
     max_length: int | None = None
-    device: str = "auto"  # hf: "auto" = cuda when available, else cpu
-    device_map: str | None = None  # hf: e.g. "auto" to shard a 70B model over the visible GPUs
+    device: str = "auto"  # transformers: "auto" = cuda when available, else cpu
+    device_map: str | None = None  # transformers: e.g. "auto" to shard a 70B model over the visible GPUs
     dtype: str = "auto"  # "auto" = the checkpoint's dtype; or float32 / bfloat16 / float16
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1  # vllm
@@ -286,8 +286,8 @@ class NemotronReward(_HFChatModelReward):
 
 
 class _VLLMChatModelReward(_ChatModelReward):
-    """vLLM engine (GPU; tensor parallel). Tokens come from the same chat template as the hf
-    engine and are passed as ``prompt_token_ids`` so both engines score identical inputs.
+    """vLLM engine (GPU; tensor parallel). Tokens come from the same chat template as the
+    transformers engine and are passed as ``prompt_token_ids`` so both engines score identical inputs.
     Needs vllm >= 0.11.1 (``logprobs_mode``, ``PoolingParams.use_activation``)."""
 
     def __init__(self, options: ModelRewardOptions, **engine_kwargs):
@@ -353,9 +353,9 @@ class VLLMNemotronReward(_VLLMChatModelReward):
 
 
 _MODEL_BACKENDS = {
-    ("seqcls", "hf"): SeqClsReward,
+    ("seqcls", "transformers"): SeqClsReward,
     ("seqcls", "vllm"): VLLMSeqClsReward,
-    ("nemotron", "hf"): NemotronReward,
+    ("nemotron", "transformers"): NemotronReward,
     ("nemotron", "vllm"): VLLMNemotronReward,
 }
 
@@ -374,6 +374,21 @@ def get_reward_backend(name: str, **options: Any) -> RewardBackend:
         return ProgrammaticReward()
     opts = ModelRewardOptions.from_dict(name, options)
     return _MODEL_BACKENDS[name, opts.engine](opts)
+
+
+def reward_backend_from_config(section: dict[str, Any]) -> RewardBackend:
+    """The backend a config's ``reward`` section names (``backend`` plus its options).
+
+    Unset (null) options take their defaults; ``programmatic`` ignores the model options, so
+    one config section serves every backend.
+    """
+    options = {k: v for k, v in section.items() if k != "backend" and v is not None}
+    name = section.get("backend")
+    if name == "programmatic":
+        if options:
+            log.info("reward backend 'programmatic' ignores options %s", sorted(options))
+        return ProgrammaticReward()
+    return get_reward_backend(name, **options)
 
 
 GENERATION_COLUMNS = ("prompt_id", "prompt", "response")
