@@ -302,7 +302,9 @@ class _VLLMChatModelReward(_ChatModelReward):
             dtype=options.dtype,
             trust_remote_code=options.trust_remote_code,
             gpu_memory_utilization=options.gpu_memory_utilization,
-            max_model_len=options.max_length,
+            # +1: room for the one generated position after a max_length chat (nemotron).
+            max_model_len=options.max_length + 1 if options.max_length else None,
+            load_format="safetensors",  # never fall back to pickle weights
             **engine_kwargs,
         )
 
