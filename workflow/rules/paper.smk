@@ -1,0 +1,178 @@
+# Figures, generated LaTeX macros and the paper PDF (DESIGN stage 9).
+#
+# Inputs are score, metric, statistics and table files only: restyling never retrains.
+# Expects from the including Snakefile: EXPERIMENTS, the expanded grid (the list written to
+# results/experiments.json); TOY_OUTPUTS (toy.smk) when the toy section is built.
+import glob
+import shutil
+
+PAPER_FIGURES = ["hparam_search", "paradigms", "reward_hist", "data_efficiency",
+                 "dynamics", "length_dist"]
+WIN_RATES_CSV = "results/tables/win_rates.csv"
+DATA_STATS = {key: f"results/data/{key}/stats.json" for key in ("sft", "pref")}
+DATA_LENGTHS = {key: f"results/data/{key}/lengths.parquet" for key in ("sft", "pref")}
+# No TeX -> the PDF rule only writes paper/build.log saying how to install it, so
+# `snakemake all` never fails for want of TeX; once TeX is installed paper/main.pdf is
+# missing and the rule reruns.
+PAPER_HAVE_TEX = bool(shutil.which("latexmk") or shutil.which("pdflatex"))
+PAPER_PDF_OUTPUTS = {"status": "paper/build.log"}
+if PAPER_HAVE_TEX:
+    PAPER_PDF_OUTPUTS["pdf"] = "paper/main.pdf"
+
+PAPER_OUTPUTS = (
+    [f"paper/figures/{fig}.{ext}" for fig in PAPER_FIGURES for ext in ("pdf", "png")]
+    + ["paper/tables/macros.tex"]
+    + list(PAPER_PDF_OUTPUTS.values())
+)
+
+
+def _paper_runs(groups):
+    """Names of the grid's experiments in the given groups (evaluated at DAG time)."""
+    return [e["name"] for e in globals().get("EXPERIMENTS", []) if e["group"] in groups]
+
+
+def _paper_figure(fig):
+    return {
+        "pdf": f"paper/figures/{fig}.pdf",
+        "png": report(f"paper/figures/{fig}.png", caption=f"../report/{fig}.rst",
+                      category="Figures"),
+    }
+
+
+def _paper_toy_inputs(wildcards):
+    """The toy section's generated files (tables, figures) when toy.smk is included."""
+    return [p for p in globals().get("TOY_OUTPUTS", []) if str(p).startswith("paper/")]
+
+
+rule paper_macros:
+    input:
+        win_rates=WIN_RATES_CSV,
+        **DATA_STATS,
+    output:
+        "paper/tables/macros.tex",
+    log:
+        "logs/paper_macros/paper_macros.log",
+    params:
+        # Words describing the set-up (macro name -> text), e.g. setupModel: "a tiny Llama".
+        setup=config.get("paper", {}).get("setup", {}),
+    threads: 1
+    resources:
+        gpu=0, mem_mb=1000, runtime=5
+    script:
+        "../scripts/paper_macros.py"
+
+
+rule fig_hparam_search:
+    input:
+        win_rates=WIN_RATES_CSV,
+    output:
+        **_paper_figure("hparam_search"),
+    log:
+        "logs/fig_hparam_search/fig_hparam_search.log",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=1000, runtime=5
+    script:
+        "../scripts/fig_hparam_search.py"
+
+
+rule fig_paradigms:
+    input:
+        win_rates=WIN_RATES_CSV,
+    output:
+        **_paper_figure("paradigms"),
+    log:
+        "logs/fig_paradigms/fig_paradigms.log",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=1000, runtime=5
+    script:
+        "../scripts/fig_paradigms.py"
+
+
+rule fig_reward_hist:
+    # The best penalty variant is known only from the win rates, so every candidate's
+    # scores are inputs; the script picks (dppo.plotting.pick_runs).
+    input:
+        win_rates=WIN_RATES_CSV,
+        sft="results/scores/sft.parquet",
+        scores=lambda wc: expand("results/scores/{name}.parquet",
+                                 name=_paper_runs(("main", "alpha_sweep"))),
+    output:
+        **_paper_figure("reward_hist"),
+    log:
+        "logs/fig_reward_hist/fig_reward_hist.log",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=2000, runtime=5
+    script:
+        "../scripts/fig_reward_hist.py"
+
+
+rule fig_data_efficiency:
+    input:
+        win_rates=WIN_RATES_CSV,
+    output:
+        **_paper_figure("data_efficiency"),
+    log:
+        "logs/fig_data_efficiency/fig_data_efficiency.log",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=1000, runtime=5
+    script:
+        "../scripts/fig_data_efficiency.py"
+
+
+rule fig_dynamics:
+    input:
+        win_rates=WIN_RATES_CSV,
+        metrics=lambda wc: expand("results/metrics/{name}.jsonl",
+                                  name=_paper_runs(("main", "alpha_sweep"))),
+    output:
+        **_paper_figure("dynamics"),
+    log:
+        "logs/fig_dynamics/fig_dynamics.log",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=2000, runtime=5
+    script:
+        "../scripts/fig_dynamics.py"
+
+
+rule fig_length_dist:
+    input:
+        sft_stats=DATA_STATS["sft"],
+        pref_stats=DATA_STATS["pref"],
+        sft_lengths=DATA_LENGTHS["sft"],
+        pref_lengths=DATA_LENGTHS["pref"],
+    output:
+        **_paper_figure("length_dist"),
+    log:
+        "logs/fig_length_dist/fig_length_dist.log",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=1000, runtime=5
+    script:
+        "../scripts/fig_length_dist.py"
+
+
+rule paper_pdf:
+    input:
+        tex="paper/main.tex",
+        bib="paper/references.bib",
+        macros="paper/tables/macros.tex",
+        win_rates_tex="paper/tables/win_rates.tex",
+        figures=expand("paper/figures/{fig}.pdf", fig=PAPER_FIGURES),
+        sections=sorted(glob.glob("paper/sections/*.tex")),
+        toy=_paper_toy_inputs,
+    output:
+        **PAPER_PDF_OUTPUTS,
+    log:
+        "logs/paper_pdf/paper_pdf.log",
+    params:
+        build_dir="results/paper_build",
+    threads: 1
+    resources:
+        gpu=0, mem_mb=2000, runtime=10
+    script:
+        "../scripts/build_pdf.py"
