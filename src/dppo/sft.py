@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -10,17 +9,9 @@ import torch
 from transformers import Trainer
 
 from dppo.io import load_causal_lm, load_tokenizer
-from dppo.training import (
-    JsonlMetricsCallback,
-    OptimConfig,
-    last_checkpoint,
-    resume_step,
-    save_final_model,
-    training_arguments,
-)
+from dppo.training import OptimConfig, fit_and_save
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips
-log = logging.getLogger(__name__)
 
 
 def sft_example(prompt_ids: list[int], response_ids: list[int]) -> dict:
@@ -51,17 +42,6 @@ class SFTCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-
 def train_sft(
     model_dir: str | Path,
     train_file: str | Path,
@@ -81,15 +61,8 @@ def train_sft(
     frame = pd.read_parquet(train_file)
     rows = [sft_example(p, r) for p, r in zip(frame["prompt_ids"], frame["response_ids"])]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    checkpoint = last_checkpoint(checkpoint_dir)
-    if checkpoint:
-        log.info("resuming SFT from %s", checkpoint)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(opt, checkpoint_dir),
-        train_dataset=ListDataset(rows),
-        data_collator=SFTCollator(pad),
-        callbacks=[JsonlMetricsCallback(metrics_file, resume_step(checkpoint))],
+    fit_and_save(
+        Trainer, model=model, tokenizer=tokenizer, rows=rows, collator=SFTCollator(pad), opt=opt,
+        checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,
+        extra={"stage": "sft", "rows": len(rows)},
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
-    save_final_model(trainer, tokenizer, out_dir, extra={"stage": "sft", "rows": len(rows), "steps": trainer.state.global_step})

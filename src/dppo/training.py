@@ -8,8 +8,10 @@ multi-GPU launches (``accelerate launch`` / ``torchrun``) come from a well-kept 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,9 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from dppo.io import atomic_output_dir
+from dppo.io import atomic_output_dir, atomic_output_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,47 @@ class JsonlMetricsCallback(TrainerCallback):
 
 def resume_step(checkpoint: str | None) -> int:
     return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, opt: OptimConfig,
+                 checkpoint_dir: str | Path, out_dir: str | Path, metrics_file: str | Path,
+                 extra: dict, callbacks=(), **trainer_kwargs):
+    """Train with ``trainer_cls`` (a ``Trainer``), resuming from the newest checkpoint of a killed
+    run, then save the model and the per-step metrics atomically and drop the checkpoints.
+
+    The live metrics log sits beside the checkpoints, not at the declared output, because
+    Snakemake deletes a failed job's outputs and the resumed run must keep the earlier steps."""
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint = last_checkpoint(checkpoint_dir)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    live_metrics = checkpoint_dir / "metrics.jsonl"
+    trainer = trainer_cls(
+        model=model,
+        args=training_arguments(opt, checkpoint_dir),
+        train_dataset=ListDataset(rows),
+        data_collator=collator,
+        callbacks=[JsonlMetricsCallback(live_metrics, resume_step(checkpoint)), *callbacks],
+        **trainer_kwargs,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    save_final_model(trainer, tokenizer, out_dir, extra={**extra, "steps": trainer.state.global_step,
+                                                          "resumed_from": checkpoint})
+    with atomic_output_file(metrics_file) as tmp:
+        shutil.copyfile(live_metrics, tmp)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return trainer
 
 
 def save_final_model(trainer, tokenizer, out_dir: str | Path, extra: dict | None = None) -> None:

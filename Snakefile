@@ -1,0 +1,43 @@
+# DPPO reproducible-paper pipeline. `snakemake --cores 2 all` rebuilds the embedded default;
+# `snakemake --profile slurm all --configfile configs/paper.yaml` runs the poster's setup.
+# Stages and layout: ../shared/DESIGN.md and README.md. All logic lives in the `dppo` package.
+import json
+import re
+
+from snakemake.utils import min_version, validate
+
+from dppo.config import ConfigError, check_config, rule_resources
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    EXPERIMENT_SPECS = check_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+EXPERIMENTS = list(EXPERIMENT_SPECS.values())
+
+
+def res(rule_name):
+    """Resources of a rule from the config's `resources` table (default, then the rule's)."""
+    return rule_resources(config, rule_name)
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/preference.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/paper.smk"
+
+
+rule all:
+    input:
+        "results/data/sft/stats.json",
+        "results/data/pref/stats.json",
+        "results/tables/win_rates.csv",
+        PAPER_OUTPUTS,
+    default_target: True

@@ -1,0 +1,102 @@
+"""Config semantics that a JSON schema cannot express: experiment expansion (sweeps), the
+checks across keys, and per-rule resources.
+
+The schema (``workflow/schemas/config.schema.yaml``) checks keys and value ranges; this
+module checks what depends on several keys (an ``init`` naming a missing experiment,
+duplicate names, loss parameters) and expands sweeps into one experiment each, with stable,
+readable names: ``unll__f=sqrt__alpha=0.1``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import fields
+
+from dppo.losses import LossConfig
+from dppo.training import OptimConfig
+
+LOSS_KEYS = tuple(f.name for f in fields(LossConfig))
+OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
+RUN_KEYS = ("n_train", "init", "group", "label", "track_gen", "on_nonfinite")
+SWEEP_SEPARATOR = "__"
+
+
+class ConfigError(ValueError):
+    """A config value that stops the run before any job starts; the message names the key."""
+
+
+def _format_value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_experiments(config: dict) -> dict[str, dict]:
+    """Every experiment of ``config["experiments"]`` with defaults applied and sweeps
+    expanded, in config order. Each value is a flat dict of loss, optimisation and run keys
+    plus ``name``."""
+    defaults = config.get("preference_defaults", {})
+    expanded: dict[str, dict] = {}
+    for base_name, entry in (config.get("experiments") or {}).items():
+        entry = dict(entry or {})
+        sweep = entry.pop("sweep", None) or {}
+        keys = list(sweep)
+        for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
+            spec = {**defaults, **entry, **dict(zip(keys, values))}
+            name = SWEEP_SEPARATOR.join([base_name, *(f"{k}={_format_value(v)}" for k, v in zip(keys, values))])
+            if name in expanded:
+                raise ConfigError(f"experiments: the name {name!r} is produced twice")
+            spec["name"] = name
+            spec.setdefault("group", "main")
+            spec.setdefault("label", _default_label(spec))
+            expanded[name] = spec
+    return expanded
+
+
+def _default_label(spec: dict) -> str:
+    loss = spec.get("loss", "dpo")
+    return f"{loss} ({spec.get('f', 'linear')})" if loss in ("minll", "unll", "conll") else loss
+
+
+def loss_config(spec: dict) -> LossConfig:
+    values = {k: spec[k] for k in LOSS_KEYS if k in spec and k != "name"}
+    return LossConfig(name=spec.get("loss", "dpo"), **values)
+
+
+def optim_config(spec: dict) -> OptimConfig:
+    return OptimConfig(**{k: spec[k] for k in OPTIM_KEYS if k in spec})
+
+
+def check_config(config: dict) -> dict[str, dict]:
+    """Cross-key checks; returns the expanded experiments. Raises ConfigError naming the key."""
+    experiments = expand_experiments(config)
+    if not experiments:
+        raise ConfigError("experiments: at least one experiment is needed")
+    for name, spec in experiments.items():
+        where = f"experiments.{name}"
+        try:
+            loss_config(spec).validate()
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        init = spec.get("init", "sft")
+        if init != "sft":
+            if init not in experiments:
+                raise ConfigError(f"{where}.init: {init!r} names no experiment (valid: 'sft' or one of {sorted(experiments)})")
+            if init == name:
+                raise ConfigError(f"{where}.init: an experiment cannot start from itself")
+    _check_no_init_cycle(experiments)
+    return experiments
+
+
+def _check_no_init_cycle(experiments: dict[str, dict]) -> None:
+    for name in experiments:
+        seen, current = {name}, experiments[name].get("init", "sft")
+        while current != "sft":
+            if current in seen:
+                raise ConfigError(f"experiments.{name}.init: the chain of init experiments loops through {current!r}")
+            seen.add(current)
+            current = experiments[current].get("init", "sft")
+
+
+def rule_resources(config: dict, rule: str) -> dict:
+    """Resources of ``rule``: ``resources.default`` overridden by ``resources.<rule>``."""
+    table = config.get("resources", {})
+    return {**table.get("default", {}), **table.get(rule, {})}

@@ -1,0 +1,7 @@
+"""y_gen = the SFT (reference) model's greedy answer to every preference-training prompt."""
+from dppo.responses import pregenerate_ygen
+from dppo.stage import stage
+
+with stage(snakemake):
+    pregenerate_ygen(snakemake.input.model, snakemake.input.train, snakemake.input.stats,
+                     snakemake.output.ygen, snakemake.params.generation)
