@@ -89,7 +89,8 @@ def response_logps(
     if return_token_logps_for is not None and not 0 <= return_token_logps_for < num_per_prompt:
         raise ValueError(f"return_token_logps_for={return_token_logps_for} is not a response index in [0, {num_per_prompt})")
 
-    device = model.device
+    # wrapped models (DDP) have no .device; the inputs go where the first weights are
+    device = getattr(model, "device", None) or next(model.parameters()).device
     input_ids, attention_mask, scored, lengths = (t.to(device) for t in (input_ids, attention_mask, scored, lengths))
     # Left padding: positions must start at 0 on the first real token, as unpadded.
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
