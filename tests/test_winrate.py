@@ -95,7 +95,7 @@ EXPERIMENTS = [
     {"name": "dpo-n4-s0", "loss": "dpo", "f": None, "alpha": None, "beta": 0.1, "zeta": None, "n_train": 4,
      "seed": 0, "init": "sft", "group": "main", "label": "DPO"},
     {"name": "unll-sqrt-a0.1-n4-s0", "loss": "unll", "f": "sqrt", "alpha": 0.1, "beta": 0.1, "zeta": None,
-     "n_train": 4, "seed": 0, "init": "sft", "group": "alpha_sweep", "label": "unll (sqrt) & 50%_x"},
+     "n_train": 4, "seed": 0, "init": "sft", "group": "alpha_sweep", "label": "unll (sqrt) & 50%_x → DPO"},
 ]
 
 
@@ -106,20 +106,18 @@ def table():
 
 
 def test_win_rate_table_rows(table):
-    assert table["name"].tolist() == ["sft", "dpo-n4-s0", "unll-sqrt-a0.1-n4-s0"]
-    assert np.isnan(table.loc[0, "win_rate"])
-    assert table.loc[0, "mean_reward"] == pytest.approx(1.25)
-    assert table.loc[0, "frac_negative"] == 0.0
-    assert table.loc[1, "win_rate"] == pytest.approx(0.625)
+    assert table["name"].tolist() == ["dpo-n4-s0", "unll-sqrt-a0.1-n4-s0"]
+    assert table["mean_reward_reference"].tolist() == pytest.approx([1.25, 1.25])
+    assert table["frac_negative_reference"].tolist() == [0.0, 0.0]
+    assert table.loc[0, "win_rate"] == pytest.approx(0.625)
     # unll: a, b lose; c, d tie -> (0 + 0 + .5 + .5) / 4.
-    assert table.loc[2, "win_rate"] == pytest.approx(0.25)
-    assert table.loc[2, "frac_negative"] == pytest.approx(0.5)
-    assert table.loc[2, ["loss", "f", "alpha", "n_train", "group"]].tolist() == ["unll", "sqrt", 0.1, 4, "alpha_sweep"]
-    # Integer columns stay integers in the CSV although the reference row leaves them empty.
-    assert table.to_csv(index=False).splitlines()[1].split(",")[8:11] == ["", "", ""]
-    assert table.to_csv(index=False).splitlines()[2].split(",")[8:11] == ["4", "0", "sft"]
-    assert (table.loc[1:, "ci_low"] <= table.loc[1:, "win_rate"]).all()
-    assert (table.loc[1:, "win_rate"] <= table.loc[1:, "ci_high"]).all()
+    assert table.loc[1, "win_rate"] == pytest.approx(0.25)
+    assert table.loc[1, "mean_reward"] == pytest.approx(0.25)
+    assert table.loc[1, "frac_negative"] == pytest.approx(0.5)
+    assert table.loc[1, ["loss", "f", "alpha", "n_train", "group"]].tolist() == ["unll", "sqrt", 0.1, 4, "alpha_sweep"]
+    # Integer columns stay integers in the CSV; DPO's missing f and alpha stay empty.
+    assert table.to_csv(index=False).splitlines()[1].split(",")[3:11] == ["dpo", "", "", "0.1", "", "4", "0", "sft"]
+    assert (table["ci_low"] <= table["win_rate"]).all() and (table["win_rate"] <= table["ci_high"]).all()
     for col in ("name", "label", "group", "loss", "f", "alpha", "n_train", "seed", "win_rate", "ci_low", "ci_high",
                 "mean_reward", "frac_negative", "n_prompts"):
         assert col in table.columns
@@ -137,13 +135,15 @@ def test_latex_table_content(table):
     lines = tex.splitlines()
     assert lines[0] == r"\begin{table}[t]" and lines[-1] == r"\end{table}"
     assert r"\toprule" in lines and r"\bottomrule" in lines
-    # Header rule + one rule at each of the two group changes (reference -> main -> alpha_sweep).
+    # Under the header, under the reference line, and at the group change main -> alpha_sweep.
     assert lines.count(r"\midrule") == 3
+    assert r"\texttt{sft} & reference & -- & -- & -- & -- & 1.250 & 0.000 \\" in lines
     unll = next(line for line in lines if "unll" in line)
-    assert unll.startswith(r"\texttt{unll-sqrt-a0.1-n4-s0} & unll (sqrt) \& 50\%\_x & 0.1 & 4 & 0.250 & [")
+    assert unll.startswith(
+        r"\texttt{unll-sqrt-a0.1-n4-s0} & unll (sqrt) \& 50\%\_x $\rightarrow$ DPO & 0.1 & 4 & 0.250 & ["
+    )
     assert unll.endswith(r" & 0.250 & 0.500 \\")  # mean of (-1, -1, 3, 0); 2 of 4 negative
     dpo = next(line for line in lines if "dpo-n4-s0" in line)
-    assert " & DPO & -- & 4 & 0.625 & [" in dpo
-    sft = next(line for line in lines if line.startswith(r"\texttt{sft}"))
-    assert sft == r"\texttt{sft} & SFT (reference) & -- & -- & -- & -- & 1.250 & 0.000 \\"
+    low, high = table.loc[0, ["ci_low", "ci_high"]]
+    assert dpo == rf"\texttt{{dpo-n4-s0}} & DPO & -- & 4 & 0.625 & [{low:.3f}, {high:.3f}] & 2.000 & 0.000 \\"
     assert r"\caption{Win rates.}" in lines and r"\label{tab:wr}" in lines

@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from dppo.paper import latex_escape
+
 # Bootstrap draws are generated in blocks of at most this many indices (bounded memory).
 _BOOT_BLOCK = 1 << 22
 
@@ -22,7 +24,7 @@ EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "z
 TABLE_COLUMNS = (
     *EXPERIMENT_COLUMNS,
     "win_rate", "ci_low", "ci_high", "n_wins", "n_ties", "n_losses",
-    "mean_reward", "mean_reward_reference", "frac_negative", "n_prompts",
+    "mean_reward", "frac_negative", "n_prompts", "mean_reward_reference", "frac_negative_reference",
 )
 INTEGER_COLUMNS = ("n_train", "seed", "n_wins", "n_ties", "n_losses", "n_prompts")
 
@@ -106,6 +108,7 @@ def compare(scores: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: in
         "n_losses": int((wins == 0.0).sum()),
         **reward_stats(paired["reward"].to_numpy()),
         "mean_reward_reference": float(paired["reward_reference"].mean()),
+        "frac_negative_reference": float((paired["reward_reference"] < 0).mean()),
     }
 
 
@@ -116,38 +119,25 @@ def reward_stats(reward: np.ndarray) -> dict[str, float | int]:
 
 def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Mapping], reference: str = "sft",
                    n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """One row per experiment of ``experiments`` (the lead's ``results/experiments.json``), in
-    that order, after a first row for the reference model itself (its mean reward and share of
-    negative rewards; its win rate against itself is left empty)."""
+    """One row per experiment of ``experiments`` (``results/experiments.json``), in that order.
+
+    Every row also carries the reference model's mean reward and share of negative rewards
+    (``*_reference``), the baseline those columns are read against.
+    """
     if reference not in scores:
         raise ValueError(f"no scores for the reference model {reference!r}")
     missing = [e["name"] for e in experiments if e["name"] not in scores]
     if missing:
         raise ValueError(f"no scores for experiment(s) {missing}")
     ref = scores[reference]
-    paired_rewards(ref, ref, reference)  # same validation as every experiment gets
-    reference_row = {
-        "name": reference, "label": f"{reference.upper()} (reference)", "group": "reference",
-        **reward_stats(ref["reward"].to_numpy()), "mean_reward_reference": float(ref["reward"].mean()),
-    }
-    rows = [reference_row]
+    rows = []
     for exp in experiments:
         row = {col: exp.get(col) for col in EXPERIMENT_COLUMNS}
         row.update(compare(scores[exp["name"]], ref, n_boot=n_boot, seed=seed, level=level, name=exp["name"]))
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    # Nullable integers: the reference row's empty counts must not turn 100 into "100.0".
+    # Nullable integers: an experiment without n_train / seed must not turn 100 into "100.0".
     return table.astype({col: "Int64" for col in INTEGER_COLUMNS})
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
 def _missing(value) -> bool:
@@ -167,13 +157,20 @@ def _plain(value) -> str:
 
 
 def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model.", label: str = "tab:win-rates",
-                digits: int = 3) -> str:
-    """A booktabs table of :func:`win_rate_table`'s output; a ``\\midrule`` between groups."""
+                digits: int = 3, reference: str = "sft") -> str:
+    """A booktabs table of :func:`win_rate_table`'s output: a first line for the reference
+    model (its mean reward and share of negative rewards), then the experiments with a
+    ``\\midrule`` between groups."""
     header = (r"Experiment & Method & $\alpha$ & $n_{\mathrm{train}}$ & Win rate & 95\% CI"
               r" & Mean reward & Neg.\ share \\")
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llrrrcrr}", r"\toprule", header, r"\midrule",
     ]
+    if len(df):
+        first = df.iloc[0]
+        cells = [r"\texttt{" + latex_escape(reference) + "}", "reference", "--", "--", "--", "--",
+                 _number(first["mean_reward_reference"], digits), _number(first["frac_negative_reference"], digits)]
+        lines += [" & ".join(cells) + r" \\", r"\midrule"]
     previous_group = None
     for row in df.to_dict("records"):
         if previous_group is not None and row.get("group") != previous_group:

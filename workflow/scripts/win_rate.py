@@ -17,8 +17,11 @@ scores = {Path(path).stem: pd.read_parquet(path) for path in snakemake.input.sco
 with open(snakemake.input.experiments) as fh:
     experiments = json.load(fh)
 level = float(snakemake.params.get("level", 0.95))
-table = win_rate_table(scores, experiments, reference=snakemake.params.get("reference", "sft"),
+reference = snakemake.params.get("reference", "sft")
+table = win_rate_table(scores, experiments, reference=reference,
                        n_boot=int(snakemake.params.n_boot), seed=int(snakemake.params.seed), level=level)
+logging.info("%s (reference): mean reward %.3f, %.1f%% negative", reference,
+             table["mean_reward_reference"].iloc[0], 100 * table["frac_negative_reference"].iloc[0])
 for row in table.itertuples():
     logging.info("%s: win rate %.3f [%.3f, %.3f], mean reward %.3f, %.1f%% negative, %d prompts", row.name,
                  row.win_rate, row.ci_low, row.ci_high, row.mean_reward, 100 * row.frac_negative, row.n_prompts)
@@ -28,5 +31,5 @@ caption = (f"Win rate against the SFT model on the held-out prompts (a tie count
            f"{100 * level:g}\\% percentile-bootstrap interval over prompts, the mean reward and the share of "
            f"negative rewards.")
 with atomic_output_file(snakemake.output.tex) as tmp:
-    tmp.write_text(latex_table(table, caption=caption))
+    tmp.write_text(latex_table(table, caption=caption, reference=reference))
 logging.info("wrote %s and %s", snakemake.output.csv, snakemake.output.tex)
