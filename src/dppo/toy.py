@@ -19,6 +19,7 @@ gives it a low one (:class:`InitialLevels` holds the exact numbers).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -349,3 +350,199 @@ def run_all(settings: ToySettings, scenarios: Iterable[Scenario] = SCENARIOS, pr
         runs.append(frame)
         step1.append(info)
     return pd.concat(runs, ignore_index=True), pd.DataFrame.from_records(step1)
+
+
+# ---------------------------------------------------------------------- summaries for the paper
+
+SCENARIO_WORDS = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
+FINAL_METRICS = ("p_chosen", "p_rejected", "p_unseen", "p_outside")
+
+
+def per_run_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (scenario, loss, seed): initial, peak and final values of the recorded
+    probabilities, the step of the chosen peak, the final gradient magnitudes and whether the
+    run diverged (then "final" is the last finite state)."""
+
+    def summarise(run: pd.DataFrame) -> pd.Series:
+        run = run.sort_values("step")
+        first, last = run.iloc[0], run.iloc[-1]
+        peak_row = run.loc[run["p_chosen"].idxmax()]
+        row = {f"{m}_initial": first[m] for m in FINAL_METRICS}
+        row.update({f"{m}_final": last[m] for m in FINAL_METRICS})
+        row.update(
+            p_chosen_peak=peak_row["p_chosen"],
+            peak_step=peak_row["step"],
+            p_unseen_max=run["p_unseen"].max(),
+            grad_chosen_initial=first["grad_chosen"],
+            grad_rejected_initial=first["grad_rejected"],
+            grad_chosen_final=last["grad_chosen"],
+            grad_rejected_final=last["grad_rejected"],
+            last_step=last["step"],
+            diverged=bool(run["diverged"].any()),
+        )
+        return pd.Series(row)
+
+    keys = ["scenario", "loss", "seed"]
+    return runs.groupby(keys, sort=False)[list(runs.columns.difference(keys))].apply(summarise).reset_index()
+
+
+def final_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (scenario, loss): mean and standard deviation over seeds of :func:`per_run_summary`,
+    and how many seeds ran and diverged. Losses keep their configured order."""
+    summary = per_run_summary(runs)
+    numeric = [c for c in summary.columns if c not in ("scenario", "loss", "seed", "diverged")]
+    grouped = summary.groupby(["scenario", "loss"], sort=False)
+    table = grouped[numeric].mean().add_suffix("_mean").join(grouped[numeric].std(ddof=0).add_suffix("_sd"))
+    table["n_seeds"] = grouped.size()
+    table["n_diverged"] = grouped["diverged"].sum().astype(int)
+    return table.reset_index().sort_values("scenario", kind="stable").reset_index(drop=True)
+
+
+def property_checks(table: pd.DataFrame, loss: str = "dpo", min_fall: float = 0.05) -> pd.DataFrame:
+    """The seed's three properties, measured per scenario on the seed means of ``loss``:
+
+    - drastic drop: the rejected mass falls by more decades than the chosen probability
+      moves in either direction (log10 ratios initial -> final);
+    - degradation: the chosen probability falls after its peak, by more than ``min_fall``
+      (absolute) by the end of training;
+    - dispersion: the mass on the two unseen responses ends above its initial value
+      (``dispersion_unseen``), or, in the wider reading, the mass on everything outside the
+      prompt's own pairs does (``dispersion_outside``).
+    """
+    rows = []
+    for _, row in table[table["loss"] == loss].iterrows():
+        rejected_decades = math.log10(row["p_rejected_initial_mean"] / row["p_rejected_final_mean"])
+        chosen_decades = abs(math.log10(row["p_chosen_final_mean"] / row["p_chosen_initial_mean"]))
+        fall = row["p_chosen_peak_mean"] - row["p_chosen_final_mean"]
+        rows.append(
+            {
+                "scenario": int(row["scenario"]),
+                "loss": loss,
+                "rejected_decades": rejected_decades,
+                "chosen_decades": chosen_decades,
+                "drastic_drop": rejected_decades > chosen_decades,
+                "chosen_fall_after_peak": fall,
+                "degradation": fall > min_fall,
+                "dispersion_unseen": row["p_unseen_final_mean"] > row["p_unseen_initial_mean"],
+                "dispersion_outside": row["p_outside_final_mean"] > row["p_outside_initial_mean"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def camel(label: str) -> str:
+    """LaTeX macro names take letters only: ``dpo_sft`` -> ``DpoSft``, ``minll2`` -> ``Minll``."""
+    words = "".join(ch if ch.isalpha() else " " for ch in label).split()
+    if not words:
+        raise ValueError(f"loss label {label!r} has no letters to build a LaTeX macro name from")
+    return "".join(w[:1].upper() + w[1:] for w in words)
+
+
+def latex_number(value: float) -> str:
+    """Two significant digits; tiny or huge values as m x 10^e (math-safe in text mode)."""
+    if value != value:  # NaN
+        return "n/a"
+    if math.isinf(value):
+        return r"\ensuremath{\infty}" if value > 0 else r"\ensuremath{-\infty}"
+    if value == 0:
+        return "0"
+    if 0.01 <= abs(value) < 1000:
+        return f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return rf"\ensuremath{{{mantissa}\times 10^{{{int(exponent)}}}}}"
+
+
+# The hyper-parameters each loss actually uses (for the settings macros).
+LOSS_FIELDS = {
+    "dpo": ("beta",),
+    "ipo": ("tau",),
+    "slic": ("slic_delta", "slic_lambda"),
+    "flex_dpo": ("beta_w", "beta_l"),
+    "dpo_sft": ("beta", "sft_lambda"),
+    "minll": ("beta", "alpha"),
+    "unll": ("beta", "alpha"),
+    "conll": ("beta", "alpha"),
+}
+
+MACRO_METRICS = {
+    "ChosenInitial": "p_chosen_initial_mean",
+    "ChosenPeak": "p_chosen_peak_mean",
+    "ChosenPeakStep": "peak_step_mean",
+    "ChosenFinal": "p_chosen_final_mean",
+    "RejectedInitial": "p_rejected_initial_mean",
+    "RejectedFinal": "p_rejected_final_mean",
+    "UnseenInitial": "p_unseen_initial_mean",
+    "UnseenFinal": "p_unseen_final_mean",
+    "OutsideInitial": "p_outside_initial_mean",
+    "OutsideFinal": "p_outside_final_mean",
+    "GradChosenFinal": "grad_chosen_final_mean",
+    "GradRejectedFinal": "grad_rejected_final_mean",
+    "Diverged": "n_diverged",
+}
+
+
+def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySettings) -> str:
+    """``\\newcommand`` lines for every number the toy section quotes, so none is typed by hand:
+    ``\\toyScen<One..Four><Loss><Metric>``, the property verdicts ``\\toyScen<N>Dpo<Property>``
+    (yes/no), and the run settings ``\\toySeeds``, ``\\toySteps`` ..."""
+    lines = ["% Generated by dppo.toy.latex_macros; do not edit."]
+
+    def define(name: str, value: str) -> None:
+        lines.append(rf"\newcommand{{\{name}}}{{{value}}}")
+
+    for _, row in table.iterrows():
+        prefix = f"toyScen{SCENARIO_WORDS[int(row['scenario'])]}{camel(row['loss'])}"
+        for suffix, column in MACRO_METRICS.items():
+            value = row[column]
+            define(prefix + suffix, str(round(value)) if suffix in ("Diverged", "ChosenPeakStep") else latex_number(value))
+    for _, row in checks.iterrows():
+        prefix = f"toyScen{SCENARIO_WORDS[int(row['scenario'])]}{camel(row['loss'])}"
+        for suffix, column in (
+            ("DrasticDrop", "drastic_drop"),
+            ("Degradation", "degradation"),
+            ("DispersionUnseen", "dispersion_unseen"),
+            ("DispersionOutside", "dispersion_outside"),
+        ):
+            define(prefix + suffix, "yes" if row[column] else "no")
+        define(prefix + "RejectedDecades", f"{row['rejected_decades']:.0f}")
+    define("toyNumSeeds", str(len(settings.seeds)))
+    define("toySteps", str(settings.steps))
+    define("toyLr", latex_number(settings.lr))
+    define("toyHidden", str(settings.hidden))
+    define("toySftSteps", str(settings.sft_steps))
+    define("toyPairsPerPrompt", str(settings.pairs_per_prompt))
+    for name, value in vars(settings.levels).items():
+        define("toyLevel" + camel(name), latex_number(value))
+    for label, cfg in settings.losses:
+        for field in LOSS_FIELDS[cfg.name]:
+            define(f"toy{camel(label)}{camel(field)}", latex_number(getattr(cfg, field)))
+    return "\n".join(lines) + "\n"
+
+
+def latex_final_table(table: pd.DataFrame) -> str:
+    """A tabular of the final probabilities (mean +- sd over seeds) per scenario and loss."""
+
+    def cell(row: pd.Series, metric: str) -> str:
+        return f"{latex_number(row[metric + '_mean'])} $\\pm$ {latex_number(row[metric + '_sd'])}"
+
+    lines = [
+        r"\begin{tabular}{llccccc}",
+        r"\hline",
+        r"Scen. & Loss & peak $\pi(y^*)$ & final $\pi(y^*)$ & rejected mass & unseen mass & outside mass \\",
+        r"\hline",
+    ]
+    previous = None
+    for _, row in table.iterrows():
+        scenario = int(row["scenario"])
+        if previous is not None and scenario != previous:
+            lines.append(r"\hline")
+        mark = rf"$^\dagger$" if row["n_diverged"] else ""
+        loss = row["loss"].replace("_", r"\_") + mark
+        lines.append(
+            f"{scenario if scenario != previous else ''} & {loss} & {cell(row, 'p_chosen_peak')} & "
+            f"{cell(row, 'p_chosen_final')} & {cell(row, 'p_rejected_final')} & "
+            f"{cell(row, 'p_unseen_final')} & {cell(row, 'p_outside_final')} \\\\"
+        )
+        previous = scenario
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
