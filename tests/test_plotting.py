@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from dppo import plotting
+from dppo import paper, plotting
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -18,20 +18,22 @@ def _row(name, group, loss, f, alpha, n_train, seed, win, label=None, frac_neg=0
 
 
 def full_grid() -> pd.DataFrame:
-    """Every group of the poster's grid, two seeds for DPO."""
-    rows = [_row("dpo-n200-s0", "main", "dpo", None, None, 200, 0, 0.60, frac_neg=0.30),
-            _row("dpo-n200-s1", "main", "dpo", None, None, 200, 1, 0.64, frac_neg=0.30)]
+    """Every group of the poster's grid, two seeds for DPO; main runs use all rows (n_train
+    empty, 200 rows), the data-efficiency group subsets of 50 and 100."""
+    rows = [_row("dpo-s0", "main", "dpo", None, None, None, 0, 0.60, frac_neg=0.30),
+            _row("dpo-s1", "main", "dpo", None, None, None, 1, 0.64, frac_neg=0.30)]
     for loss in ("minll", "unll", "conll"):
-        rows.append(_row(f"{loss}-linear-a0.1-n200-s0", "main", loss, "linear", 0.1, 200, 0, 0.65))
+        rows.append(_row(f"{loss}-linear-a0.1-s0", "main", loss, "linear", 0.1, None, 0, 0.65))
         for f in ("linear", "sqrt"):
             for alpha, bump in ((0.01, 0.0), (1.0, 0.1)):
                 rows.append(_row(f"{loss}-{f}-a{alpha}-n200-s0", "alpha_sweep", loss, f, alpha,
                                  200, 0, 0.55 + bump + (0.05 if loss == "unll" else 0)))
-    for n in (50, 100, 200):
+    for n in (50, 100):
         rows.append(_row(f"dpo-n{n}-s0", "data_efficiency", "dpo", None, None, n, 0, 0.5 + n / 1000))
         rows.append(_row(f"unll-linear-a0.1-n{n}-s0", "data_efficiency", "unll", "linear", 0.1,
                          n, 0, 0.6 + n / 1000))
     rows.append(_row("chain-s0", "chained", "dpo", None, None, 50, 0, 0.9, label="unll → DPO"))
+    rows.append(_row("ipo-s0", "3d_variants", "ipo", None, None, None, 0, 0.58, label="IPO"))
     return pd.DataFrame(rows)
 
 
@@ -55,24 +57,24 @@ def _errorbars(ax):
 
 
 def test_aggregate_seeds_means_over_seeds_only():
-    agg = plotting.aggregate_seeds(full_grid())
+    agg = paper.aggregate_seeds(full_grid())
     dpo = agg[(agg["group"] == "main") & (agg["loss"] == "dpo")]
     assert len(dpo) == 1
     assert dpo["win_rate"].iloc[0] == pytest.approx(0.62)
     assert dpo["ci_low"].iloc[0] == pytest.approx(0.57)
     assert dpo["n_seeds"].iloc[0] == 2
     # DPO rows have f = None: they must survive the groupby (dropna=False).
-    assert (agg["loss"] == "dpo").sum() == 1 + 3 + 1
+    assert (agg["loss"] == "dpo").sum() == 1 + 2 + 1
 
 
 def test_pick_runs_best_penalty_variant_and_dpo():
-    runs = plotting.pick_runs(full_grid())
-    assert runs["dpo"]["name"] == "dpo-n200-s0"  # lowest seed of the main DPO
+    runs = paper.pick_runs(full_grid())
+    assert runs["dpo"]["name"] == "dpo-s0"  # lowest seed of the main DPO
     # unll alpha=1.0 sweeps score 0.55+0.1+0.05 = 0.70, the maximum; linear comes first.
     assert runs["dppo"]["name"] == "unll-linear-a1.0-n200-s0"
     assert runs["dppo"]["win_rate"] == pytest.approx(0.70)
     assert "α=1" in runs["dppo"]["label"]
-    assert plotting.pick_runs(full_grid().iloc[:0]) == {}
+    assert paper.pick_runs(full_grid().iloc[:0]) == {}
 
 
 def test_hparam_search_panels_and_lines(tmp_path):
@@ -95,12 +97,12 @@ def test_paradigms_one_bar_per_method(tmp_path):
     fig = plotting.fig_paradigms(full_grid())
     ax = fig.axes[0]
     bars = [c for c in ax.containers if isinstance(c, BarContainer)][0]
-    # main: DPO (2 seeds -> 1 bar), minll, unll, conll; chained: 1 -> 5 bars
-    assert len(bars) == 5
+    # main: DPO (2 seeds -> 1 bar), minll, unll, conll; chained; IPO -> 6 bars
+    assert len(bars) == 6
     widths = [b.get_width() for b in bars]
-    assert widths[0] == pytest.approx(0.62) and widths[-1] == pytest.approx(0.9)
+    assert widths[0] == pytest.approx(0.62) and widths[-2] == pytest.approx(0.9)
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels[0] == "DPO" and labels[-1] == "unll → DPO"  # table order, top to bottom
+    assert labels[0] == "DPO" and labels[-1] == "IPO"  # table order, top to bottom
     assert bars[0].get_y() > bars[-1].get_y()
     _check_files(tmp_path, fig, "paradigms")
 
@@ -119,13 +121,19 @@ def test_reward_hist_series_and_negative_share(tmp_path):
 
 
 def test_data_efficiency_lines_and_chained_star(tmp_path):
-    fig = plotting.fig_data_efficiency(full_grid())
+    fig = plotting.fig_data_efficiency(full_grid(), n_full=200)
     ax = fig.axes[0]
     bars = _errorbars(ax)
     assert len(bars) == 3  # DPO line, unll line, chained star
+    # subsets 50, 100 from data_efficiency; 200 = the main run on all rows (seed mean)
     assert list(bars[0].lines[0].get_xdata()) == [50, 100, 200]
-    assert list(bars[1].lines[0].get_ydata()) == pytest.approx([0.65, 0.7, 0.8])
+    assert list(bars[0].lines[0].get_ydata()) == pytest.approx([0.55, 0.6, 0.62])
+    assert list(bars[1].lines[0].get_ydata()) == pytest.approx([0.65, 0.7, 0.65])
+    assert bars[1].get_label() == "unll (linear)"  # the main run's label names the method
     assert bars[2].lines[0].get_marker() == "*"
+    # without n_full the full-data points have no x and are left out
+    no_full = plotting.fig_data_efficiency(full_grid())
+    assert list(_errorbars(no_full.axes[0])[0].lines[0].get_xdata()) == [50, 100]
     _check_files(tmp_path, fig, "data_efficiency")
 
 
@@ -193,4 +201,4 @@ def test_read_win_rates_keeps_missing_f_as_null(tmp_path):
     full_grid().to_csv(path, index=False)
     df = plotting.read_win_rates(path)
     assert df.loc[df["loss"] == "dpo", "f"].isna().all()
-    assert plotting.pick_runs(df)["dppo"]["name"] == "unll-linear-a1.0-n200-s0"
+    assert paper.pick_runs(df)["dppo"]["name"] == "unll-linear-a1.0-n200-s0"

@@ -25,12 +25,19 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+# Which runs a figure shows is the paper's decision, shared with the macros: dppo.paper.
+from dppo.paper import (  # noqa: E402
+    PENALTY_LOSSES,
+    aggregate_seeds,
+    data_efficiency_rows,
+    label_with_alpha,
+)
+
 # Widths of a two-column paper (letter, 0.75 in margins): one column, the full text.
 COLUMN_WIDTH = 3.3
 TEXT_WIDTH = 6.9
 PNG_DPI = 200
 
-PENALTY_LOSSES = ("minll", "unll", "conll")
 # One fixed colour per training paradigm so a method looks the same in every figure.
 _PALETTE = sns.color_palette("colorblind", 10)
 METHOD_COLORS = {
@@ -47,7 +54,6 @@ METHOD_COLORS = {
 }
 F_MARKERS = {"linear": "o", "quadratic": "s", "sqrt": "^", "expectile": "D"}
 F_ORDER = ("linear", "quadratic", "sqrt", "expectile")
-SEED_KEYS = ("label", "group", "loss", "f", "alpha", "n_train")
 
 
 def apply_style() -> None:
@@ -103,24 +109,6 @@ def _note(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def aggregate_seeds(win_rates: pd.DataFrame, keys=SEED_KEYS) -> pd.DataFrame:
-    """Mean over seeds of the win rate and of its bootstrap interval bounds.
-
-    With one seed this is the run's own 95% bootstrap interval over prompts; with several,
-    the seed-averaged interval (the table keeps per-seed rows for anything finer).
-    """
-    keys = [k for k in keys if k in win_rates.columns]
-    if win_rates.empty:
-        return pd.DataFrame(columns=[*keys, "win_rate", "ci_low", "ci_high", "n_seeds"])
-    agg = (
-        win_rates.groupby(keys, dropna=False, sort=False)
-        .agg(win_rate=("win_rate", "mean"), ci_low=("ci_low", "mean"),
-             ci_high=("ci_high", "mean"), n_seeds=("win_rate", "size"))
-        .reset_index()
-    )
-    return agg
-
-
 def _yerr(df: pd.DataFrame) -> np.ndarray:
     """Asymmetric error bars (2, n) from the interval bounds; never negative."""
     low = (df["win_rate"] - df["ci_low"]).clip(lower=0).to_numpy()
@@ -137,44 +125,6 @@ def _log_scale_if_wide(ax, values, axis: str = "x") -> None:
 
 def _f_sort_key(f) -> int:
     return F_ORDER.index(f) if f in F_ORDER else len(F_ORDER)
-
-
-def pick_runs(win_rates: pd.DataFrame) -> dict[str, dict]:
-    """The runs the reward histogram and the dynamics compare.
-
-    ``dpo``: the main-group DPO run with the most training rows; ``dppo``: the penalty
-    variant (minll/unll/conll, groups main or alpha_sweep) with the highest seed-averaged
-    win rate. Each value is ``{"name", "label", "win_rate"}`` of its lowest seed; a key is
-    absent when the grid has no such run.
-    """
-    picked: dict[str, dict] = {}
-    if win_rates.empty:
-        return picked
-    main_dpo = win_rates[(win_rates["group"] == "main") & (win_rates["loss"] == "dpo")]
-    if not main_dpo.empty:
-        row = main_dpo.sort_values(["n_train", "seed"], ascending=[False, True]).iloc[0]
-        picked["dpo"] = {"name": row["name"], "label": row["label"],
-                         "win_rate": float(row["win_rate"])}
-    penal = win_rates[win_rates["group"].isin(["main", "alpha_sweep"])
-                      & win_rates["loss"].isin(PENALTY_LOSSES)]
-    if not penal.empty:
-        agg = aggregate_seeds(penal, ("label", "loss", "f", "alpha", "n_train", "group"))
-        best = agg.sort_values("win_rate", ascending=False, kind="stable").iloc[0]
-        same = penal
-        for key in ("label", "loss", "f", "alpha", "n_train", "group"):
-            same = same[(same[key] == best[key]) | (same[key].isna() & pd.isna(best[key]))]
-        row = same.sort_values("seed").iloc[0]
-        picked["dppo"] = {"name": row["name"], "label": _with_alpha(row),
-                          "win_rate": float(best["win_rate"])}
-    return picked
-
-
-def _with_alpha(row) -> str:
-    """Label plus alpha, since one label (loss and f) may be run at several alphas."""
-    alpha = row.get("alpha")
-    if pd.notna(alpha) and row.get("loss") in PENALTY_LOSSES:
-        return f"{row['label']}, α={alpha:g}"
-    return str(row["label"])
 
 
 # ---------------------------------------------------------------------------- figures
@@ -223,22 +173,26 @@ def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
     return fig
 
 
+PARADIGM_GROUPS = ("main", "chained", "3d_variants")
+
+
 def fig_paradigms(win_rates: pd.DataFrame) -> Figure:
-    """One horizontal bar per training paradigm (groups main and chained), with 95% CI."""
+    """One horizontal bar per training paradigm (groups main, chained and the 3D-properties
+    regularizers), with 95% CI, in table order from the top."""
     apply_style()
-    rows = win_rates[win_rates["group"].isin(["main", "chained"])]
+    rows = win_rates[win_rates["group"].isin(PARADIGM_GROUPS)]
     agg = aggregate_seeds(rows)
     n = len(agg)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.9 + 0.28 * max(n, 2)))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.8 + 0.2 * max(n, 2)))
     if n == 0:
         _note(ax, "no main or chained runs in this configuration")
         return fig
     # Labels get alpha when one label occurs at several alphas, so every bar is unambiguous.
     dup = agg["label"].duplicated(keep=False)
-    names = [(_with_alpha(r) if d else str(r["label"])) for (_, r), d in zip(agg.iterrows(), dup)]
+    names = [(label_with_alpha(r) if d else str(r["label"])) for (_, r), d in zip(agg.iterrows(), dup)]
     y = np.arange(n)[::-1]  # first table row at the top
     colors = [method_color(r["loss"], r["group"]) for _, r in agg.iterrows()]
-    ax.barh(y, agg["win_rate"], xerr=_yerr(agg), color=colors, height=0.65,
+    ax.barh(y, agg["win_rate"], xerr=_yerr(agg), color=colors, height=0.7,
             error_kw={"elinewidth": 0.8, "capsize": 2})
     for yi, value, hi in zip(y, agg["win_rate"], agg["ci_high"]):
         ax.text(min(max(hi, value) + 0.02, 1.0), yi, f"{value:.2f}", va="center", fontsize=7)
@@ -288,22 +242,28 @@ def _hist_color(label: str, index: int):
     return METHOD_COLORS.get(head, _PALETTE[index % len(_PALETTE)])
 
 
-def fig_data_efficiency(win_rates: pd.DataFrame) -> Figure:
-    """Win rate vs number of preference rows per method, plus the chained run as a star."""
+def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> Figure:
+    """Win rate vs number of preference rows per method, plus the chained run as a star.
+
+    Subset runs come from the data-efficiency group, the full-data point of each method
+    from the main group (``n_full`` rows, see :func:`dppo.paper.data_efficiency_rows`).
+    """
     apply_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
-    rows = win_rates[win_rates["group"] == "data_efficiency"]
+    agg = data_efficiency_rows(win_rates, n_full)
     chained = aggregate_seeds(win_rates[win_rates["group"] == "chained"])
-    if rows.empty and chained.empty:
+    if agg.empty and chained.empty:
         _note(ax, "no data-efficiency runs in this configuration")
         return fig
-    agg = aggregate_seeds(rows, ("label", "loss", "f", "n_train"))
-    for label in agg["label"].unique():
-        line = agg[agg["label"] == label].sort_values("n_train")
-        ax.errorbar(line["n_train"], line["win_rate"], yerr=_yerr(line), label=str(label),
-                    marker="o", capsize=2, elinewidth=0.8,
+    for method in agg["method"].unique():
+        line = agg[agg["method"] == method]
+        ax.errorbar(line["n_train"], line["win_rate"], yerr=_yerr(line),
+                    label=str(line["label"].iloc[0]), marker="o", capsize=2, elinewidth=0.8,
                     color=method_color(line["loss"].iloc[0]))
-    for _, row in chained.iterrows():
+    chained = chained.assign(n_train=pd.to_numeric(chained["n_train"], errors="coerce"))
+    if n_full is not None:
+        chained["n_train"] = chained["n_train"].fillna(n_full)
+    for _, row in chained.dropna(subset=["n_train"]).iterrows():
         ax.errorbar([row["n_train"]], [row["win_rate"]], yerr=_yerr(row.to_frame().T),
                     marker="*", markersize=9, ls="none", capsize=2,
                     color=METHOD_COLORS["chained"], label=str(row["label"]))

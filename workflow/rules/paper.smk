@@ -112,6 +112,7 @@ rule fig_reward_hist:
 rule fig_data_efficiency:
     input:
         win_rates=WIN_RATES_CSV,
+        pref_stats=DATA_STATS["pref"],
     output:
         **_paper_figure("data_efficiency"),
     log:

@@ -2,7 +2,8 @@
 import logging
 from pathlib import Path
 
-from dppo.plotting import fig_dynamics, pick_runs, read_metrics, read_win_rates, save_figure
+from dppo.paper import pick_runs
+from dppo.plotting import fig_dynamics, read_metrics, read_win_rates, save_figure
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
 metric_files = {Path(p).stem: p for p in snakemake.input.metrics}

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dppo.plotting import fig_reward_hist, pick_runs, read_win_rates, save_figure
+from dppo.paper import pick_runs
+from dppo.plotting import fig_reward_hist, read_win_rates, save_figure
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
 score_files = {Path(p).stem: p for p in snakemake.input.scores}
