@@ -133,7 +133,8 @@ def test_win_rate_table_needs_every_experiment():
 def test_latex_table_content(table):
     tex = latex_table(table, caption="Win rates.", label="tab:wr")
     lines = tex.splitlines()
-    assert lines[0] == r"\begin{table}[t]" and lines[-1] == r"\end{table}"
+    # No placement option: paper/main.tex renews `table` as `table*`, which would print "[t]".
+    assert lines[0] == r"\begin{table}" and lines[-1] == r"\end{table}"
     assert r"\toprule" in lines and r"\bottomrule" in lines
     # Under the header, under the reference line, and at the group change main -> alpha_sweep.
     assert lines.count(r"\midrule") == 3
@@ -146,4 +147,5 @@ def test_latex_table_content(table):
     dpo = next(line for line in lines if "dpo-n4-s0" in line)
     low, high = table.loc[0, ["ci_low", "ci_high"]]
     assert dpo == rf"\texttt{{dpo-n4-s0}} & DPO & -- & 4 & 0.625 & [{low:.3f}, {high:.3f}] & 2.000 & 0.000 \\"
+    assert any(line.startswith(r"\ifdim\wd0>\linewidth\ifdefined\resizebox") for line in lines)  # shrink if too wide
     assert r"\caption{Win rates.}" in lines and r"\label{tab:wr}" in lines

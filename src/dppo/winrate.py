@@ -164,7 +164,9 @@ def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model
     header = (r"Experiment & Method & $\alpha$ & $n_{\mathrm{train}}$ & Win rate & 95\% CI"
               r" & Mean reward & Neg.\ share \\")
     lines = [
-        r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llrrrcrr}", r"\toprule", header, r"\midrule",
+        r"\begin{table}", r"\centering", r"\small",
+        # Typeset into a box first, to shrink it to the line width only if it is wider.
+        r"\setbox0=\hbox{%", r"\begin{tabular}{llrrrcrr}", r"\toprule", header, r"\midrule",
     ]
     if len(df):
         first = df.iloc[0]
@@ -183,5 +185,10 @@ def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model
             _number(row["mean_reward"], digits), _number(row["frac_negative"], digits),
         ]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}"]
+    lines += [
+        r"\bottomrule", r"\end{tabular}}%",
+        # \resizebox needs graphicx; without it the table keeps its natural width.
+        r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi",
+        r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
