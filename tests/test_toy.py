@@ -161,3 +161,87 @@ def test_settings_from_config_names_the_bad_loss():
         toy.ToySettings.from_config({"losses": {"bad": {"name": "nope"}}})
     with pytest.raises(ValueError, match="empty"):
         toy.ToySettings.from_config({"losses": {}})
+
+
+def _hand_runs() -> pd.DataFrame:
+    """Two seeds of one (scenario, loss) with hand-set curves: the chosen probability peaks at
+    step 1 and falls, the rejected mass collapses, the outside mass dips and climbs back."""
+    rows = []
+    curves = {
+        0: {"p_chosen": [0.3, 0.9, 0.6], "p_rejected": [0.4, 1e-3, 1e-8], "p_unseen": [0.1, 0.01, 0.02]},
+        1: {"p_chosen": [0.3, 0.7, 0.5], "p_rejected": [0.4, 1e-7, 1e-9], "p_unseen": [0.1, 0.03, 0.04]},
+    }
+    for seed, curve in curves.items():
+        for step in range(3):
+            chosen, rejected = curve["p_chosen"][step], curve["p_rejected"][step]
+            rows.append({
+                "scenario": 1, "seed": seed, "loss": "dpo", "step": step,
+                "p_chosen": chosen, "p_rejected": rejected, "p_unseen": curve["p_unseen"][step],
+                "p_outside": 1 - chosen - rejected, "grad_chosen": 1.0 + step, "grad_rejected": 10.0 ** step,
+                "diverged": False,
+            })
+    return pd.DataFrame(rows)
+
+
+def test_final_table_and_property_checks_by_hand():
+    table = toy.final_table(_hand_runs())
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["p_chosen_peak_mean"] == pytest.approx(0.8)
+    assert row["p_chosen_peak_sd"] == pytest.approx(0.1)
+    assert row["peak_step_mean"] == 1
+    assert row["p_chosen_final_mean"] == pytest.approx(0.55)
+    assert row["p_rejected_final_mean"] == pytest.approx((1e-8 + 1e-9) / 2)
+    assert row["rejected_collapse_step_mean"] == pytest.approx(1.5)  # seed 0 at step 2, seed 1 at 1
+    assert row["grad_rejected_final_mean"] == 100.0
+    assert row["n_seeds"] == 2 and row["n_diverged"] == 0
+    checks = toy.property_checks(table).iloc[0]
+    assert checks["rejected_decades"] == pytest.approx(math.log10(0.4 / 5.5e-9))
+    assert checks["chosen_decades"] == pytest.approx(abs(math.log10(0.55 / 0.3)))
+    assert checks["drastic_drop"] and checks["degradation"]
+    assert checks["chosen_fall_after_peak"] == pytest.approx(0.25)
+    assert not checks["dispersion_unseen"]  # 0.03 at the end < 0.1 at the start
+    # outside mass: seed 0 0.3, 0.099, 0.4; seed 1 0.3, 0.3, 0.5 -> min mean 0.1995, final mean 0.45
+    assert checks["outside_rise_from_min"] == pytest.approx(0.45 - (0.099 + 0.3) / 2)
+    assert checks["dispersion_outside"]
+
+
+def test_latex_outputs():
+    assert toy.camel("dpo_sft") == "DpoSft" and toy.camel("flex-dpo2") == "FlexDpo"
+    assert toy.latex_number(0.5549) == "0.55"
+    assert toy.latex_number(2.5e-9) == r"\ensuremath{2.5\times 10^{-9}}"
+    assert toy.latex_number(float("inf")) == r"\ensuremath{\infty}"
+    table = toy.final_table(_hand_runs())
+    macros = toy.latex_macros(table, toy.property_checks(table), SMALL)
+    assert r"\newcommand{\toyScenOneDpoChosenPeak}{0.80}" in macros
+    assert r"\newcommand{\toyScenOneDpoChosenPeakStep}{1}" in macros
+    assert r"\newcommand{\toyScenOneDpoDegradation}{yes}" in macros
+    assert r"\newcommand{\toyScenOneDpoDispersionUnseen}{no}" in macros
+    assert r"\newcommand{\toyMinllAlpha}{0.50}" in macros
+    names = [line.split("}")[0] for line in macros.splitlines() if line.startswith(r"\newcommand")]
+    assert len(names) == len(set(names))  # LaTeX refuses a second \newcommand of one name
+    tex = toy.latex_final_table(table)
+    assert tex.startswith(r"\begin{tabular}") and tex.rstrip().endswith(r"\end{tabular}")
+    assert r"1 & dpo & 0.80 $\pm$ 0.10 & 0.55 $\pm$ 0.05" in tex
+
+
+def test_a_runaway_penalty_is_stopped_and_flagged():
+    # Scenario 2 (chosen less likely than rejected, so r < 0 and the minll penalty fires) with a
+    # large alpha and step size: minll's alpha f(r) log pi(y_gen) is unbounded below and log pi
+    # of y_gen underflows float64 within a few dozen steps; DPO on the same set-up does not.
+    def run(loss_cfg):
+        policy = toy.build_policy(16, seed=0)
+        toy.fit_distribution(policy, toy.initial_distribution(toy.SCENARIOS[1]), 300, 1e-2)
+        with torch.no_grad():
+            reference_logp = policy()
+        return toy.train_preference(
+            policy, reference_logp, toy.make_preference_pairs(3, seed=0),
+            toy.greedy_responses(reference_logp), loss_cfg, steps=60, lr=0.1,
+        )
+
+    runaway = run(LossConfig(name="minll", alpha=5.0))
+    assert len(runaway) < 61 and runaway[-1]["diverged"]
+    assert not any(r["diverged"] for r in runaway[:-1])
+    assert runaway[-1]["part_logp_gen"] < runaway[0]["part_logp_gen"] - 100
+    dpo = run(LossConfig(name="dpo"))
+    assert len(dpo) == 61 and not any(r["diverged"] for r in dpo)

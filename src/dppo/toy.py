@@ -38,6 +38,7 @@ UNSEEN_IDS = (8, 9)
 # float64: the rejected probabilities fall by many orders of magnitude, and dL/dpi = dL/dlogpi / pi
 # must stay finite while they do.
 DTYPE = torch.float64
+UNDERFLOW_LOGP = math.log(torch.finfo(DTYPE).tiny)  # about -708: exp() below this is not normal
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def train_preference(
 
     Returns one record per step ``0..steps`` (the state BEFORE update ``step``; the last is the
     final model; fewer records, the last with ``diverged`` True, if the loss or a parameter
-    gradient stops being finite): the :func:`distribution_summary`, the loss and its parts, and the gradient
+    gradient stops being finite or a probability underflows float64): the :func:`distribution_summary`, the loss and its parts, and the gradient
     magnitudes ``grad_chosen`` = mean over pairs of |dL_i/dpi(y_w|x_i)| and ``grad_rejected``
     likewise for y_l. They are the seed's Corollary-1 quantities: each pair's loss L_i is seen as
     a function of the probabilities pi(y|x_i) of its own prompt, so dL_i/dpi = dL_i/dlogpi / pi,
@@ -248,7 +249,13 @@ def train_preference(
         record["grad_rejected"] = float(dloss_dprob[rows, pairs.rejected].abs().mean())
         # An unbounded loss (minll's alpha f(r) logp(y_gen)) can run away; stop at the first
         # non-finite loss or parameter gradient instead of training on garbage.
-        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in param_grads)
+        # Likewise once a probability underflows float64 (minll drives log pi(y_gen) to -inf):
+        # from then on the recorded probabilities are exact zeros and the run means nothing.
+        finite = (
+            bool(torch.isfinite(loss))
+            and all(bool(torch.isfinite(g).all()) for g in param_grads)
+            and float(logp.detach().min()) > UNDERFLOW_LOGP
+        )
         record["diverged"] = not finite
         records.append(record)
         if step == steps or not finite:
@@ -358,21 +365,25 @@ SCENARIO_WORDS = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
 FINAL_METRICS = ("p_chosen", "p_rejected", "p_unseen", "p_outside")
 
 
-def per_run_summary(runs: pd.DataFrame) -> pd.DataFrame:
+def per_run_summary(runs: pd.DataFrame, collapse_below: float = 1e-6) -> pd.DataFrame:
     """One row per (scenario, loss, seed): initial, peak and final values of the recorded
-    probabilities, the step of the chosen peak, the final gradient magnitudes and whether the
-    run diverged (then "final" is the last finite state)."""
+    probabilities, the step of the chosen peak, the lowest outside mass, the first step at
+    which the rejected mass is below ``collapse_below`` (NaN if never), the initial and final
+    gradient magnitudes and whether the run diverged (then "final" is its last valid state)."""
 
     def summarise(run: pd.DataFrame) -> pd.Series:
         run = run.sort_values("step")
         first, last = run.iloc[0], run.iloc[-1]
         peak_row = run.loc[run["p_chosen"].idxmax()]
+        collapsed = run.loc[run["p_rejected"] < collapse_below, "step"]
         row = {f"{m}_initial": first[m] for m in FINAL_METRICS}
         row.update({f"{m}_final": last[m] for m in FINAL_METRICS})
         row.update(
             p_chosen_peak=peak_row["p_chosen"],
             peak_step=peak_row["step"],
             p_unseen_max=run["p_unseen"].max(),
+            p_outside_min=run["p_outside"].min(),
+            rejected_collapse_step=collapsed.min() if len(collapsed) else math.nan,
             grad_chosen_initial=first["grad_chosen"],
             grad_rejected_initial=first["grad_rejected"],
             grad_chosen_final=last["grad_chosen"],
@@ -406,8 +417,9 @@ def property_checks(table: pd.DataFrame, loss: str = "dpo", min_fall: float = 0.
     - degradation: the chosen probability falls after its peak, by more than ``min_fall``
       (absolute) by the end of training;
     - dispersion: the mass on the two unseen responses ends above its initial value
-      (``dispersion_unseen``), or, in the wider reading, the mass on everything outside the
-      prompt's own pairs does (``dispersion_outside``).
+      (``dispersion_unseen``), or, in the wider reading (every response outside the prompt's
+      own pairs, i.e. also the other prompts' optimal responses), the outside mass climbs back
+      by more than ``min_fall`` from its lowest point (``dispersion_outside``).
     """
     rows = []
     for _, row in table[table["loss"] == loss].iterrows():
@@ -424,7 +436,8 @@ def property_checks(table: pd.DataFrame, loss: str = "dpo", min_fall: float = 0.
                 "chosen_fall_after_peak": fall,
                 "degradation": fall > min_fall,
                 "dispersion_unseen": row["p_unseen_final_mean"] > row["p_unseen_initial_mean"],
-                "dispersion_outside": row["p_outside_final_mean"] > row["p_outside_initial_mean"],
+                "outside_rise_from_min": row["p_outside_final_mean"] - row["p_outside_min_mean"],
+                "dispersion_outside": row["p_outside_final_mean"] - row["p_outside_min_mean"] > min_fall,
             }
         )
     return pd.DataFrame(rows)
@@ -474,11 +487,17 @@ MACRO_METRICS = {
     "UnseenInitial": "p_unseen_initial_mean",
     "UnseenFinal": "p_unseen_final_mean",
     "OutsideInitial": "p_outside_initial_mean",
+    "OutsideMin": "p_outside_min_mean",
     "OutsideFinal": "p_outside_final_mean",
+    "RejectedCollapseStep": "rejected_collapse_step_mean",
     "GradChosenFinal": "grad_chosen_final_mean",
     "GradRejectedFinal": "grad_rejected_final_mean",
     "Diverged": "n_diverged",
 }
+
+
+def _step_text(value: float) -> str:
+    return "never" if value != value else str(round(value))
 
 
 def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySettings) -> str:
@@ -494,7 +513,7 @@ def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySetting
         prefix = f"toyScen{SCENARIO_WORDS[int(row['scenario'])]}{camel(row['loss'])}"
         for suffix, column in MACRO_METRICS.items():
             value = row[column]
-            define(prefix + suffix, str(round(value)) if suffix in ("Diverged", "ChosenPeakStep") else latex_number(value))
+            define(prefix + suffix, _step_text(value) if suffix in ("Diverged", "ChosenPeakStep", "RejectedCollapseStep") else latex_number(value))
     for _, row in checks.iterrows():
         prefix = f"toyScen{SCENARIO_WORDS[int(row['scenario'])]}{camel(row['loss'])}"
         for suffix, column in (
