@@ -24,7 +24,7 @@ DECISIVE_SPEC = TinyModelSpec(hidden_size=64, num_attention_heads=2, num_key_val
 TASK = synthetic.TaskSpec(max_items=8)
 
 
-def train_briefly(model_dir: Path, steps: int = 30, seed: int = 0) -> Path:
+def train_briefly(model_dir: Path, steps: int = 60, seed: int = 0) -> Path:
     """A few full-batch SFT steps on the synthetic task: a random tiny model repeats one token
     with near-tied logits; after these steps it answers in varied words, emits EOS after
     some answers and runs past max_new_tokens on others, with decisive logits."""
