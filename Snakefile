@@ -2,11 +2,12 @@
 # `snakemake --profile slurm all --configfile configs/paper.yaml` runs the poster's setup.
 # Stages and layout: ../shared/DESIGN.md and README.md. All logic lives in the `dppo` package.
 import json
+import os
 import re
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from dppo.config import ConfigError, check_config, rule_resources
+from dppo.config import ConfigError, check_config, check_unique_keys, rule_resources, validate_config
 
 min_version("9.0")
 
@@ -14,8 +15,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
 try:
+    check_unique_keys(workflow.configfiles)
+    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
     EXPERIMENT_SPECS = check_config(config)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import fields
 
+import yaml
+
 from dppo.losses import LossConfig
 from dppo.training import OptimConfig
 
@@ -19,10 +21,51 @@ LOSS_KEYS = tuple(f.name for f in fields(LossConfig))
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
 RUN_KEYS = ("n_train", "init", "group", "label", "track_gen", "on_nonfinite")
 SWEEP_SEPARATOR = "__"
+RESERVED_NAMES = ("sft", "init")  # model directories of the SFT stage and the initial model
 
 
 class ConfigError(ValueError):
     """A config value that stops the run before any job starts; the message names the key."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys (plain YAML keeps the last one silently,
+    which would drop an experiment defined twice)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{node.start_mark.name}, line {key_node.start_mark.line + 1}: key {key!r} is defined twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def check_unique_keys(paths) -> None:
+    """Raise ConfigError when a config file defines a key (e.g. an experiment name) twice."""
+    for path in paths:
+        with open(path) as fh:
+            yaml.load(fh, Loader=_UniqueKeyLoader)
+
+
+def validate_config(config: dict, schema_path: str) -> None:
+    """Snakemake's ``validate()`` (fills schema defaults), with the error cut down to the
+    offending key and the reason instead of a dump of the schema."""
+    from snakemake.utils import validate
+
+    try:
+        validate(config, schema_path)
+    except Exception:
+        import jsonschema
+
+        with open(schema_path) as fh:
+            schema = yaml.safe_load(fh)
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+        if error is None:
+            raise
+        key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
+        raise ConfigError(f"config key {key}: {error.message}") from None
 
 
 def _format_value(value) -> str:
@@ -76,6 +119,8 @@ def check_config(config: dict) -> dict[str, dict]:
             loss_config(spec).validate()
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"experiments.{name}: the name is reserved for a pipeline stage ({', '.join(RESERVED_NAMES)})")
         init = spec.get("init", "sft")
         if init != "sft":
             if init not in experiments:

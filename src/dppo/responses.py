@@ -44,8 +44,9 @@ def pregenerate_ygen(model_dir, pref_train_file, stats_file, out_file, gen_cfg: 
 
 
 def generate_answers(model_dir, test_file, stats_file, out_file, gen_cfg: dict, max_prompts: int | None = None) -> pd.DataFrame:
-    """Greedy answers of ``model_dir`` to the held-out prompts (the first ``max_prompts``)."""
-    rows = pd.read_parquet(test_file)
+    """Greedy answers of ``model_dir`` to the held-out prompts (the first ``max_prompts``
+    distinct ones: a prompt asked twice would count twice in the win rate)."""
+    rows = pd.read_parquet(test_file).drop_duplicates("prompt_id")
     if max_prompts is not None:
         rows = rows.iloc[:max_prompts]
     cutoff = json.loads(Path(stats_file).read_text())["cutoff"]

@@ -113,10 +113,22 @@ def _prompt_id(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()
 
 
-def sft_rows(rng: np.random.Generator, spec: TaskSpec, n: int) -> list[dict]:
+def _fresh_prompt(rng: np.random.Generator, spec: TaskSpec, used: set[str] | None) -> str:
+    """A prompt not in ``used`` (then added to it), so held-out splits share no prompt with
+    training and a preference split asks each prompt once."""
+    while True:
+        prompt = sample_prompt(rng, spec)
+        if used is None or prompt not in used:
+            break
+    if used is not None:
+        used.add(prompt)
+    return prompt
+
+
+def sft_rows(rng: np.random.Generator, spec: TaskSpec, n: int, used: set[str] | None = None) -> list[dict]:
     rows = []
     for _ in range(n):
-        prompt = sample_prompt(rng, spec)
+        prompt = _fresh_prompt(rng, spec, used)
         response = answer(prompt)
         if rng.random() < spec.flawed_demo_rate:
             response = corrupt(rng, response, int(rng.integers(1, 4)))
@@ -124,11 +136,13 @@ def sft_rows(rng: np.random.Generator, spec: TaskSpec, n: int) -> list[dict]:
     return rows
 
 
-def preference_rows(rng: np.random.Generator, spec: TaskSpec, n: int) -> list[dict]:
-    """Pairs whose chosen answer has strictly higher ground-truth reward than the rejected."""
+def preference_rows(rng: np.random.Generator, spec: TaskSpec, n: int, used: set[str] | None = None) -> list[dict]:
+    """Pairs whose chosen answer has strictly higher ground-truth reward than the rejected;
+    one pair per prompt, prompts outside ``used``."""
     rows = []
+    used = set() if used is None else used
     while len(rows) < n:
-        prompt = sample_prompt(rng, spec)
+        prompt = _fresh_prompt(rng, spec, used)
         target = answer(prompt)
         chosen = " ".join(corrupt(rng, target, int(rng.choice(3, p=[0.5, 0.3, 0.2]))))
         rejected = " ".join(corrupt(rng, target, int(rng.integers(2, 6))))
@@ -158,19 +172,16 @@ def _write_hub_layout(root: Path, splits: dict[str, list[dict]]) -> None:
 
 
 def write_datasets(spec: TaskSpec, smoltalk_dir: Path, ultrafeedback_dir: Path) -> None:
-    """Write both datasets deterministically from ``spec.seed``."""
+    """Write both datasets deterministically from ``spec.seed``. Training prompts may repeat
+    in the SFT split (as in real corpora); no test prompt appears in any training split."""
     rng = np.random.default_rng(spec.seed)
-    _write_hub_layout(
-        Path(smoltalk_dir),
-        {"train": sft_rows(rng, spec, spec.n_sft_train), "test": sft_rows(rng, spec, spec.n_sft_test)},
-    )
-    _write_hub_layout(
-        Path(ultrafeedback_dir),
-        {
-            "train_prefs": preference_rows(rng, spec, spec.n_pref_train),
-            "test_prefs": preference_rows(rng, spec, spec.n_pref_test),
-        },
-    )
+    sft_train = sft_rows(rng, spec, spec.n_sft_train)
+    pref_train = preference_rows(rng, spec, spec.n_pref_train)
+    seen = {r["messages"][0]["content"] for r in sft_train} | {r["prompt"] for r in pref_train}
+    sft_test = sft_rows(rng, spec, spec.n_sft_test, used=set(seen))
+    pref_test = preference_rows(rng, spec, spec.n_pref_test, used=set(seen))
+    _write_hub_layout(Path(smoltalk_dir), {"train": sft_train, "test": sft_test})
+    _write_hub_layout(Path(ultrafeedback_dir), {"train_prefs": pref_train, "test_prefs": pref_test})
 
 
 def vocabulary() -> list[str]:

@@ -86,7 +86,7 @@ def training_arguments(opt: OptimConfig, checkpoint_dir: str | Path, **overrides
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        gradient_checkpointing=opt.gradient_checkpointing,
+        activation_checkpointing=opt.gradient_checkpointing,
         disable_tqdm=False,
     )
     args.update(overrides)

@@ -49,9 +49,7 @@ rule score:
     wildcard_constraints:
         model="|".join(re.escape(m) for m in EVAL_MODELS),
     params:
-        backend=config["reward"]["backend"],
-        options={k: v for k, v in config["reward"].items() if k != "backend" and v is not None}
-        if config["reward"]["backend"] != "programmatic" else {},
+        reward=config["reward"],
     log:
         "logs/score/{model}.log",
     threads: lambda wc: res("score").get("cpus_per_task", 1)
