@@ -13,7 +13,7 @@ from dppo import paper
 def _row(name, group, loss, f, alpha, n_train, seed, win, lo, hi, neg, label):
     return {"name": name, "label": label, "group": group, "loss": loss, "f": f, "alpha": alpha,
             "beta": 0.1, "n_train": n_train, "seed": seed, "win_rate": win, "ci_low": lo,
-            "ci_high": hi, "frac_negative": neg, "n_prompts": 64}
+            "ci_high": hi, "frac_negative": neg, "n_prompts": 64, "frac_negative_reference": 0.5}
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_paper_macros_values(table):
     # DPO of the main group: mean of the two seeds
     assert m["winRateDPO"] == "0.650"
     assert m["winRateDPOLow"] == "0.550" and m["winRateDPOHigh"] == "0.750"
-    assert m["fracNegDPO"] == r"30.0\%"
+    assert m["fracNegDPO"] == r"30.0\%" and m["fracNegSFT"] == r"50.0\%"
     assert m["betaMain"] == "0.1" and m["nTrainMain"] == "200"
     # best penalty variant over main + alpha_sweep: unll (sqrt) at alpha 0.1
     assert m["winRateBest"] == "0.750"
@@ -169,14 +169,15 @@ def test_tex_commands_pdflatex_fallback_runs_bibtex_between():
 @pytest.mark.skipif(shutil.which("latexmk") is None, reason="needs latexmk (TeX Live)")
 def test_build_pdf_with_tex_compiles_and_reports_errors(tmp_path):
     (tmp_path / "main.tex").write_text(
-        "\\documentclass{article}\\usepackage[T1]{fontenc}\\input{m}\\begin{document}\\x\\end{document}\n")
+        "\\documentclass{article}\\input{m}\\begin{document}\\x\\end{document}\n")
     (tmp_path / "m.tex").write_text(paper.render_macros({"x": paper.latex_escape("50% a_b")}))
     assert paper.build_pdf(tmp_path, tmp_path / "out.pdf", tmp_path / "b.log", tmp_path / "b")
     assert (tmp_path / "out.pdf").read_bytes()[:5] == b"%PDF-"
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", str(tmp_path / "out.pdf"), "-"],
                               capture_output=True, text=True).stdout
-        assert "50% a_b" in text
+        # "%" was escaped (else the rest of the line is a comment); OT1 draws "_" as a rule
+        assert re.search(r"50% a.b", text)
     (tmp_path / "main.tex").write_text("\\documentclass{article}\\begin{document}\\undefined\\end{document}\n")
     with pytest.raises(RuntimeError, match="failed"):
         paper.build_pdf(tmp_path, tmp_path / "out2.pdf", tmp_path / "b2.log", tmp_path / "b2")

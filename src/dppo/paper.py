@@ -313,6 +313,8 @@ def paper_macros(win_rates: pd.DataFrame, data_stats: Mapping[str, Mapping],
     m["winRateDPO"] = fmt_float(dpo["win_rate"].iloc[0] if len(dpo) else None)
     m["winRateDPOLow"] = fmt_float(dpo["ci_low"].iloc[0] if len(dpo) else None)
     m["winRateDPOHigh"] = fmt_float(dpo["ci_high"].iloc[0] if len(dpo) else None)
+    sft_neg = wr["frac_negative_reference"].iloc[0] if "frac_negative_reference" in wr and len(wr) else None
+    m["fracNegSFT"] = fmt_percent(sft_neg)
     m["fracNegDPO"] = fmt_percent(dpo["frac_negative"].iloc[0] if len(dpo) else None)
 
     best = best_penalty(wr)

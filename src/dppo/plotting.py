@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures are written to files, never shown
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -109,6 +110,17 @@ def _note(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _legend_above(fig: Figure, axes, title: str | None = None, ncol: int | None = None) -> None:
+    """One legend for all panels, above them, so it never hides data."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), title=title, loc="lower center",
+                   bbox_to_anchor=(0.5, 1.0), ncol=ncol or len(handles), frameon=False)
+
+
 def _yerr(df: pd.DataFrame) -> np.ndarray:
     """Asymmetric error bars (2, n) from the interval bounds; never negative."""
     low = (df["win_rate"] - df["ci_low"]).clip(lower=0).to_numpy()
@@ -168,8 +180,8 @@ def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
         ax.set_title(loss)
         ax.set_xlabel(r"penalty strength $\alpha$")
     axes[0].set_ylabel("win rate vs SFT")
-    axes[-1].legend(title="f(r)", loc="best", frameon=True)
     fig.tight_layout()
+    _legend_above(fig, axes, title="f(r)")
     return fig
 
 
@@ -228,11 +240,10 @@ def fig_reward_hist(scores: Mapping[str, pd.DataFrame], bins: int = 30) -> Figur
                 label=f"{label} (r<0: {neg:.0%})")
     if edges[0] < 0 < edges[-1]:
         ax.axvline(0, color="0.3", ls=":", lw=0.8)
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # head room: the legend must not hide bars
     ax.set_xlabel("reward")
     ax.set_ylabel("prompts")
-    ax.legend(loc="upper left", frameon=True)
     fig.tight_layout()
+    _legend_above(fig, [ax], ncol=1)
     return fig
 
 
@@ -268,11 +279,14 @@ def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> F
                     marker="*", markersize=9, ls="none", capsize=2,
                     color=METHOD_COLORS["chained"], label=str(row["label"]))
     ax.axhline(0.5, color="0.5", ls=":", lw=0.8)
-    _log_scale_if_wide(ax, pd.concat([agg["n_train"], chained["n_train"]]))
+    sizes = sorted(set(pd.concat([agg["n_train"], chained["n_train"]]).dropna().astype(int)))
+    _log_scale_if_wide(ax, sizes)
+    ax.set_xticks(sizes, [str(n) for n in sizes])  # the sizes run, not crowded log labels
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("preference training rows")
     ax.set_ylabel("win rate vs SFT")
-    ax.legend(loc="best", frameon=True)
     fig.tight_layout()
+    _legend_above(fig, [ax], ncol=1)
     return fig
 
 
@@ -314,12 +328,8 @@ def fig_dynamics(metrics: Mapping[str, pd.DataFrame]) -> Figure:
         ax.set_title(label)
         ax.set_xlabel("optimizer step")
     axes[0].set_ylabel(r"$\log \pi_\theta(y \mid x)$ (batch mean)")
-    handles = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    axes[-1].legend(handles.values(), handles.keys(), loc="best", frameon=True)
     fig.tight_layout()
+    _legend_above(fig, axes)
     return fig
 
 

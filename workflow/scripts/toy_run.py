@@ -8,7 +8,7 @@ from tqdm import tqdm
 from dppo import toy
 
 torch.set_num_threads(snakemake.threads)  # deterministic and polite on a shared CPU
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 settings = toy.ToySettings.from_config(snakemake.params.toy)
 logging.info("settings: %s", settings)
 with open(snakemake.log[0], "a") as log_stream:
