@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from dppo.sft import IGNORE_INDEX, SFTCollator, sft_example, train_sft
 from dppo.training import OptimConfig
+from sft_checks import positions_with_gradient
 
 
 def test_sft_example_masks_exactly_the_prompt():
@@ -28,17 +29,9 @@ def test_collator_pads_right_and_masks_padding():
 def test_masked_positions_get_no_gradient(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     batch = SFTCollator(pad_token_id=0)([sft_example([2, 24, 21, 23, 5, 3, 2, 25], [5, 3]), sft_example([2, 24], [6, 7, 3])])
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits.retain_grad()
-    # the same shifted cross-entropy the Trainer uses (labels shifted inside the model's loss)
-    loss = model.loss_function(logits, batch["labels"], vocab_size=model.config.vocab_size)
-    loss.backward()
-    grad_norm_per_position = logits.grad.norm(dim=-1)
+    gets_gradient, predicts_response = positions_with_gradient(model, batch)
     # position t predicts token t+1: it carries gradient iff labels[t+1] is a response token
-    predicts_response = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    predicts_response[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
-    assert (grad_norm_per_position[~predicts_response] == 0).all()
-    assert (grad_norm_per_position[predicts_response] > 0).all()
+    assert torch.equal(gets_gradient, predicts_response)
     assert int(predicts_response.sum()) == 5  # 2 + 3 response tokens
 
 
