@@ -218,6 +218,7 @@ def test_latex_outputs():
     assert r"\newcommand{\toyScenOneDpoDegradation}{yes}" in macros
     assert r"\newcommand{\toyScenOneDpoDispersionUnseen}{no}" in macros
     assert r"\newcommand{\toyMinllAlpha}{0.50}" in macros
+    assert r"\newcommand{\toyDpoHighestPeakScenario}{1}" in macros
     names = [line.split("}")[0] for line in macros.splitlines() if line.startswith(r"\newcommand")]
     assert len(names) == len(set(names))  # LaTeX refuses a second \newcommand of one name
     tex = toy.latex_final_table(table)

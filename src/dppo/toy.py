@@ -384,6 +384,8 @@ def per_run_summary(runs: pd.DataFrame, collapse_below: float = 1e-6) -> pd.Data
             p_unseen_max=run["p_unseen"].max(),
             p_outside_min=run["p_outside"].min(),
             rejected_collapse_step=collapsed.min() if len(collapsed) else math.nan,
+            # share of (pair, step) with r < 0, i.e. where a DPPO penalty is switched on
+            r_negative_share=run["part_frac_r_neg"].mean() if "part_frac_r_neg" in run else math.nan,
             grad_chosen_initial=first["grad_chosen"],
             grad_rejected_initial=first["grad_rejected"],
             grad_chosen_final=last["grad_chosen"],
@@ -492,6 +494,7 @@ MACRO_METRICS = {
     "RejectedCollapseStep": "rejected_collapse_step_mean",
     "GradChosenFinal": "grad_chosen_final_mean",
     "GradRejectedFinal": "grad_rejected_final_mean",
+    "RNegativeShare": "r_negative_share_mean",
     "Diverged": "n_diverged",
 }
 
@@ -524,6 +527,10 @@ def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySetting
         ):
             define(prefix + suffix, "yes" if row[column] else "no")
         define(prefix + "RejectedDecades", f"{row['rejected_decades']:.0f}")
+    for loss in dict.fromkeys(table["loss"]):
+        rows = table[table["loss"] == loss].set_index("scenario")
+        for what, column in (("Peak", "p_chosen_peak_mean"), ("Final", "p_chosen_final_mean")):
+            define(f"toy{camel(loss)}Highest{what}Scenario", str(int(rows[column].idxmax())))
     define("toyNumSeeds", str(len(settings.seeds)))
     define("toySteps", str(settings.steps))
     define("toyLr", latex_number(settings.lr))
