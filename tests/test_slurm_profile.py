@@ -204,3 +204,35 @@ def test_sbatch_falls_back_to_the_default_partition(workflow_dir, tmp_path):
     argv = calls["cpu_rule"]
     # The plugin asked sinfo (the stub) for the partition marked as default.
     assert argv[argv.index("-p") + 1] == "stubdefault"
+
+
+ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
+def test_conda_environments_pin_every_package_exactly(env_file):
+    env = yaml.safe_load(env_file.read_text())
+    deps = env["dependencies"]
+    conda_deps = [d for d in deps if isinstance(d, str)]
+    pip_deps = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert any(d.startswith("python==3.11") for d in conda_deps)
+    for requirement in conda_deps + pip_deps:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9_.+\-]*", requirement), requirement
+    # The package itself comes from the checkout, never from an environment.
+    assert not any("dppo" in r or r.startswith("-e") for r in pip_deps)
+
+
+def test_vllm_has_its_own_torch_and_transformers():
+    def pins(name: str) -> dict[str, str]:
+        env = yaml.safe_load((REPO / "envs" / name).read_text())
+        pip_deps = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        return dict(r.split("==") for r in pip_deps)
+
+    train, vllm = pins("train.yaml"), pins("vllm.yaml")
+    assert "vllm" not in train
+    assert vllm["vllm"] == "0.33.0"
+    # vllm 0.33.0 requires torch==2.14.0 and transformers>=5.16.1,<5.21.
+    assert vllm["torch"] == "2.14.0"
+    major, minor, _ = (int(x) for x in vllm["transformers"].split("."))
+    assert (5, 16) <= (major, minor) < (5, 21)
+    assert train["transformers"] == "5.23.0"
