@@ -223,7 +223,7 @@ def test_latex_outputs():
     assert len(names) == len(set(names))  # LaTeX refuses a second \newcommand of one name
     tex = toy.latex_final_table(table)
     assert tex.startswith(r"\begin{tabular}") and tex.rstrip().endswith(r"\end{tabular}")
-    assert r"1 & dpo & 0.80 $\pm$ 0.10 & 0.55 $\pm$ 0.05" in tex
+    assert r"1 & dpo & 0.80 $\pm$ 0.10 & 0.55 $\pm$ 0.05 & \ensuremath{5.5\times 10^{-9}} $\pm$ 0.00" in tex
 
 
 def test_a_runaway_penalty_is_stopped_and_flagged():

@@ -492,6 +492,8 @@ MACRO_METRICS = {
     "OutsideMin": "p_outside_min_mean",
     "OutsideFinal": "p_outside_final_mean",
     "RejectedCollapseStep": "rejected_collapse_step_mean",
+    "GradChosenInitial": "grad_chosen_initial_mean",
+    "GradRejectedInitial": "grad_rejected_initial_mean",
     "GradChosenFinal": "grad_chosen_final_mean",
     "GradRejectedFinal": "grad_rejected_final_mean",
     "RNegativeShare": "r_negative_share_mean",
@@ -527,6 +529,7 @@ def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySetting
         ):
             define(prefix + suffix, "yes" if row[column] else "no")
         define(prefix + "RejectedDecades", f"{row['rejected_decades']:.0f}")
+        define(prefix + "ChosenDecades", f"{row['chosen_decades']:.2f}")
     for loss in dict.fromkeys(table["loss"]):
         rows = table[table["loss"] == loss].set_index("scenario")
         for what, column in (("Peak", "p_chosen_peak_mean"), ("Final", "p_chosen_final_mean")):
@@ -549,7 +552,8 @@ def latex_final_table(table: pd.DataFrame) -> str:
     """A tabular of the final probabilities (mean +- sd over seeds) per scenario and loss."""
 
     def cell(row: pd.Series, metric: str) -> str:
-        return f"{latex_number(row[metric + '_mean'])} $\\pm$ {latex_number(row[metric + '_sd'])}"
+        # The sd of a probability to two decimals: a spread of 1e-30 reads as none.
+        return f"{latex_number(row[metric + '_mean'])} $\\pm$ {row[metric + '_sd']:.2f}"
 
     lines = [
         r"\begin{tabular}{llccccc}",

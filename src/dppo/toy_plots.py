@@ -66,7 +66,6 @@ def plot_dynamics(runs: pd.DataFrame, loss: str = "dpo") -> plt.Figure:
     axes[1, 0].set_ylabel(r"$\log_{10}$ probability")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(CURVES), frameon=False, bbox_to_anchor=(0.5, -0.01))
-    fig.suptitle(f"Toy model, {loss}: mean $\\pm$ sd over {runs['seed'].nunique()} seeds", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
