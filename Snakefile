@@ -24,11 +24,7 @@ except ConfigError as err:
 EXPERIMENTS = list(EXPERIMENT_SPECS.values())
 
 
-def res(rule_name):
-    """Resources of a rule from the config's `resources` table (default, then the rule's)."""
-    return rule_resources(config, rule_name)
-
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/preference.smk"

@@ -78,6 +78,18 @@ def check_safetensors(model_dir: str | Path) -> None:
     raise FileNotFoundError(f"no model weights (*.safetensors) in {model_dir}")
 
 
+def weights_digest(model_dir: str | Path) -> str:
+    """SHA-256 over a model directory's safetensors files: which weights a run started from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_causal_lm(model_dir: str | Path, trust_remote_code: bool = False, dtype=None, device=None):
     """AutoModelForCausalLM from safetensors only."""
     from transformers import AutoModelForCausalLM

@@ -387,6 +387,22 @@ def tex_commands(engine: str, main: str, build_dir: str) -> list[list[str]]:
     return cmds + [pdflatex, pdflatex]
 
 
+def stage_sources(src_dir: str | Path, generated_dir: str | Path, out_dir: str | Path) -> Path:
+    """A fresh tree with the LaTeX sources of ``src_dir`` (``*.tex``, ``*.bib``, ``sections/``)
+    and the generated ``figures/`` and ``tables/`` of ``generated_dir``."""
+    src_dir, generated_dir, out_dir = Path(src_dir), Path(generated_dir), Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for pattern in ("*.tex", "*.bib"):
+        for path in src_dir.glob(pattern):
+            shutil.copy(path, out_dir / path.name)
+    for sub, root in (("sections", src_dir), ("figures", generated_dir), ("tables", generated_dir)):
+        if (root / sub).is_dir():
+            shutil.copytree(root / sub, out_dir / sub)
+    return out_dir
+
+
 def build_pdf(tex_dir: str | Path, pdf_out: str | Path, log_path: str | Path,
               build_dir: str | Path, main: str = "main.tex", engine: str | None = "auto") -> bool:
     """Compile the paper; return True when ``pdf_out`` was written.

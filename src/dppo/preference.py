@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
-from dppo.io import load_causal_lm, load_tokenizer, write_parquet
+from dppo.io import load_causal_lm, load_tokenizer, weights_digest, write_parquet
 from dppo.logprobs import as_response_logps, response_logps
 from dppo.losses import LossConfig, ResponseLogps, preference_loss
 from dppo.training import OptimConfig, fit_and_save
@@ -178,7 +178,8 @@ def train_preference(
     fit_and_save(
         PreferenceTrainer, model=model, tokenizer=tokenizer, rows=records, collator=collate, opt=opt,
         checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,
-        extra={"stage": "preference", "experiment": experiment, "loss": asdict(loss_config), "rows": len(records)},
+        extra={"stage": "preference", "experiment": experiment, "loss": asdict(loss_config), "rows": len(records),
+               "init": str(init_dir), "init_sha256": weights_digest(init_dir)},
         callbacks=[FiniteGradientGuard(experiment)],
         loss_config=loss_config, pad_token_id=pad, experiment=experiment,
         track_gen=track_gen, on_nonfinite=on_nonfinite,

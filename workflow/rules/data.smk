@@ -4,15 +4,6 @@
 SYNTHETIC_DIRS = {"sft": "results/data/raw/smoltalk", "pref": "results/data/raw/ultrafeedback"}
 
 
-def dataset_path(kind):
-    path = config["data"][kind]["path"]
-    return SYNTHETIC_DIRS[kind] if path == "synthetic" else path
-
-
-def init_model_dir():
-    return "results/models/init" if config["model"]["init"] == "tiny" else config["model"]["init"]
-
-
 rule make_synthetic:
     output:
         smoltalk=directory(SYNTHETIC_DIRS["sft"]),
@@ -23,6 +14,8 @@ rule make_synthetic:
         "logs/make_synthetic/make_synthetic.log",
     resources:
         **res("make_synthetic"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/make_synthetic.py"
 
@@ -36,16 +29,10 @@ rule init_model:
         "logs/init_model/init_model.log",
     resources:
         **res("init_model"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/init_model.py"
-
-
-def _local_inputs(kind):
-    """The dataset / tokenizer as rule inputs when this workflow makes them (synthetic, tiny)."""
-    inputs = {}
-    if config["data"][kind]["path"] == "synthetic":
-        inputs["dataset"] = SYNTHETIC_DIRS[kind]
-    return inputs
 
 
 rule prepare_data:
@@ -69,5 +56,7 @@ rule prepare_data:
         "logs/prepare_data/{kind}.log",
     resources:
         **res("prepare_data"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/prepare_data.py"

@@ -37,6 +37,8 @@ rule generate_eval:
         **res("generate_eval"),
     benchmark:
         "benchmarks/generate_eval/{model}.tsv"
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/generate_eval.py"
 
@@ -55,6 +57,8 @@ rule score:
     threads: lambda wc: res("score").get("cpus_per_task", 1)
     resources:
         **res("score"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/score.py"
 
@@ -73,5 +77,7 @@ rule win_rate:
         "logs/win_rate/win_rate.log",
     resources:
         **res("win_rate"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/win_rate.py"

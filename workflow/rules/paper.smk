@@ -4,8 +4,10 @@
 # Expects from the including Snakefile: EXPERIMENTS, the expanded grid (the list written to
 # results/experiments.json); TOY_OUTPUTS (toy.smk) when the toy section is built.
 import glob
+import os
 import shutil
 
+PAPER_SRC = os.path.join(workflow.basedir, "paper")
 PAPER_FIGURES = ["hparam_search", "paradigms", "reward_hist", "data_efficiency",
                  "dynamics", "length_dist"]
 WIN_RATES_CSV = "results/tables/win_rates.csv"
@@ -26,24 +28,6 @@ PAPER_OUTPUTS = (
 )
 
 
-def _paper_runs(groups):
-    """Names of the grid's experiments in the given groups (evaluated at DAG time)."""
-    return [e["name"] for e in globals().get("EXPERIMENTS", []) if e["group"] in groups]
-
-
-def _paper_figure(fig):
-    return {
-        "pdf": f"paper/figures/{fig}.pdf",
-        "png": report(f"paper/figures/{fig}.png", caption=f"../report/{fig}.rst",
-                      category="Figures"),
-    }
-
-
-def _paper_toy_inputs(wildcards):
-    """The toy section's generated files (tables, figures) when toy.smk is included."""
-    return [p for p in globals().get("TOY_OUTPUTS", []) if str(p).startswith("paper/")]
-
-
 rule paper_macros:
     input:
         win_rates=WIN_RATES_CSV,
@@ -57,7 +41,9 @@ rule paper_macros:
         setup=config.get("paper", {}).get("setup", {}),
     threads: 1
     resources:
-        gpu=0, mem_mb=1000, runtime=5
+        **res("paper_macros"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/paper_macros.py"
 
@@ -71,7 +57,9 @@ rule fig_hparam_search:
         "logs/fig_hparam_search/fig_hparam_search.log",
     threads: 1
     resources:
-        gpu=0, mem_mb=1000, runtime=5
+        **res("fig_hparam_search"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/fig_hparam_search.py"
 
@@ -85,7 +73,9 @@ rule fig_paradigms:
         "logs/fig_paradigms/fig_paradigms.log",
     threads: 1
     resources:
-        gpu=0, mem_mb=1000, runtime=5
+        **res("fig_paradigms"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/fig_paradigms.py"
 
@@ -104,7 +94,9 @@ rule fig_reward_hist:
         "logs/fig_reward_hist/fig_reward_hist.log",
     threads: 1
     resources:
-        gpu=0, mem_mb=2000, runtime=5
+        **res("fig_reward_hist"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/fig_reward_hist.py"
 
@@ -119,7 +111,9 @@ rule fig_data_efficiency:
         "logs/fig_data_efficiency/fig_data_efficiency.log",
     threads: 1
     resources:
-        gpu=0, mem_mb=1000, runtime=5
+        **res("fig_data_efficiency"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/fig_data_efficiency.py"
 
@@ -135,7 +129,9 @@ rule fig_dynamics:
         "logs/fig_dynamics/fig_dynamics.log",
     threads: 1
     resources:
-        gpu=0, mem_mb=2000, runtime=5
+        **res("fig_dynamics"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/fig_dynamics.py"
 
@@ -152,19 +148,23 @@ rule fig_length_dist:
         "logs/fig_length_dist/fig_length_dist.log",
     threads: 1
     resources:
-        gpu=0, mem_mb=1000, runtime=5
+        **res("fig_length_dist"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/fig_length_dist.py"
 
 
 rule paper_pdf:
     input:
-        tex="paper/main.tex",
-        bib="paper/references.bib",
+        # The LaTeX sources come from the repository, the generated figures and tables from
+        # the working directory (the same place unless run with --directory).
+        tex=f"{PAPER_SRC}/main.tex",
+        bib=f"{PAPER_SRC}/references.bib",
         macros="paper/tables/macros.tex",
         win_rates_tex="paper/tables/win_rates.tex",
         figures=expand("paper/figures/{fig}.pdf", fig=PAPER_FIGURES),
-        sections=sorted(glob.glob("paper/sections/*.tex")),
+        sections=sorted(glob.glob(f"{PAPER_SRC}/sections/*.tex")),
         toy=_paper_toy_inputs,
     output:
         **PAPER_PDF_OUTPUTS,
@@ -172,8 +172,11 @@ rule paper_pdf:
         "logs/paper_pdf/paper_pdf.log",
     params:
         build_dir="results/paper_build",
+        src_dir=lambda wc, input: os.path.dirname(input.tex),
     threads: 1
     resources:
-        gpu=0, mem_mb=2000, runtime=10
+        **res("paper_pdf"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/build_pdf.py"

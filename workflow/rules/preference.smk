@@ -1,11 +1,6 @@
 # Stages 3-5: y_gen pregeneration, the reference log-prob cache, one training job per experiment.
 
 
-def experiment_init(name):
-    init = EXPERIMENT_SPECS[name].get("init", "sft")
-    return f"results/models/{init}"
-
-
 rule pregenerate:
     input:
         model="results/models/sft",
@@ -22,6 +17,8 @@ rule pregenerate:
         **res("pregenerate"),
     benchmark:
         "benchmarks/pregenerate/pregenerate.tsv"
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/pregenerate.py"
 
@@ -43,6 +40,8 @@ rule ref_logps:
         **res("ref_logps"),
     benchmark:
         "benchmarks/ref_logps/ref_logps.tsv"
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/ref_logps.py"
 
@@ -71,5 +70,7 @@ rule train_preference:
         **res("train_preference"),
     benchmark:
         "benchmarks/train_preference/{name}.tsv"
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/train_preference.py"

@@ -21,5 +21,7 @@ rule sft:
         **res("sft"),
     benchmark:
         "benchmarks/sft/sft.tsv"
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/sft.py"
