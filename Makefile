@@ -1,0 +1,30 @@
+# The two set-up commands of the README:
+#   make run    installs everything (CPU only) and rebuilds the embedded default (snakemake all)
+#   make test   installs everything and runs the test suite
+# torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+TORCH := torch==2.13.0
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(TORCH)
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $@
+
+run: install
+	$(VENV)/bin/snakemake --cores 2 all
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/pip install --quiet -e ".[bench]"
+	$(VENV)/bin/python benchmarks/run.py
+
+clean:
+	rm -rf results logs paper/figures paper/tables paper/main.pdf paper/build.log .snakemake
