@@ -186,6 +186,26 @@ def train_preference(
     )
 
 
+def experiment_job(spec: dict, init_dir: str, train_file: str, ygen_file: str, ref_file: str, out_dir: str,
+                   metrics_file: str, checkpoint_dir: str, subset_seed: int = 0, trust_remote_code: bool = False) -> None:
+    """One experiment of the config grid (``spec`` = its expanded entry), from file paths only,
+    so :func:`dppo.launch.run_job` can run it in-process or under torchrun."""
+    from dppo.config import loss_config, optim_config
+
+    rows = load_training_rows(train_file, ygen_file, ref_file)
+    try:
+        rows = rows.iloc[subset_indices(len(rows), spec.get("n_train"), subset_seed)]
+    except ValueError as err:
+        raise ValueError(f"experiments.{spec['name']}.n_train: {err}") from None
+    log.info("experiment %s: %d training rows, spec %s", spec["name"], len(rows), spec)
+    train_preference(
+        init_dir=init_dir, rows=rows, out_dir=out_dir, metrics_file=metrics_file, loss_config=loss_config(spec),
+        opt=optim_config(spec), checkpoint_dir=checkpoint_dir, experiment=spec["name"],
+        track_gen=spec.get("track_gen", True), on_nonfinite=spec.get("on_nonfinite", "stop"),
+        trust_remote_code=trust_remote_code,
+    )
+
+
 @torch.no_grad()
 def cache_reference_logps(model_dir, pref_file, ygen_file, out_file, batch_size: int = 32,
                           trust_remote_code: bool = False) -> pd.DataFrame:

@@ -66,3 +66,10 @@ def train_sft(
         checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,
         extra={"stage": "sft", "rows": len(rows)},
     )
+
+
+def sft_job(opt: dict, **paths) -> None:
+    """:func:`train_sft` from plain arguments (for :func:`dppo.launch.run_job`)."""
+    from dppo.config import optim_config
+
+    train_sft(opt=optim_config(opt), **paths)

@@ -165,11 +165,12 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
         **trainer_kwargs,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
-    save_final_model(trainer, tokenizer, out_dir, extra={**extra, "steps": trainer.state.global_step,
-                                                          "resumed_from": checkpoint})
-    with atomic_output_file(metrics_file) as tmp:
-        shutil.copyfile(live_metrics, tmp)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if trainer.is_world_process_zero():  # under torchrun every rank holds the same weights
+        save_final_model(trainer, tokenizer, out_dir, extra={**extra, "steps": trainer.state.global_step,
+                                                              "resumed_from": checkpoint})
+        with atomic_output_file(metrics_file) as tmp:
+            shutil.copyfile(live_metrics, tmp)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return trainer
 
 

@@ -1,11 +1,10 @@
-"""Supervised fine-tuning on the prepared SFT split (logic in dppo.sft)."""
-from dppo.config import optim_config
-from dppo.sft import train_sft
+"""Supervised fine-tuning on the prepared SFT split (logic in dppo.sft; several GPUs: torchrun)."""
+from dppo.launch import run_job
 from dppo.stage import stage
 
 with stage(snakemake):
-    train_sft(
-        model_dir=snakemake.params.init, train_file=snakemake.input.train, out_dir=snakemake.output.model,
-        metrics_file=snakemake.output.metrics, opt=optim_config(snakemake.params.opt),
+    run_job("dppo.sft:sft_job", dict(
+        opt=snakemake.params.opt, model_dir=snakemake.params.init, train_file=snakemake.input.train,
+        out_dir=snakemake.output.model, metrics_file=snakemake.output.metrics,
         checkpoint_dir=snakemake.params.checkpoint_dir, trust_remote_code=snakemake.params.trust_remote_code,
-    )
+    ), n_gpus=snakemake.resources.get("gpu", 0))

@@ -1,0 +1,49 @@
+"""Multi-GPU launch: a training job that holds several GPUs (one SLURM task) runs as one
+process per GPU under ``torchrun``; the Trainer then trains with DDP, and the effective
+batch size stays the configured one (``dppo.training.accumulation_steps`` divides it by the
+number of processes).
+
+A job function is named by ``"module:function"`` and takes JSON-serialisable keyword
+arguments, so the same call runs in-process (CPU, one GPU) or under torchrun.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+
+log = logging.getLogger(__name__)
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_job(target: str, kwargs: dict, n_gpus: int = 0) -> None:
+    """Call ``target(**kwargs)`` here, or under torchrun with one process per GPU when the job
+    holds more than one GPU and is not already a torchrun worker."""
+    if n_gpus <= 1 or "LOCAL_RANK" in os.environ:
+        _resolve(target)(**kwargs)
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"target": target, "kwargs": kwargs}, fh)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpus}",
+               "-m", "dppo.launch", fh.name]
+    log.info("launching %s on %d GPUs: %s", target, n_gpus, " ".join(command))
+    try:
+        subprocess.run(command, check=True)
+    finally:
+        os.unlink(fh.name)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as spec_file:
+        spec = json.load(spec_file)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(message)s")
+    _resolve(spec["target"])(**spec["kwargs"])
