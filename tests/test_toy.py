@@ -159,6 +159,8 @@ def test_settings_from_config_names_the_bad_loss():
     assert settings.losses == (("flex", LossConfig(name="flex_dpo", beta_w=0.1, beta_l=0.05)),)
     with pytest.raises(ValueError, match="toy.losses.bad"):
         toy.ToySettings.from_config({"losses": {"bad": {"name": "nope"}}})
+    with pytest.raises(ValueError, match="stepz"):
+        toy.ToySettings.from_config({"stepz": 3, "losses": {"dpo": {"name": "dpo"}}})
     with pytest.raises(ValueError, match="empty"):
         toy.ToySettings.from_config({"losses": {}})
 

@@ -272,6 +272,12 @@ def _scalar(value: Any) -> float:
     return float(value)
 
 
+TOY_CONFIG_KEYS = frozenset(
+    {"seeds", "hidden", "sft_steps", "sft_lr", "steps", "lr", "pairs_per_prompt", "initial", "losses",
+     "dynamics_loss"}  # dynamics_loss: which loss the dynamics/gradient figures show (rules only)
+)
+
+
 @dataclass(frozen=True)
 class ToySettings:
     """Everything a toy run needs; mirrors ``config["toy"]``."""
@@ -288,7 +294,12 @@ class ToySettings:
 
     @classmethod
     def from_config(cls, toy: Mapping[str, Any]) -> "ToySettings":
-        """Build from ``config["toy"]``; ``losses`` maps a label to LossConfig keyword arguments."""
+        """Build from ``config["toy"]``; ``losses`` maps a label to LossConfig keyword arguments.
+        A key this toy does not know stops the run with its name (a typo would otherwise be
+        silently replaced by the default)."""
+        unknown = sorted(set(toy) - TOY_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"config toy: unknown key(s) {unknown}; valid: {sorted(TOY_CONFIG_KEYS)}")
         losses = tuple(
             (label, LossConfig(**dict(spec))) for label, spec in dict(toy.get("losses", {})).items()
         )
