@@ -32,8 +32,8 @@ class TinyModelSpec:
 
     hidden_size: int = 64
     num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 2  # head size 32, the smallest vLLM's CPU attention takes
+    num_key_value_heads: int = 1
     intermediate_size: int = 128
     max_position_embeddings: int = 256
     seed: int = 0
