@@ -19,7 +19,8 @@ def _generate(model_dir, prompt_ids: list[list[int]], max_new_tokens: int, gen_c
         batch_size=gen_cfg.get("batch_size", 64),
         dtype=gen_cfg.get("dtype", "auto"),
         vllm_python=gen_cfg.get("vllm_python") if gen_cfg.get("backend") == "vllm" else None,
-        vllm_options={"tensor_parallel_size": gen_cfg["tensor_parallel_size"]} if "tensor_parallel_size" in gen_cfg else None,
+        vllm_options=gen_cfg.get("vllm_options"),
+        device=gen_cfg.get("device"),
         trust_remote_code=gen_cfg.get("trust_remote_code", False),
     )
 
