@@ -17,7 +17,7 @@ for _, row in step1.iterrows():
     logging.info("scenario %d seed %d: step-1 KL %.2e, y_gen %s", row.scenario, row.seed, row.step1_kl, row.y_gen)
 diverged = runs.groupby(["scenario", "loss", "seed"])["diverged"].any()
 for key in diverged[diverged].index:
-    logging.warning("diverged (non-finite loss or gradient): scenario %s loss %s seed %s", *key)
+    logging.warning("diverged (non-finite loss or gradient, or a probability underflowed float64): scenario %s loss %s seed %s", *key)
 # Write-then-rename, so an interrupted job never leaves a half-written file behind.
 for frame, path in ((runs, snakemake.output.runs), (step1, snakemake.output.step1)):
     tmp = f"{path}.tmp"
