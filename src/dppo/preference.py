@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from dppo.batching import length_grouped_sampler
 from dppo.io import load_causal_lm, load_tokenizer, weights_digest, write_parquet
 from dppo.logprobs import as_response_logps, response_logps
 from dppo.losses import LossConfig, ResponseLogps, preference_loss
@@ -55,6 +56,18 @@ def load_training_rows(pref_file, ygen_file, ref_file) -> pd.DataFrame:
     return rows
 
 
+def preference_records(rows) -> list[dict]:
+    """Training rows as plain int lists and float reference log-probs (mappings with the
+    columns of :func:`load_training_rows`)."""
+    return [
+        {
+            **{key: ids(r[key]) for key in ("prompt_ids", "chosen_ids", "rejected_ids", "gen_ids")},
+            **{column: float(r[column]) for column in REF_COLUMNS},
+        }
+        for r in rows
+    ]
+
+
 def _responses(batch: dict, with_gen: bool) -> list[list[list[int]]]:
     keys = ("chosen_ids", "rejected_ids", "gen_ids") if with_gen else ("chosen_ids", "rejected_ids")
     return [[row[k] for k in keys] for row in batch["rows"]]
@@ -88,6 +101,14 @@ class PreferenceTrainer(Trainer):
         self.on_nonfinite = on_nonfinite
         self._parts = defaultdict(list)
         self.skipped_steps = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Trainer's own length grouping needs an `input_ids` column; ours sorts by packed width.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "rows"):
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return length_grouped_sampler(dataset.rows, batch, with_gen=self.loss_config.needs_gen)
+        return super()._get_train_sampler(train_dataset)
 
     def _forward(self, model, batch) -> ResponseLogps:
         cfg = self.loss_config
@@ -167,14 +188,7 @@ def train_preference(
     tokenizer = load_tokenizer(init_dir, trust_remote_code)
     model = load_causal_lm(init_dir, trust_remote_code)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    records = [
-        {
-            "prompt_ids": ids(r.prompt_ids), "chosen_ids": ids(r.chosen_ids),
-            "rejected_ids": ids(r.rejected_ids), "gen_ids": ids(r.gen_ids),
-            **{column: float(getattr(r, column)) for column in REF_COLUMNS},
-        }
-        for r in rows.itertuples()
-    ]
+    records = preference_records(rows.to_dict("records"))
     fit_and_save(
         PreferenceTrainer, model=model, tokenizer=tokenizer, rows=records, collator=collate, opt=opt,
         checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,

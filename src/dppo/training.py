@@ -41,6 +41,8 @@ class OptimConfig:
     seed: int = 0
     bf16: bool = True  # used only where a GPU supports it
     gradient_checkpointing: bool = False
+    # batch rows of similar length (less padding); which rows share a batch changes, not a batch's loss
+    group_by_length: bool = False
 
 
 def world_size() -> int:
@@ -87,6 +89,7 @@ def training_arguments(opt: OptimConfig, checkpoint_dir: str | Path, **overrides
         dataloader_num_workers=0,
         remove_unused_columns=False,
         activation_checkpointing=opt.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if opt.group_by_length else "random",
         disable_tqdm=False,
     )
     args.update(overrides)

@@ -1,0 +1,411 @@
+"""Benchmark table: our preference step vs TRL's DPOTrainer, DPPO vs DPO, y_gen pregeneration
+throughput, and the pipeline's wall time.
+
+    python benchmarks/run.py                  # every row, then the table and benchmarks/results.csv
+    python benchmarks/run.py --skip-e2e       # without the (minutes long) embedded-default run
+    python benchmarks/run.py --only ours_dpo trl_fast --steps 5
+
+Every training row runs in a fresh subprocess (so its peak RSS is its own) on the same model,
+data, batch size and number of steps, with ``torch.set_num_threads(--threads)``; the first
+``--warmup`` optimizer steps are excluded from the timing. TRL is an optional dependency
+(``pip install -e ".[bench]"``); its rows are skipped with a note when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_CSV = ROOT / "benchmarks" / "results.csv"
+
+# name -> (kind, description). Order is the table's order.
+ROWS = {
+    "trl_default": ("train", "TRL DPOTrainer, defaults (reference forward, grad checkpointing, bf16 autocast)"),
+    "trl_fast": ("train", "TRL DPOTrainer, precompute_ref_log_probs, no grad checkpointing, fp32"),
+    "ours_dpo_unsorted": ("train", "ours DPO, random batches (no length grouping), track_gen=False"),
+    "ours_dpo": ("train", "ours DPO, track_gen=False"),
+    "ours_dpo_track_gen": ("train", "ours DPO, track_gen=True (no-grad y_gen forward)"),
+    "ours_dppo": ("train", "ours DPPO unll token-level f=linear (y_w, y_l, y_gen in one forward)"),
+    "gen_b1": ("generate", "y_gen greedy, transformers backend, batch 1"),
+    "gen_b64": ("generate", "y_gen greedy, transformers backend, batch 64"),
+    "dry_run_paper": ("workflow", "snakemake -n all --configfile configs/paper.yaml"),
+    "e2e_default": ("workflow", "snakemake --cores 2 all (embedded default, from scratch)"),
+}
+# (numerator, denominator, target): ratio of steps/s; target None = informational.
+RATIOS = [
+    ("ours_dpo", "trl_default", ">= 2.0"),
+    ("ours_dpo", "trl_fast", ">= 1.2"),
+    ("ours_dpo", "ours_dpo_unsorted", None),
+    ("ours_dppo", "ours_dpo", "step time <= 1.4x (steps/s ratio >= 0.714)"),
+    ("ours_dpo_track_gen", "ours_dpo", None),
+    ("gen_b64", "gen_b1", None),
+]
+
+
+# ----------------------------------------------------------------------------- set-up (parent)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per row (default 1)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per training row")
+    p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
+    p.add_argument("--rows", type=int, default=256, help="preference rows in the data set")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--prompt-len", type=int, nargs=2, default=(32, 128), metavar=("MIN", "MAX"))
+    p.add_argument("--response-len", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"))
+    p.add_argument("--gen-prompts", type=int, default=64)
+    p.add_argument("--gen-new-tokens", type=int, default=32)
+    p.add_argument("--only", nargs="+", choices=list(ROWS), help="run only these rows")
+    p.add_argument("--skip-e2e", action="store_true", help="skip the embedded-default end-to-end run")
+    p.add_argument("--csv", type=Path, default=RESULTS_CSV)
+    p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    # internal: one row in this process
+    p.add_argument("--worker", choices=list(ROWS), help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help="with --worker: print a torch.profiler table")
+    return p.parse_args(argv)
+
+
+def build_inputs(args, workdir: Path) -> None:
+    """The benchmark model (a Llama bigger than the embedded one) and random preference rows,
+    as token ids (ours) and as the identical text (TRL tokenizes itself)."""
+    import numpy as np
+    import torch
+
+    from dppo.logprobs import response_logps
+    from dppo.tiny_model import IM_END, TinyModelSpec, save_tiny_model
+
+    torch.set_num_threads(args.threads)
+    words = [f"w{i}" for i in range(args.vocab - 4)]  # + 4 special tokens
+    spec = TinyModelSpec(
+        hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=max(1, args.heads // 2), intermediate_size=3 * args.hidden,
+        max_position_embeddings=args.prompt_len[1] + args.response_len[1] + 8, seed=0,
+    )
+    model_dir = save_tiny_model(workdir / "model", words, spec)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+
+    def text(lo_hi, eos: bool) -> str:
+        n = int(rng.integers(lo_hi[0], lo_hi[1] + 1)) - int(eos)
+        return " ".join(words[i] for i in rng.integers(0, len(words), n)) + (f" {IM_END}" if eos else "")
+
+    rows = []
+    for _ in range(args.rows):
+        row = {"prompt": text(args.prompt_len, False)}
+        for key in ("chosen", "rejected", "gen"):
+            row[key] = " " + text(args.response_len, True)  # TRL concatenates prompt + completion
+        for key in ("prompt", "chosen", "rejected", "gen"):
+            row[f"{key}_ids"] = tokenizer(row[key], add_special_tokens=False)["input_ids"]
+        rows.append(row)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), 32):
+            block = rows[start : start + 32]
+            sums = response_logps(
+                model, [r["prompt_ids"] for r in block],
+                [[r["chosen_ids"], r["rejected_ids"], r["gen_ids"]] for r in block], tokenizer.pad_token_id,
+            ).sums
+            for r, s in zip(block, sums.tolist()):
+                r["ref_chosen"], r["ref_rejected"], r["ref_gen"] = s
+    (workdir / "rows.json").write_text(json.dumps(rows))
+    n_params = sum(p.numel() for p in model.parameters())
+    (workdir / "model_info.json").write_text(json.dumps({"params": n_params, **spec.__dict__}))
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _rss_now_kib() -> int:
+    return _proc_status_kib("VmRSS")
+
+
+def _peak_rss_kib() -> int:
+    # VmHWM belongs to this process image; getrusage's ru_maxrss would carry the parent's peak
+    # over the fork + exec of the subprocess.
+    return _proc_status_kib("VmHWM")
+
+
+def _step_timer(warmup: int):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall clock at the end of every optimizer step; steps/s over the steps after warm-up."""
+
+        def __init__(self):
+            self.ends, self.losses = [], []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def steps_per_s(self) -> float:
+            timed = self.ends[warmup - 1 :] if warmup else self.ends
+            return (len(timed) - 1) / (timed[-1] - timed[0])
+
+    return StepTimer()
+
+
+def _train_args(args, out: Path, **overrides) -> dict:
+    return dict(
+        output_dir=str(out), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        disable_tqdm=True, seed=0, data_seed=0, **overrides,
+    )
+
+
+def _profiled(args, trainer) -> None:
+    if not args.profile:
+        trainer.train()
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
+
+
+def worker_trl(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    overrides = {}  # trl_default: DPOConfig's own defaults for everything else
+    if name == "trl_fast":
+        overrides = dict(precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=False)
+    config = DPOConfig(**_train_args(args, out), beta=0.1, max_length=None, **overrides)
+    baseline = _rss_now_kib()
+    timer = _step_timer(args.warmup)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
+    _profiled(args, trainer)
+    settings = {k: getattr(config, k) for k in ("gradient_checkpointing", "bf16", "precompute_ref_log_probs")}
+    return {"timer": timer, "baseline_kib": baseline, "settings": settings}
+
+
+def worker_ours(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dppo.losses import LossConfig
+    from dppo.preference import PreferenceTrainer, collate, preference_records
+    from dppo.training import ListDataset, OptimConfig, training_arguments
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    loss = LossConfig(name="unll", f="linear", alpha=0.1) if name == "ours_dppo" else LossConfig(name="dpo")
+    opt = OptimConfig(batch_size=args.batch_size, group_by_length=name != "ours_dpo_unsorted")
+    trainer_args = training_arguments(opt, out, **_train_args(args, out))
+    baseline = _rss_now_kib()
+    timer = _step_timer(args.warmup)
+    trainer = PreferenceTrainer(
+        model=model, args=trainer_args, train_dataset=ListDataset(preference_records(rows)), data_collator=collate,
+        callbacks=[timer], loss_config=loss, pad_token_id=tokenizer.pad_token_id, experiment=name,
+        track_gen=name == "ours_dpo_track_gen",
+    )
+    _profiled(args, trainer)
+    settings = {"loss": loss.name, "group_by_length": opt.group_by_length, "track_gen": trainer.track_gen}
+    return {"timer": timer, "baseline_kib": baseline, "settings": settings}
+
+
+def worker_generate(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
+    from dppo.generation import generate_greedy
+
+    prompts = [r["prompt_ids"] for r in rows[: args.gen_prompts]]
+    batch_size = 1 if name == "gen_b1" else 64
+    baseline = _rss_now_kib()
+    generate_greedy(model_dir, prompts[:2], 4, batch_size=batch_size)  # warm-up
+    start = time.perf_counter()
+    generated = generate_greedy(model_dir, prompts, args.gen_new_tokens, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(g) for g in generated)
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "baseline_kib": baseline,
+            "settings": {"batch_size": batch_size, "prompts": len(prompts), "tokens": tokens}}
+
+
+def run_worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = json.loads((args.workdir / "rows.json").read_text())
+    model_dir = args.workdir / "model"
+    out = Path(tempfile.mkdtemp(prefix=f"{args.worker}_", dir=args.workdir))
+    kind = ROWS[args.worker][0]
+    if kind == "generate":
+        result = worker_generate(args, args.worker, rows, model_dir, out)
+    else:
+        worker = worker_trl if args.worker.startswith("trl") else worker_ours
+        result = worker(args, args.worker, rows, model_dir, out)
+        timer = result.pop("timer")
+        result.update(steps_per_s=timer.steps_per_s(), steps=len(timer.ends), first_loss=timer.losses[0])
+    result["peak_rss_mib"] = _peak_rss_kib() / 1024
+    result["peak_rss_delta_mib"] = (_peak_rss_kib() - result.pop("baseline_kib")) / 1024
+    print("RESULT " + json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def run_row(args, name: str, workdir: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir), "--threads", str(args.threads),
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--gen-prompts", str(args.gen_prompts), "--gen-new-tokens", str(args.gen_new_tokens)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1",
+           "OMP_NUM_THREADS": str(args.threads), "HF_DATASETS_CACHE": str(workdir / "hf_datasets")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1][:200] if (done.stderr or done.stdout) else f"rc={done.returncode}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_workflow_row(name: str, workdir: Path) -> dict:
+    """Wall time of a snakemake command in a fresh directory (the repository's Snakefile)."""
+    target = workdir / name
+    target.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(target)]
+    if name == "dry_run_paper":
+        cmd += ["-n", "all", "--configfile", str(ROOT / "configs" / "paper.yaml")]
+    else:
+        cmd += ["--cores", "2", "all", "--configfile", str(ROOT / "config.yaml")]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        (workdir / f"{name}.log").write_text(done.stdout + done.stderr)
+        return {"error": f"rc={done.returncode}, log in {workdir / f'{name}.log'}"}
+    return {"seconds": seconds}
+
+
+def settings_header(args, info: dict) -> str:
+    import torch
+
+    load = os.getloadavg()
+    return (
+        f"model: Llama, hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
+        f"{info['num_attention_heads']} heads ({info['num_key_value_heads']} kv), intermediate "
+        f"{info['intermediate_size']}, vocab {args.vocab}, {info['params'] / 1e6:.2f}M params\n"
+        f"data: {args.rows} rows, prompt {args.prompt_len[0]}-{args.prompt_len[1]} tokens, responses "
+        f"{args.response_len[0]}-{args.response_len[1]} tokens (uniform); batch {args.batch_size}; "
+        f"{args.warmup} warm-up + {args.steps} timed optimizer steps; AdamW lr 1e-4 constant\n"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch "
+        f"{torch.__version__}, {args.threads} torch thread(s) per row, load average at start "
+        f"{load[0]:.2f}\n"
+    )
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'row':<20} {'steps/s':>9} {'s/step':>8} {'tok/s':>9} {'wall s':>8} {'peak RSS MiB':>13} "
+             f"{'delta MiB':>10}  description"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"{name:<20} FAILED: {r['error']}")
+            continue
+        sps = r.get("steps_per_s")
+        lines.append(
+            f"{name:<20} {fmt(sps, '.3f'):>9} {fmt(1 / sps if sps else None, '.3f'):>8} "
+            f"{fmt(r.get('tokens_per_s'), '.1f'):>9} {fmt(r.get('seconds'), '.1f'):>8} "
+            f"{fmt(r.get('peak_rss_mib'), '.0f'):>13} {fmt(r.get('peak_rss_delta_mib'), '.0f'):>10}  {ROWS[name][1]}"
+        )
+    lines.append("")
+    for num, den, target in RATIOS:
+        a, b = results.get(num, {}), results.get(den, {})
+        key = "tokens_per_s" if ROWS[num][0] == "generate" else "steps_per_s"
+        if key in a and key in b:
+            lines.append(f"{num} / {den} ({key}): {a[key] / b[key]:.2f}" + (f"   target {target}" if target else ""))
+    return "\n".join(lines)
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def write_csv(path: Path, results: dict, header: str) -> None:
+    fields = ["row", "description", "steps_per_s", "tokens_per_s", "seconds", "peak_rss_mib",
+              "peak_rss_delta_mib", "first_loss", "settings", "error"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        for line in header.splitlines():
+            fh.write(f"# {line}\n")
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for name, r in results.items():
+            writer.writerow({"row": name, "description": ROWS[name][1], **r,
+                             "settings": json.dumps(r.get("settings")) if "settings" in r else ""})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return 0
+    names = args.only or [n for n in ROWS if not (args.skip_e2e and n == "e2e_default")]
+    workdir = Path(tempfile.mkdtemp(prefix="dppo_bench_"))
+    try:
+        build_inputs(args, workdir)
+        info = json.loads((workdir / "model_info.json").read_text())
+        header = settings_header(args, info)
+        print(header, flush=True)
+        results = {}
+        for name in names:
+            if name.startswith("trl") and not _has_trl():
+                results[name] = {"error": 'TRL not installed (pip install -e ".[bench]")'}
+                continue
+            print(f"running {name} ...", flush=True)
+            kind = ROWS[name][0]
+            results[name] = run_workflow_row(name, workdir) if kind == "workflow" else run_row(args, name, workdir)
+            print(f"  {results[name]}", flush=True)
+        table = format_table(results)
+        print("\n" + header + "\n" + table)
+        write_csv(args.csv, results, header + table)
+        print(f"\nwrote {args.csv}")
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _has_trl() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
