@@ -19,6 +19,8 @@ import pandas as pd
 from dppo.io import atomic_output_dir
 
 REPORTED_PERCENTILES = (50, 90, 95, 99)
+REQUIRED_COLUMNS = {"sft": ("messages",), "pref": ("chosen", "rejected")}
+SCHEMA_NAMES = {"sft": "HuggingFaceTB/smoltalk", "pref": "HuggingFaceH4/ultrafeedback_binarized"}
 
 
 class DataError(ValueError):
@@ -44,6 +46,11 @@ def load_split(path: str, split: str, name: str | None = None):
         raise DataError(f"cannot load split {split!r} of dataset {path!r}: {err}") from err
     except FileNotFoundError as err:
         raise DataError(f"dataset not found: {path!r} ({err})") from err
+    except datasets.exceptions.DatasetGenerationError as err:  # unreadable files, e.g. empty or truncated parquet
+        cause = err.__cause__ or err
+        raise DataError(
+            f"cannot read split {split!r} of dataset {path!r} (is a file empty or corrupt?): {type(cause).__name__}: {cause}"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,12 +176,42 @@ class PrepStats:
         }
 
 
+UNDECODABLE = object()  # a row whose strings are not valid UTF-8
+_DECODE_BATCH = 1000
+
+
+def _decoded_rows(rows):
+    """The rows of a ``datasets.Dataset`` (or any sequence of dicts) as Python dicts, with
+    ``UNDECODABLE`` in place of a row holding invalid UTF-8: Arrow stores such bytes without
+    complaint and only raises when the row is read, which would otherwise end the whole run.
+    Batched reads keep this fast; only a batch that fails is re-read row by row."""
+    if not hasattr(rows, "select"):  # a plain list of dicts has nothing to decode
+        yield from rows
+        return
+    for start in range(0, len(rows), _DECODE_BATCH):
+        stop = min(start + _DECODE_BATCH, len(rows))
+        try:
+            batch = rows[start:stop]
+        except UnicodeDecodeError:
+            for i in range(start, stop):
+                try:
+                    yield rows[i]
+                except UnicodeDecodeError:
+                    yield UNDECODABLE
+            continue
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
+
+
 def _tokenize_split(rows, kind: str, tokenizer) -> tuple[list[dict], Counter]:
     """Validate and tokenize every row; returns the clean rows and the skip reasons."""
     kept, dropped = [], Counter()
-    seen = set()
-    for i, row in enumerate(rows):
+    seen, seen_ids = set(), set()
+    for i, row in enumerate(_decoded_rows(rows)):
         try:
+            if row is UNDECODABLE:
+                raise RowError("invalid UTF-8")
             if kind == "sft":
                 prompt, response = sft_fields(row)
                 prompt_ids, response_ids = prompt_and_response_ids(tokenizer, prompt, response)
@@ -203,6 +240,12 @@ def _tokenize_split(rows, kind: str, tokenizer) -> tuple[list[dict], Counter]:
             continue
         seen.add(key)
         out["prompt_id"] = str(row.get("prompt_id") or f"{i}")
+        # prompt_id joins y_gen, reference log-probs and scores: a repeated one would pair the
+        # wrong rows (win rates refuse repeated ids), so only its first row is kept.
+        if out["prompt_id"] in seen_ids:
+            dropped["duplicate prompt_id"] += 1
+            continue
+        seen_ids.add(out["prompt_id"])
         out["length"] = length
         kept.append(out)
     return kept, dropped
@@ -267,6 +310,12 @@ def prepare(
             raw = raw.select(range(min(limit, len(raw))))
         if len(raw) == 0:
             raise DataError(f"split {split!r} of {dataset_path!r} is empty")
+        missing = [c for c in REQUIRED_COLUMNS[kind] if c not in raw.column_names]
+        if missing:
+            raise DataError(
+                f"split {split!r} of {dataset_path!r} has no column {', '.join(map(repr, missing))} (it has "
+                f"{raw.column_names}); data.{kind} must be in the {SCHEMA_NAMES[kind]} schema"
+            )
         rows, dropped = _tokenize_split(raw, kind, tokenizer)
         if not rows:
             raise DataError(f"no valid row in split {split!r} of {dataset_path!r}: {dict(dropped)}")
