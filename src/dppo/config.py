@@ -10,6 +10,7 @@ readable names: ``unll__f=sqrt__alpha=0.1``.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import fields
 
 import yaml
@@ -121,6 +122,7 @@ def check_config(config: dict) -> dict[str, dict]:
             raise ConfigError(f"{where}: {err}") from None
         if name in RESERVED_NAMES:
             raise ConfigError(f"experiments.{name}: the name is reserved for a pipeline stage ({', '.join(RESERVED_NAMES)})")
+        _check_swept_run_values(spec, where)
         init = spec.get("init", "sft")
         if init != "sft":
             if init not in experiments:
@@ -129,6 +131,21 @@ def check_config(config: dict) -> dict[str, dict]:
                 raise ConfigError(f"{where}.init: an experiment cannot start from itself")
     _check_no_init_cycle(experiments)
     return experiments
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_swept_run_values(spec: dict, where: str) -> None:
+    """The sweepable keys the loss check does not cover: sweep lists bypass the schema's ranges."""
+    n_train, lr, seed = spec.get("n_train"), spec.get("lr", 1.0), spec.get("seed", 0)
+    if n_train is not None and not (_is_int(n_train) and n_train >= 1):
+        raise ConfigError(f"{where}.n_train: must be a whole number >= 1 (or null for every row), got {n_train!r}")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"{where}.lr: must be a finite number > 0, got {lr!r}")
+    if not _is_int(seed):
+        raise ConfigError(f"{where}.seed: must be a whole number, got {seed!r}")
 
 
 def _check_no_init_cycle(experiments: dict[str, dict]) -> None:

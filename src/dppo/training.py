@@ -12,12 +12,14 @@ import logging
 import math
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dppo.io import atomic_output_dir, atomic_output_file
 
@@ -98,9 +100,41 @@ def training_arguments(opt: OptimConfig, checkpoint_dir: str | Path, **overrides
 
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     """The newest complete checkpoint to resume from after a kill (SLURM time limit,
-    preemption), or None to start fresh."""
+    preemption), or None to start fresh.
+
+    Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a job killed while
+    saving leaves a newer directory without it; ``get_last_checkpoint`` would pick that one and
+    the resume would silently restart the step count with a fresh optimizer."""
     checkpoint_dir = Path(checkpoint_dir)
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [
+        path for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.name.split("-")[-1].isdigit() and (path / TRAINER_STATE_NAME).is_file()
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1])))
+
+
+class FaultInjection(TrainerCallback):
+    """Test hook: at the end of optimizer step ``step`` this process sends itself ``signal_name``,
+    as a SLURM time limit (SIGTERM) or a preemption (SIGKILL) would; SIGSTOP freezes it for an
+    external kill. Active only when the environment names this run (``from_env``)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL"):
+        self.step = step
+        self.signal = getattr(signal, signal_name)
+
+    @classmethod
+    def from_env(cls, run: str) -> FaultInjection | None:
+        if os.environ.get("DPPO_FAULT_RUN") != run:
+            return None
+        return cls(int(os.environ["DPPO_FAULT_AT_STEP"]), os.environ.get("DPPO_FAULT_SIGNAL", "SIGKILL"))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -159,6 +193,8 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     live_metrics = checkpoint_dir / "metrics.jsonl"
+    fault = FaultInjection.from_env(extra.get("experiment", extra.get("stage", "")))
+    callbacks = [*callbacks, fault] if fault else callbacks
     trainer = trainer_cls(
         model=model,
         args=training_arguments(opt, checkpoint_dir),
