@@ -52,7 +52,8 @@ log "cluster ready in $setup_s s (accounting: $accounting)"
 args=(--profile "$repo/slurm" --profile "$here/profile")
 # Without slurmdbd sacct cannot answer; the plugin would retry it forever.
 if [ "$accounting" = none ]; then args+=(--slurm-status-command squeue); fi
-case "$configfile" in ''|none) ;; *) args+=(--configfile "$configfile");; esac
+# '=' form: --configfile takes several values and would swallow TARGET.
+case "$configfile" in ''|none) ;; *) args+=("--configfile=$(cd "$(dirname "$configfile")" && pwd)/$(basename "$configfile")");; esac
 
 run_log=$(mktemp /tmp/dppo-slurm-smoke.XXXXXX.log)
 sacct_start=$(date +%Y-%m-%dT%H:%M:%S)
