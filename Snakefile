@@ -12,7 +12,11 @@ from dppo.config import ConfigError, check_config, check_unique_keys, rule_resou
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded default, unless --configfile names another config: Snakemake would otherwise
+# deep-merge the two, adding config.yaml's experiments to every other grid.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 try:
@@ -29,6 +33,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/preference.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/toy.smk"
 include: "workflow/rules/paper.smk"
 
 
@@ -37,5 +42,11 @@ rule all:
         "results/data/sft/stats.json",
         "results/data/pref/stats.json",
         "results/tables/win_rates.csv",
+        TOY_OUTPUTS,
         PAPER_OUTPUTS,
     default_target: True
+
+
+rule toy:
+    input:
+        TOY_OUTPUTS,

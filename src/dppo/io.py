@@ -20,12 +20,19 @@ class UnsafeCheckpointError(RuntimeError):
     """A model directory holds only pickle weights (pytorch_model.bin / *.pt)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path):
     """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); outputs are shared
     try:
         yield tmp
         if out_dir.exists():

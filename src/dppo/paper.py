@@ -278,6 +278,15 @@ def claim_verdicts(win_rates: pd.DataFrame, n_full: int | None = None) -> dict[s
     return out
 
 
+def train_count(stats: Mapping, key: str) -> int:
+    """A count of ``stats.json`` for the TRAIN split (the file keeps one per split)."""
+    value = stats.get(key, 0)
+    if key == "dropped":
+        value = value.get("train", value) if isinstance(value, Mapping) else value
+        return int(sum(value.values())) if isinstance(value, Mapping) else int(value)
+    return int(value.get("train", 0)) if isinstance(value, Mapping) else int(value)
+
+
 def paper_macros(win_rates: pd.DataFrame, data_stats: Mapping[str, Mapping],
                  setup: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every number and run-dependent word the paper's text uses, as macro name -> value.
@@ -291,10 +300,9 @@ def paper_macros(win_rates: pd.DataFrame, data_stats: Mapping[str, Mapping],
         pre = macro_name(key)
         m[f"{pre}Cutoff"] = str(int(stats["cutoff"]))
         m[f"{pre}Percentile"] = f"{float(stats.get('percentile', 95)):g}"
-        m[f"{pre}RowsIn"] = str(int(stats.get("rows_in", 0)))
-        m[f"{pre}RowsKept"] = str(int(stats.get("rows_kept", 0)))
-        m[f"{pre}RowsTruncated"] = str(int(stats.get("rows_truncated", 0)))
-        m[f"{pre}RowsDropped"] = str(int(sum(stats.get("dropped", {}).values())))
+        for field in ("rows_in", "rows_kept", "rows_truncated", "dropped"):
+            name = "Rows" + ("Dropped" if field == "dropped" else field.split("_")[1].capitalize())
+            m[f"{pre}{name}"] = str(train_count(stats, field))
         for pct, value in stats.get("percentiles", {}).items():
             # "95" -> \sftPNineFive (digits are spelled out in macro names)
             m[macro_name(key, "P", str(pct).split(".")[0])] = str(int(round(value)))
@@ -307,7 +315,7 @@ def paper_macros(win_rates: pd.DataFrame, data_stats: Mapping[str, Mapping],
     dpo = aggregate_seeds(wr[(wr["group"] == "main") & (wr["loss"] == "dpo")], ("loss",))
     beta, n_train = _first(wr, "main", "dpo", "beta"), _first(wr, "main", "dpo", "n_train")
     m["betaMain"] = NA if beta is None else f"{float(beta):g}"
-    n_full = data_stats.get("pref", {}).get("rows_kept")
+    n_full = train_count(data_stats["pref"], "rows_kept") if "pref" in data_stats else None
     n_train = n_full if n_train is None else n_train
     m["nTrainMain"] = NA if n_train is None else str(int(n_train))
     m["winRateDPO"] = fmt_float(dpo["win_rate"].iloc[0] if len(dpo) else None)

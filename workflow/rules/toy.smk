@@ -28,7 +28,9 @@ rule toy_run:
         "logs/toy/toy_run.log",
     threads: 1
     resources:
-        mem_mb=2000, runtime=30
+        **res("toy_run"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../scripts/toy_run.py"
 
@@ -46,7 +48,9 @@ rule toy_fig_dynamics:
         "logs/toy/toy_fig_dynamics.log",
     threads: 1
     resources:
-        mem_mb=1000, runtime=5
+        **res("toy_fig_dynamics"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/toy_figure.py"
 
@@ -64,7 +68,9 @@ rule toy_fig_gradients:
         "logs/toy/toy_fig_gradients.log",
     threads: 1
     resources:
-        mem_mb=1000, runtime=5
+        **res("toy_fig_gradients"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/toy_figure.py"
 
@@ -81,7 +87,9 @@ rule toy_fig_grid:
         "logs/toy/toy_fig_grid.log",
     threads: 1
     resources:
-        mem_mb=1000, runtime=5
+        **res("toy_fig_grid"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/toy_figure.py"
 
@@ -98,6 +106,8 @@ rule toy_tables:
         "logs/toy/toy_tables.log",
     threads: 1
     resources:
-        mem_mb=1000, runtime=5
+        **res("toy_tables"),
+    conda:
+        "../../envs/plot.yaml"
     script:
         "../scripts/toy_tables.py"
