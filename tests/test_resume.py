@@ -1,0 +1,124 @@
+"""Killed training jobs resume from their last checkpoint when the same Snakemake target is run
+again, and end bit-identical to an uninterrupted run (CPU: Trainer restores the optimizer,
+scheduler and RNG states, and the seeded sampler replays the same data order past the skipped
+batches).
+
+Two kills of real Snakemake jobs: SFT gets SIGTERM (a SLURM time limit) from a callback at a
+fixed step; a preference job freezes itself at a fixed step and is then SIGKILLed from outside
+(a preemption), once a checkpoint exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SFT_SAVE_STEPS, PREF_SAVE_STEPS = 4, 1  # tiny: 15 SFT steps (240 rows / 16), 4 preference steps
+TARGETS = ["results/metrics/sft.jsonl", "results/metrics/dpo.jsonl"]
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            "--cores", "2", *args, "--configfile", str(workdir / "resume.yaml")]  # last: it takes several values
+
+
+def run(workdir: Path, *args: str, fault: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(fault or {})}
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """SFT and one DPO experiment without interruption, checkpointing often."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["sft"]["save_steps"] = SFT_SAVE_STEPS
+    config["preference_defaults"]["save_steps"] = PREF_SAVE_STEPS
+    config["experiments"] = {"dpo": {"loss": "dpo"}}
+    (workdir / "resume.yaml").write_text(yaml.safe_dump(config))
+    done = run(workdir, *TARGETS)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert not (workdir / "results/checkpoints/sft").exists()  # dropped once the model is saved
+    return workdir
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)  # keeps mtimes and .snakemake, so nothing upstream reruns
+    return dst
+
+
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_training(resumed: Path, reference: Path, name: str) -> dict:
+    assert metrics(resumed / f"results/metrics/{name}.jsonl") == metrics(reference / f"results/metrics/{name}.jsonl")
+    weights = "results/models/{}/model.safetensors"
+    assert (resumed / weights.format(name)).read_bytes() == (reference / weights.format(name)).read_bytes()
+    return json.loads((resumed / f"results/models/{name}/dppo_training.json").read_text())
+
+
+def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_path):
+    workdir = copy_run(uninterrupted, tmp_path / "run")
+    kill = {"DPPO_FAULT_RUN": "sft", "DPPO_FAULT_AT_STEP": "10", "DPPO_FAULT_SIGNAL": "SIGTERM"}
+    done = run(workdir, TARGETS[0], "--forcerun", "sft", fault=kill)
+    assert done.returncode != 0
+    assert not (workdir / "results/models/sft").exists()  # no half-trained model taken as done
+    checkpoints = workdir / "results/checkpoints/sft"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-8"]
+    assert [m["step"] for m in metrics(checkpoints / "metrics.jsonl")] == list(range(1, 10))  # killed before 10 logs
+
+    done = run(workdir, TARGETS[0])  # the same target again, as a resubmitted job would
+    assert done.returncode == 0, done.stderr[-4000:]
+    info = assert_same_training(workdir, uninterrupted, "sft")
+    assert info["resumed_from"].endswith("results/checkpoints/sft/checkpoint-8") and info["steps"] == 15
+    assert not checkpoints.exists()
+
+
+def _stopped_training_process(snakemake: subprocess.Popen, timeout: float = 300) -> psutil.Process:
+    """The job's python process once it has stopped itself (SIGSTOP from the fault hook)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert snakemake.poll() is None, "snakemake ended before the training job stopped"
+        for child in psutil.Process(snakemake.pid).children(recursive=True):
+            try:
+                if child.status() == psutil.STATUS_STOPPED:
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    raise AssertionError("the training job never reached the fault step")
+
+
+def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted, tmp_path):
+    workdir = copy_run(uninterrupted, tmp_path / "run")
+    freeze = {"DPPO_FAULT_RUN": "dpo", "DPPO_FAULT_AT_STEP": "3", "DPPO_FAULT_SIGNAL": "SIGSTOP"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **freeze}
+    snakemake = subprocess.Popen(snakemake_cmd(workdir, TARGETS[1], "--forcerun", "train_preference"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        job = _stopped_training_process(snakemake)
+        checkpoints = workdir / "results/checkpoints/dpo"
+        assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
+        os.kill(job.pid, signal.SIGKILL)  # the preemption: no handler runs, nothing is flushed
+        assert snakemake.wait(timeout=120) != 0
+    finally:
+        if snakemake.poll() is None:
+            snakemake.kill()
+    assert not (workdir / "results/models/dpo").exists()
+    assert not (workdir / "results/metrics/dpo.jsonl").exists()
+
+    done = run(workdir, TARGETS[1])
+    assert done.returncode == 0, done.stderr[-4000:]
+    info = assert_same_training(workdir, uninterrupted, "dpo")
+    assert info["resumed_from"].endswith("results/checkpoints/dpo/checkpoint-2") and info["steps"] == 4
