@@ -1,4 +1,4 @@
-"""Batched response log-probs of a causal LM: one forward for all B*K sequences.
+"""Batched response log-probs of a causal LM: all K responses of B prompts in one batched pass.
 
 Used by preference training (with autograd) and by the reference log-prob cache
 (under ``torch.no_grad``), so both see exactly the same numbers.
@@ -27,14 +27,7 @@ class ResponseBatchLogps:
     token_logps_for: int | None = None  # k
 
 
-def _pack(
-    prompt_ids: list[list[int]], responses: list[list[list[int]]], pad_token_id: int, padding_side: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Padded (prompt + response) ids of the B*K sequences, row b*K + k.
-
-    Returns input_ids and attention_mask (N, L), the mask of the positions whose
-    next-token distribution scores a response token (N, L), and response lengths (N,).
-    """
+def _check_inputs(prompt_ids, responses, padding_side: str) -> None:
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side={padding_side!r} is not one of: {', '.join(PADDING_SIDES)}")
     if len(prompt_ids) != len(responses) or not prompt_ids:
@@ -42,29 +35,94 @@ def _pack(
     num_responses = {len(group) for group in responses}
     if len(num_responses) != 1 or 0 in num_responses:
         raise ValueError(f"every prompt needs the same number K >= 1 of responses, got {sorted(num_responses)}")
-    sequences, prompt_lens, response_lens = [], [], []
     for b, (prompt, group) in enumerate(zip(prompt_ids, responses)):
         if not prompt:
             raise ValueError(f"prompt {b} is empty: the first response token needs a prompt token to condition on")
         for k, response in enumerate(group):
             if not response:
                 raise ValueError(f"response {k} of prompt {b} is empty")
-            sequences.append(list(prompt) + list(response))
-            prompt_lens.append(len(prompt))
-            response_lens.append(len(response))
 
+
+def _pad(sequences: list[list[int]], pad_token_id: int, padding_side: str) -> tuple[Tensor, Tensor]:
+    """(ids, attention mask) of ``sequences`` padded to the longest one."""
     width = max(len(seq) for seq in sequences)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    scored = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, (seq, prompt_len) in enumerate(zip(sequences, prompt_lens)):
+    for row, seq in enumerate(sequences):
         start = width - len(seq) if padding_side == "left" else 0
         input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, start : start + len(seq)] = 1
+    return input_ids, attention_mask
+
+
+def can_share_prompt(model, prompt_ids, responses) -> bool:
+    """Whether the shared-prompt forward applies: several responses per prompt, every prompt
+    long enough to leave a cached prefix, and no activation checkpointing (a recomputed layer
+    would append to the cache twice)."""
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers < 5
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    return len(responses[0]) > 1 and min(len(p) for p in prompt_ids) >= 2 and not checkpointing
+
+
+def _forward_concatenated(model, prompt_ids, responses, pad_token_id, padding_side, device):
+    """One forward over the B*K (prompt + response) sequences, head at the scored positions.
+
+    Returns (logits of the scored positions, their target ids, scored mask (N, L))."""
+    sequences = [list(prompt) + list(response) for prompt, group in zip(prompt_ids, responses) for response in group]
+    prompt_lens = [len(prompt) for prompt, group in zip(prompt_ids, responses) for _ in group]
+    input_ids, attention_mask = _pad(sequences, pad_token_id, padding_side)
+    scored = torch.zeros(input_ids.shape, dtype=torch.bool)
+    width = input_ids.shape[1]
+    for row, (seq, prompt_len) in enumerate(zip(sequences, prompt_lens)):
+        start = width - len(seq) if padding_side == "left" else 0
         # position p predicts token p + 1: the response tokens are predicted from
         # the last prompt token up to the second-to-last response token.
         scored[row, start + prompt_len - 1 : start + len(seq) - 1] = True
-    return input_ids, attention_mask, scored, torch.tensor(response_lens, dtype=torch.long)
+    input_ids, attention_mask, scored = (t.to(device) for t in (input_ids, attention_mask, scored))
+    # Left padding: positions must start at 0 on the first real token, as unpadded.
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        logits_to_keep=scored, use_cache=False,
+    ).logits
+    return logits, input_ids[:, 1:][scored[:, :-1]], scored
+
+
+def _forward_shared_prompt(model, prompt_ids, responses, pad_token_id, padding_side, device):
+    """The prompt runs once per prompt instead of once per response: a forward over the
+    prompts minus their last token fills the KV cache (autograd kept), the cache is repeated
+    K times, and a second forward runs (last prompt token + response[:-1]) of the B*K rows on
+    it. Same numbers as :func:`_forward_concatenated` up to float rounding, with
+    B * (P - 1) + B*K * R instead of B*K * (P + R) token positions."""
+    num_per_prompt = len(responses[0])
+    prefix_ids, prefix_mask = _pad([list(p[:-1]) for p in prompt_ids], pad_token_id, padding_side)
+    continuations = [[prompt[-1], *response[:-1]] for prompt, group in zip(prompt_ids, responses) for response in group]
+    cont_ids, cont_mask = _pad(continuations, pad_token_id, padding_side)
+    targets = [token for group in responses for response in group for token in response]
+    prefix_ids, prefix_mask, cont_ids, cont_mask = (t.to(device) for t in (prefix_ids, prefix_mask, cont_ids, cont_mask))
+
+    prefix_positions = (prefix_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    prefix = model(
+        input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_positions, use_cache=True,
+        logits_to_keep=torch.zeros_like(prefix_mask, dtype=torch.bool),  # no head over prompt tokens
+    )
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(num_per_prompt)
+    prefix_lens = prefix_mask.sum(dim=-1).repeat_interleave(num_per_prompt)
+    # The continuation starts at the last prompt token, position len(prompt) - 1.
+    cont_positions = prefix_lens.unsqueeze(1) + (cont_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    scored = cont_mask.bool()  # every real continuation position predicts one response token
+    logits = model(
+        input_ids=cont_ids,
+        attention_mask=torch.cat([prefix_mask.repeat_interleave(num_per_prompt, dim=0), cont_mask], dim=1),
+        position_ids=cont_positions,
+        past_key_values=cache,
+        logits_to_keep=scored,
+        use_cache=True,
+    ).logits
+    return logits, torch.tensor(targets, dtype=torch.long, device=device), scored
 
 
 def response_logps(
@@ -74,33 +132,28 @@ def response_logps(
     pad_token_id: int,
     return_token_logps_for: int | None = None,
     padding_side: str = "right",
+    share_prompt: bool = True,
 ) -> ResponseBatchLogps:
     """Summed log-probs of ``responses[b][k]`` given ``prompt_ids[b]`` under ``model``.
 
-    One forward over the B*K (prompt + response) sequences; padding is masked and
-    position ids count real tokens only, so left and right padding give the same
-    numbers as unpadded sequences. The model's head runs only at the positions that
-    predict a response token (``logits_to_keep`` with a boolean mask), so neither
-    logits nor log-probs are built over the vocabulary for prompt tokens. The autograd
-    graph is kept; call under ``torch.no_grad`` for a reference pass.
+    Padding is masked and position ids count real tokens only, so left and right padding give
+    the same numbers as unpadded sequences. The model's head runs only at the positions that
+    predict a response token (``logits_to_keep`` with a boolean mask), so neither logits nor
+    log-probs are built over the vocabulary for prompt tokens. With ``share_prompt`` (and
+    :func:`can_share_prompt`) each prompt is encoded once for its K responses
+    (:func:`_forward_shared_prompt`); otherwise one forward runs over the B*K concatenated
+    sequences. The autograd graph is kept; call under ``torch.no_grad`` for a reference pass.
     """
-    input_ids, attention_mask, scored, lengths = _pack(prompt_ids, responses, pad_token_id, padding_side)
+    _check_inputs(prompt_ids, responses, padding_side)
     num_prompts, num_per_prompt = len(prompt_ids), len(responses[0])
     if return_token_logps_for is not None and not 0 <= return_token_logps_for < num_per_prompt:
         raise ValueError(f"return_token_logps_for={return_token_logps_for} is not a response index in [0, {num_per_prompt})")
 
     # wrapped models (DDP) have no .device; the inputs go where the first weights are
     device = getattr(model, "device", None) or next(model.parameters()).device
-    input_ids, attention_mask, scored, lengths = (t.to(device) for t in (input_ids, attention_mask, scored, lengths))
-    # Left padding: positions must start at 0 on the first real token, as unpadded.
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=scored,
-        use_cache=False,
-    ).logits
+    shared = share_prompt and can_share_prompt(model, prompt_ids, responses)
+    forward = _forward_shared_prompt if shared else _forward_concatenated
+    logits, targets, scored = forward(model, prompt_ids, responses, pad_token_id, padding_side, device)
     num_scored = int(scored.sum())
     if logits.dim() != 2 or logits.shape[0] != num_scored:
         raise TypeError(
@@ -108,9 +161,9 @@ def response_logps(
             f"{tuple(logits.shape)}, expected ({num_scored}, vocab)); it needs a transformers causal LM "
             "whose forward slices with `slice_logits_to_keep`"
         )
+    lengths = torch.tensor([len(r) for group in responses for r in group], dtype=torch.long, device=device)
 
-    # Boolean indexing flattens row-major, the same order as `logits`.
-    targets = input_ids[:, 1:][scored[:, :-1]]
+    # Boolean indexing flattens row-major, the same order as `logits` and `targets`.
     logits = logits.float()  # log-softmax in float32 even for bf16 models
     token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 

@@ -1,0 +1,220 @@
+"""The speed-ups change no numbers: the shared-prompt forward gives the same log-probs, losses,
+metrics and gradients as the concatenated forward (and as an unbatched loop), and length-grouped
+batches only change which rows share a batch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_logprobs import param_grads, tiny_causal_lm, unbatched_sums, unbatched_token_logps
+from torch.utils.data import RandomSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from dppo.batching import length_grouped_sampler, packed_lengths, padding_fraction
+from dppo.logprobs import as_response_logps, can_share_prompt, response_logps
+from dppo.losses import LossConfig, ResponseLogps, preference_loss
+from dppo.preference import PreferenceTrainer, collate
+from dppo.training import ListDataset, OptimConfig, training_arguments
+
+PAD = 0
+# Every prompt has >= 2 tokens (a cached prefix); uneven prompt and response lengths, K = 3.
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10, 40]]
+RESPONSES = [
+    [[11, 12], [13, 14, 15, 16], [17]],
+    [[18, 19, 20], [21], [22, 23, 24, 25, 26]],
+    [[27, 28, 29, 30], [31, 32], [33, 34, 35]],
+]
+REF = torch.tensor([[-40.0, -52.0, -20.0], [-61.0, -18.0, -95.0], [-70.0, -41.0, -55.0]])
+LOSSES = [
+    LossConfig(name="dpo"),
+    LossConfig(name="unll", f="linear", alpha=0.3, unll_level="token"),
+    LossConfig(name="minll", f="quadratic", alpha=0.2),
+    LossConfig(name="conll", f="sqrt", alpha=0.5),
+]
+
+
+@pytest.fixture(scope="module", params=("llama", "gpt2"))
+def model(request):
+    return tiny_causal_lm(request.param)
+
+
+def count_forwards(model):
+    """Number of model calls made inside the ``with`` block (a forward pre-hook)."""
+
+    class Counter:
+        def __enter__(self):
+            self.calls = 0
+            self.handle = model.register_forward_pre_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.remove()
+
+    return Counter()
+
+
+@pytest.mark.parametrize("padding_side", ("left", "right"))
+def test_shared_prompt_matches_concatenated_and_the_loop(model, padding_side):
+    assert can_share_prompt(model, PROMPTS, RESPONSES)
+    with torch.no_grad(), count_forwards(model) as counter:
+        shared = response_logps(model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2, padding_side=padding_side)
+    assert counter.calls == 2  # prefix pass + continuation pass: the shared path really ran
+    with torch.no_grad(), count_forwards(model) as counter:
+        concatenated = response_logps(
+            model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2, padding_side=padding_side, share_prompt=False
+        )
+        looped = unbatched_sums(model, PROMPTS, RESPONSES)
+    assert counter.calls == 1 + 9  # one concatenated forward, then the 9 unbatched sequences
+    assert torch.allclose(shared.sums, concatenated.sums, atol=1e-5, rtol=0)
+    assert torch.allclose(shared.sums, looped, atol=1e-5, rtol=0)
+    assert torch.equal(shared.lengths, concatenated.lengths)
+    assert torch.equal(shared.token_mask, concatenated.token_mask)
+    assert torch.allclose(shared.token_logps, concatenated.token_logps, atol=1e-6, rtol=0)
+    for b, (prompt, group) in enumerate(zip(PROMPTS, RESPONSES)):
+        with torch.no_grad():
+            expected = unbatched_token_logps(model, prompt, group[2])
+        assert torch.allclose(shared.token_logps[b, : len(expected)], expected, atol=1e-5, rtol=0)
+    assert shared.sums.std() > 0.1  # a real distribution, not a constant
+
+
+@pytest.mark.parametrize("padding_side", ("left", "right"))
+def test_shared_prompt_gradients_match(model, padding_side):
+    weights = torch.tensor([[1.0, -0.5, 0.25], [0.3, 2.0, -1.0], [-0.7, 0.1, 1.5]])
+    shared = response_logps(model, PROMPTS, RESPONSES, PAD, padding_side=padding_side)
+    concatenated = response_logps(model, PROMPTS, RESPONSES, PAD, padding_side=padding_side, share_prompt=False)
+    got = param_grads(model, (weights * shared.sums).sum())
+    expected = param_grads(model, (weights * concatenated.sums).sum())
+    assert got.abs().max() > 0
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def loss_and_parts(model, loss_config: LossConfig, share_prompt: bool):
+    token_level = loss_config.name == "unll" and loss_config.unll_level == "token"
+    policy = as_response_logps(response_logps(
+        model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2 if token_level else None, share_prompt=share_prompt,
+    ))
+    reference = ResponseLogps(
+        chosen=REF[:, 0], rejected=REF[:, 1], gen=REF[:, 2],
+        chosen_len=policy.chosen_len, rejected_len=policy.rejected_len, gen_len=policy.gen_len,
+    )
+    return preference_loss(policy, reference, loss_config)
+
+
+@pytest.mark.parametrize("loss_config", LOSSES, ids=lambda c: c.name)
+def test_losses_metrics_and_gradients_identical_before_and_after(model, loss_config):
+    before, before_parts = loss_and_parts(model, loss_config, share_prompt=False)
+    after, after_parts = loss_and_parts(model, loss_config, share_prompt=True)
+    assert torch.allclose(after, before, atol=1e-6, rtol=1e-5)
+    assert after_parts.keys() == before_parts.keys() and len(after_parts) > 3
+    for key in before_parts:
+        assert torch.allclose(after_parts[key], before_parts[key], atol=1e-5, rtol=1e-5), key
+    got, expected = param_grads(model, after), param_grads(model, before)
+    assert expected.abs().max() > 0
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_prompts_of_one_token_and_activation_checkpointing_fall_back(model):
+    prompts = [[1], *PROMPTS[1:]]
+    assert not can_share_prompt(model, prompts, RESPONSES)
+    assert not can_share_prompt(model, PROMPTS, [group[:1] for group in RESPONSES])  # K = 1: nothing to share
+    with torch.no_grad(), count_forwards(model) as counter:
+        got = response_logps(model, prompts, RESPONSES, PAD).sums
+    assert counter.calls == 1
+    with torch.no_grad():
+        assert torch.allclose(got, unbatched_sums(model, prompts, RESPONSES), atol=1e-5, rtol=0)
+
+    # A checkpointed layer reruns its forward in backward and would append to the cache twice.
+    checkpointed = tiny_causal_lm("llama").train()
+    checkpointed.gradient_checkpointing_enable()
+    assert not can_share_prompt(checkpointed, PROMPTS, RESPONSES)
+    with count_forwards(checkpointed) as counter:
+        sums = response_logps(checkpointed, PROMPTS, RESPONSES, PAD).sums
+    assert counter.calls == 1
+    reference = tiny_causal_lm("llama")
+    assert torch.allclose(sums, response_logps(reference, PROMPTS, RESPONSES, PAD).sums, atol=1e-5, rtol=0)
+    assert torch.allclose(
+        param_grads(checkpointed, sums.sum()), param_grads(reference, response_logps(reference, PROMPTS, RESPONSES, PAD).sums.sum()),
+        atol=1e-5, rtol=1e-4,
+    )
+
+
+def records():
+    return [
+        {"prompt_ids": p, "chosen_ids": g[0], "rejected_ids": g[1], "gen_ids": g[2],
+         "ref_chosen": float(r[0]), "ref_rejected": float(r[1]), "ref_gen": float(r[2])}
+        for p, g, r in zip(PROMPTS, RESPONSES, REF.tolist())
+    ]
+
+
+def make_trainer(model, tmp_path, loss_config, group_by_length=False, rows=None, batch_size=3):
+    args = training_arguments(OptimConfig(batch_size=batch_size, group_by_length=group_by_length), tmp_path,
+                              disable_tqdm=True)
+    return PreferenceTrainer(
+        model=model, args=args, train_dataset=ListDataset(rows or records()), data_collator=collate,
+        loss_config=loss_config, pad_token_id=PAD, experiment="perf", track_gen=False,
+    )
+
+
+@pytest.mark.parametrize("loss_config", LOSSES[:2], ids=lambda c: c.name)
+def test_trainer_loss_equals_the_concatenated_computation(tmp_path, loss_config):
+    model = tiny_causal_lm("llama")
+    trainer = make_trainer(model, tmp_path, loss_config)
+    with count_forwards(model) as counter:
+        loss = trainer.compute_loss(model, collate(records()))
+    assert counter.calls == 2  # the trainer takes the shared-prompt path
+    expected, _ = loss_and_parts(model, loss_config, share_prompt=False)
+    assert torch.allclose(loss, expected, atol=1e-6, rtol=1e-5)
+    assert trainer._parts["loss"] == pytest.approx([expected.item()], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- length grouping
+
+
+def synthetic_records(n: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(lo, hi):
+        return [1] * int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    return [{"prompt_ids": ids(2, 60), "chosen_ids": ids(1, 40), "rejected_ids": ids(1, 40), "gen_ids": ids(1, 80)}
+            for _ in range(n)]
+
+
+def test_packed_lengths_and_padding_fraction_by_hand():
+    rows = records()
+    assert packed_lengths(rows, with_gen=False) == [3 + 4, 6 + 3, 2 + 4]
+    assert packed_lengths(rows, with_gen=True) == [3 + 4, 6 + 5, 2 + 4]
+    # batch {0, 2}, K = 2: widths 5, 7, 6, 4 -> grid 4 x 7 = 28 with 22 real tokens
+    assert padding_fraction(rows, [[0, 2]], with_gen=False) == pytest.approx(1 - 22 / 28)
+    # one row per batch, y_gen too: row 1 widths 9, 7, 11 -> 27 of 33
+    assert padding_fraction(rows, [[1]], with_gen=True) == pytest.approx(1 - 27 / 33)
+
+
+def test_length_grouped_batches_are_a_permutation_with_less_padding():
+    rows, batch = synthetic_records(400), 8
+    torch.manual_seed(0)
+    order = list(length_grouped_sampler(rows, batch, with_gen=True))
+    assert sorted(order) == list(range(len(rows)))
+    grouped = [order[i : i + batch] for i in range(0, len(order), batch)]
+    shuffled = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    random_batches = [shuffled[i : i + batch] for i in range(0, len(shuffled), batch)]
+    grouped_pad = padding_fraction(rows, grouped, with_gen=True)
+    random_pad = padding_fraction(rows, random_batches, with_gen=True)
+    assert grouped_pad < 0.75 * random_pad
+    # seeded like the Trainer seeds it: the same order again
+    torch.manual_seed(0)
+    assert list(length_grouped_sampler(rows, batch, with_gen=True)) == order
+
+
+def test_trainer_sampler_hook(tmp_path):
+    model = tiny_causal_lm("llama")
+    rows = synthetic_records(40)
+    unll = replace(LOSSES[1])
+    sampler = make_trainer(model, tmp_path, unll, group_by_length=True, rows=rows, batch_size=4)._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.batch_size == 4
+    assert sampler.lengths == packed_lengths(rows, with_gen=True)  # unll forwards y_gen
+    dpo = make_trainer(model, tmp_path, LOSSES[0], group_by_length=True, rows=rows, batch_size=4)
+    assert dpo._get_train_sampler().lengths == packed_lengths(rows, with_gen=False)
+    assert isinstance(make_trainer(model, tmp_path, LOSSES[0], rows=rows)._get_train_sampler(), RandomSampler)
