@@ -79,12 +79,14 @@ submitted_ids=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).
 n_submitted=$(printf '%s\n' "$submitted_ids" | grep -c . || true)
 log "run id ${run_id:-?}: snakemake ran $n_remote non-local jobs, submitted $n_submitted with sbatch"
 
+if grep -q "^Nothing to be done" "$run_log"; then
+  # A smoke test that submitted nothing proves nothing.
+  log "FAIL: nothing to be done: remove the outputs or pass --forceall" >&2; exit 1
+fi
 fail=0
 if [ -z "$run_id" ]; then log "FAIL: no 'SLURM run ID' in the log: was the slurm executor used?" >&2; fail=1; fi
 if [ "$n_remote" -ne "$n_submitted" ]; then log "FAIL: $n_remote jobs ran but $n_submitted were submitted" >&2; fail=1; fi
-if [ "$n_submitted" -eq 0 ] && ! grep -q "Nothing to be done" "$run_log"; then
-  log "FAIL: no job was submitted" >&2; fail=1
-fi
+if [ "$n_submitted" -eq 0 ]; then log "FAIL: no job was submitted" >&2; fail=1; fi
 
 # ---------------------------------------------------------------- what SLURM saw
 if [ "$accounting" = slurmdbd ]; then
