@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dppo import io, preference, training
-from dppo.config import ConfigError, check_config
+from dppo.config import ConfigError, check_config, check_local_paths
 from dppo.losses import LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,3 +253,16 @@ def test_n_train_larger_than_the_data_names_experiment_and_key(tmp_path):
         preference.experiment_job(spec, "unused", *(str(tmp_path / f) for f in ("train.parquet", "ygen.parquet", "ref.parquet")),
                                   out_dir=str(tmp_path / "m"), metrics_file=str(tmp_path / "m.jsonl"),
                                   checkpoint_dir=str(tmp_path / "c"))
+
+
+def test_missing_local_paths_stop_before_any_job(tmp_path):
+    (tmp_path / "sft_data").mkdir()
+    config = {"model": {"init": "tiny"}, "data": {"sft": {"path": "./sft_data"}, "pref": {"path": "HuggingFaceH4/ultrafeedback_binarized"}}}
+    check_local_paths(config, tmp_path)  # existing directory, hub id: fine
+    config["data"]["pref"]["path"] = "../nowhere/uf"
+    with pytest.raises(ConfigError, match=r"config key data\.pref\.path: local path '\.\./nowhere/uf' does not exist"):
+        check_local_paths(config, tmp_path)
+    config["data"]["pref"]["path"] = "synthetic"
+    config["model"]["init"] = str(tmp_path / "no_model")
+    with pytest.raises(ConfigError, match=r"config key model\.init: local path .*no_model' does not exist"):
+        check_local_paths(config, tmp_path)

@@ -13,6 +13,8 @@ import itertools
 import math
 from dataclasses import fields
 
+from pathlib import Path
+
 import yaml
 
 from dppo.losses import LossConfig
@@ -156,6 +158,21 @@ def _check_no_init_cycle(experiments: dict[str, dict]) -> None:
                 raise ConfigError(f"experiments.{name}.init: the chain of init experiments loops through {current!r}")
             seen.add(current)
             current = experiments[current].get("init", "sft")
+
+
+LOCAL_PREFIXES = ("/", "./", "../", "~")  # anything else may be a hub id, checked when loaded
+
+
+def check_local_paths(config: dict, workdir: str | Path = ".") -> None:
+    """Stop before any job when a dataset or initial model given as a local path is missing
+    (a hub id such as ``HuggingFaceTB/smoltalk`` is only checked when the job loads it)."""
+    keys = [("model.init", config.get("model", {}).get("init"))]
+    keys += [(f"data.{kind}.path", config.get("data", {}).get(kind, {}).get("path")) for kind in ("sft", "pref")]
+    for key, value in keys:
+        if isinstance(value, str) and value.startswith(LOCAL_PREFIXES):
+            path = Path(workdir) / Path(value).expanduser()
+            if not path.exists():
+                raise ConfigError(f"config key {key}: local path {value!r} does not exist")
 
 
 def rule_resources(config: dict, rule: str) -> dict:
