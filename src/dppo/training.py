@@ -151,7 +151,8 @@ class JsonlMetricsCallback(TrainerCallback):
         kept = []
         if resume_step and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        with atomic_output_file(self.path) as tmp:  # a kill while cutting back loses no earlier step
+            tmp.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
