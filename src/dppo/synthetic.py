@@ -53,6 +53,10 @@ class TaskSpec:
     # p95 length cut truncates a real tail.
     length_geometric_p: float = 0.22
     flawed_demo_rate: float = 0.35
+    # Share of demonstrations that stop one item short: above 0.5 the SFT model's greedy
+    # answer stops early too, a systematic flaw (the kind SFT data carries) that preference
+    # pairs (complete answers preferred) can teach away, and a bad y_gen to penalize.
+    truncated_demo_rate: float = 0.0
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[str]]:
@@ -132,6 +136,8 @@ def sft_rows(rng: np.random.Generator, spec: TaskSpec, n: int, used: set[str] | 
         response = answer(prompt)
         if rng.random() < spec.flawed_demo_rate:
             response = corrupt(rng, response, int(rng.integers(1, 4)))
+        if len(response) > 1 and rng.random() < spec.truncated_demo_rate:
+            response = response[:-1]
         rows.append({"messages": _messages(prompt, " ".join(response)), "source": "synthetic"})
     return rows
 
@@ -145,7 +151,10 @@ def preference_rows(rng: np.random.Generator, spec: TaskSpec, n: int, used: set[
         prompt = _fresh_prompt(rng, spec, used)
         target = answer(prompt)
         chosen = " ".join(corrupt(rng, target, int(rng.choice(3, p=[0.5, 0.3, 0.2]))))
-        rejected = " ".join(corrupt(rng, target, int(rng.integers(2, 6))))
+        if rng.random() < 0.5:  # the SFT data's systematic flaw: stopping one item short
+            rejected = " ".join(corrupt(rng, target, int(rng.integers(0, 3)))[:-1])
+        else:
+            rejected = " ".join(corrupt(rng, target, int(rng.integers(2, 6))))
         score_chosen, score_rejected = reward(prompt, chosen), reward(prompt, rejected)
         if not rejected or score_chosen <= score_rejected:
             continue  # resample: ground truth must prefer chosen in every pair
