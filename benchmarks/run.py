@@ -39,6 +39,7 @@ ROWS = {
     "gen_b1": ("generate", "y_gen greedy, transformers backend, batch 1"),
     "gen_b64": ("generate", "y_gen greedy, transformers backend, batch 64"),
     "dry_run_paper": ("workflow", "snakemake -n all --configfile configs/paper.yaml"),
+    "dry_run_paper_no_scontrol": ("workflow", "the same, `scontrol` failing at once (as without a SLURM client)"),
     "e2e_default": ("workflow", "snakemake --cores 2 all (embedded default, from scratch)"),
 }
 # (numerator, denominator, target): ratio of steps/s; target None = informational.
@@ -59,9 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="torch threads per row (default 1)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per training row")
-    p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
-    p.add_argument("--rows", type=int, default=256, help="preference rows in the data set")
+    p.add_argument("--steps", type=int, default=16, help="timed optimizer steps (one epoch) per training row")
+    p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps on other rows before them")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -108,7 +108,7 @@ def build_inputs(args, workdir: Path) -> None:
         return " ".join(words[i] for i in rng.integers(0, len(words), n)) + (f" {IM_END}" if eos else "")
 
     rows = []
-    for _ in range(args.rows):
+    for _ in range(max(args.gen_prompts, (args.warmup + args.steps) * args.batch_size)):
         row = {"prompt": text(args.prompt_len, False)}
         for key in ("chosen", "rejected", "gen"):
             row[key] = " " + text(args.response_len, True)  # TRL concatenates prompt + completion
@@ -152,14 +152,18 @@ def _peak_rss_kib() -> int:
     return _proc_status_kib("VmHWM")
 
 
-def _step_timer(warmup: int):
+def _step_timer():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         """Wall clock at the end of every optimizer step; steps/s over the steps after warm-up."""
 
         def __init__(self):
-            self.ends, self.losses = [], []
+            self.start, self.ends, self.losses = None, [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.start is None:
+                self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
@@ -169,8 +173,7 @@ def _step_timer(warmup: int):
                 self.losses.append(float(logs["loss"]))
 
         def steps_per_s(self) -> float:
-            timed = self.ends[warmup - 1 :] if warmup else self.ends
-            return (len(timed) - 1) / (timed[-1] - timed[0])
+            return len(self.ends) / (self.ends[-1] - self.start)
 
     return StepTimer()
 
@@ -178,10 +181,22 @@ def _step_timer(warmup: int):
 def _train_args(args, out: Path, **overrides) -> dict:
     return dict(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        max_steps=args.warmup + args.steps, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
+        learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
         disable_tqdm=True, seed=0, data_seed=0, **overrides,
     )
+
+
+def _warm_then_time(args, make_trainer, rows: list[dict]):
+    """Warm up on the first ``--warmup`` batches with a throwaway trainer, then time one epoch
+    over the other rows (exactly ``--steps`` batches), so every row times the same data."""
+    split = args.warmup * args.batch_size
+    if args.warmup:
+        make_trainer(rows[:split], args.warmup, []).train()
+    timer = _step_timer()
+    trainer = make_trainer(rows[split:], args.steps, [timer])
+    _profiled(args, trainer)
+    return trainer, timer
 
 
 def _profiled(args, trainer) -> None:
@@ -202,16 +217,20 @@ def worker_trl(args, name: str, rows: list[dict], model_dir: Path, out: Path) ->
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     overrides = {}  # trl_default: DPOConfig's own defaults for everything else
     if name == "trl_fast":
         overrides = dict(precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=False)
-    config = DPOConfig(**_train_args(args, out), beta=0.1, max_length=None, **overrides)
+    configs = []
+
+    def make_trainer(part, steps, callbacks):
+        data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in part])
+        configs.append(DPOConfig(**_train_args(args, out), max_steps=steps, beta=0.1, max_length=None, **overrides))
+        return DPOTrainer(model=model, args=configs[-1], train_dataset=data, processing_class=tokenizer,
+                          callbacks=callbacks)
+
     baseline = _rss_now_kib()
-    timer = _step_timer(args.warmup)
-    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
-    _profiled(args, trainer)
-    settings = {k: getattr(config, k) for k in ("gradient_checkpointing", "bf16", "precompute_ref_log_probs")}
+    _, timer = _warm_then_time(args, make_trainer, rows)
+    settings = {k: getattr(configs[-1], k) for k in ("gradient_checkpointing", "bf16", "precompute_ref_log_probs")}
     return {"timer": timer, "baseline_kib": baseline, "settings": settings}
 
 
@@ -226,15 +245,17 @@ def worker_ours(args, name: str, rows: list[dict], model_dir: Path, out: Path) -
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     loss = LossConfig(name="unll", f="linear", alpha=0.1) if name == "ours_dppo" else LossConfig(name="dpo")
     opt = OptimConfig(batch_size=args.batch_size, group_by_length=name != "ours_dpo_unsorted")
-    trainer_args = training_arguments(opt, out, **_train_args(args, out))
+
+    def make_trainer(part, steps, callbacks):
+        return PreferenceTrainer(
+            model=model, args=training_arguments(opt, out, **_train_args(args, out), max_steps=steps),
+            train_dataset=ListDataset(preference_records(part)), data_collator=collate, callbacks=callbacks,
+            loss_config=loss, pad_token_id=tokenizer.pad_token_id, experiment=name,
+            track_gen=name == "ours_dpo_track_gen",
+        )
+
     baseline = _rss_now_kib()
-    timer = _step_timer(args.warmup)
-    trainer = PreferenceTrainer(
-        model=model, args=trainer_args, train_dataset=ListDataset(preference_records(rows)), data_collator=collate,
-        callbacks=[timer], loss_config=loss, pad_token_id=tokenizer.pad_token_id, experiment=name,
-        track_gen=name == "ours_dpo_track_gen",
-    )
-    _profiled(args, trainer)
+    trainer, timer = _warm_then_time(args, make_trainer, rows)
     settings = {"loss": loss.name, "group_by_length": opt.group_by_length, "track_gen": trainer.track_gen}
     return {"timer": timer, "baseline_kib": baseline, "settings": settings}
 
@@ -295,10 +316,18 @@ def run_workflow_row(name: str, workdir: Path) -> dict:
     """Wall time of a snakemake command in a fresh directory (the repository's Snakefile)."""
     target = workdir / name
     target.mkdir()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
+    # The SLURM executor plugin runs `scontrol show config` at import; where a SLURM client is
+    # installed but no controller answers, that waits ~9 s. The *_no_scontrol row hides it.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    if name.endswith("no_scontrol"):
+        fake = workdir / "no_scontrol_bin"
+        fake.mkdir()
+        (fake / "scontrol").write_text("#!/bin/sh\nexit 1\n")  # what the plugin sees without SLURM
+        (fake / "scontrol").chmod(0o755)
+        path = f"{fake}{os.pathsep}{path}"
+    env = {**os.environ, "PATH": path, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(target)]
-    if name == "dry_run_paper":
+    if name.startswith("dry_run_paper"):
         cmd += ["-n", "all", "--configfile", str(ROOT / "configs" / "paper.yaml")]
     else:
         cmd += ["--cores", "2", "all", "--configfile", str(ROOT / "config.yaml")]
@@ -319,9 +348,10 @@ def settings_header(args, info: dict) -> str:
         f"model: Llama, hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
         f"{info['num_attention_heads']} heads ({info['num_key_value_heads']} kv), intermediate "
         f"{info['intermediate_size']}, vocab {args.vocab}, {info['params'] / 1e6:.2f}M params\n"
-        f"data: {args.rows} rows, prompt {args.prompt_len[0]}-{args.prompt_len[1]} tokens, responses "
+        f"data: {(args.warmup + args.steps) * args.batch_size} rows, prompt {args.prompt_len[0]}-{args.prompt_len[1]} tokens, responses "
         f"{args.response_len[0]}-{args.response_len[1]} tokens (uniform); batch {args.batch_size}; "
-        f"{args.warmup} warm-up + {args.steps} timed optimizer steps; AdamW lr 1e-4 constant\n"
+        f"{args.warmup} warm-up steps (own rows), then one timed epoch of {args.steps} optimizer steps; "
+        f"AdamW lr 1e-4 constant\n"
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch "
         f"{torch.__version__}, {args.threads} torch thread(s) per row, load average at start "
         f"{load[0]:.2f}\n"
