@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dppo import io, preference, training
 from dppo.config import ConfigError, check_config, check_local_paths
@@ -44,8 +45,6 @@ def preference_rows(tokenizer, n: int, nan_rows=()) -> pd.DataFrame:
 
 
 def train(tmp_path, model_dir, rows, on_nonfinite="stop", loss="dpo"):
-    from transformers import AutoTokenizer  # noqa: F401  (the tokenizer is loaded by train_preference)
-
     opt = training.OptimConfig(lr=1e-2, batch_size=4, save_steps=100, warmup_ratio=0.0, bf16=False)
     preference.train_preference(
         init_dir=model_dir, rows=rows, out_dir=tmp_path / "model", metrics_file=tmp_path / "metrics.jsonl",
@@ -77,8 +76,6 @@ def test_nonfinite_loss_can_skip_the_batch(tmp_path, tiny_model_dir, tokenizer):
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [1, 2]
     assert all(m["loss"] == 0.0 and m["grad_norm"] == 0.0 for m in logged)  # the skipped batches moved nothing
-    from safetensors.torch import load_file
-
     before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -136,7 +133,7 @@ def test_transformers_restores_checkpoints_with_weights_only():
 def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model_dir):
     model_dir = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, model_dir)
-    state = {k: v for k, v in __import__("safetensors.torch").torch.load_file(model_dir / "model.safetensors").items()}
+    state = load_file(model_dir / "model.safetensors")
     (model_dir / "model.safetensors").unlink()
     torch.save(state, model_dir / "pytorch_model.bin")
     with pytest.raises(io.UnsafeCheckpointError, match=r"holds only pickle weights \(pytorch_model.bin\).*safetensors"):

@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # real Snakemake runs, killed and rerun
 ROOT = Path(__file__).resolve().parents[1]
 SFT_SAVE_STEPS, PREF_SAVE_STEPS = 4, 1  # tiny: 15 SFT steps (240 rows / 16), 4 preference steps
 TARGETS = ["results/metrics/sft.jsonl", "results/metrics/dpo.jsonl"]
