@@ -33,29 +33,29 @@ def items(n: int, offset: int = 0) -> str:
 # --- the corpora: (row, reason it is dropped or None when kept) -------------------------------
 
 # 60 rows of 1-20 items: the two 3000-token outliers stay above the 95th percentile
-GOOD_SFT = [({"messages": turn(f"copy : {items(1 + k % 20, k)}", items(1 + k % 20, k)), "source": "t"}, None) for k in range(60)]
+GOOD_SFT = [({"messages": turn(f"sort : {items(1 + k % 20, k)}", items(1 + k % 20, k)), "source": "t"}, None) for k in range(60)]
 LONG_ANSWER = 3000  # far past the 95th percentile: the response is truncated, the row kept
 
 BAD_SFT = [
-    ({"messages": turn("copy : a", "a")[:1], "source": "t"}, "not a single user/assistant turn"),  # missing turn
-    ({"messages": turn("copy : b", "b") + turn("copy : c", "c")[:1], "source": "t"}, "not a single user/assistant turn"),
-    ({"messages": [{"content": "be brief", "role": "system"}, *turn("copy : d", "d")], "source": "t"},
+    ({"messages": turn("sort : a", "a")[:1], "source": "t"}, "not a single user/assistant turn"),  # missing turn
+    ({"messages": turn("sort : b", "b") + turn("sort : c", "c")[:1], "source": "t"}, "not a single user/assistant turn"),
+    ({"messages": [{"content": "be brief", "role": "system"}, *turn("sort : d", "d")], "source": "t"},
      "not a single user/assistant turn"),  # system prompt = extra turn
     ({"messages": [], "source": "t"}, "not a single user/assistant turn"),
     ({"messages": None, "source": "t"}, "messages is not a list"),
-    ({"messages": turn("copy : e", "e")[::-1], "source": "t"}, "wrong roles"),
-    ({"messages": [{"content": "copy : f", "role": None}, turn("x", "f")[1]], "source": "t"}, "wrong roles"),
-    ({"messages": [{"content": "copy : g", "role": "user"}, {"content": "g", "role": "gpt"}], "source": "t"}, "wrong roles"),
+    ({"messages": turn("sort : e", "e")[::-1], "source": "t"}, "wrong roles"),
+    ({"messages": [{"content": "sort : f", "role": None}, turn("x", "f")[1]], "source": "t"}, "wrong roles"),
+    ({"messages": [{"content": "sort : g", "role": "user"}, {"content": "g", "role": "gpt"}], "source": "t"}, "wrong roles"),
     ({"messages": turn("", "h"), "source": "t"}, "user content is empty"),
-    ({"messages": turn("copy : i", " \n\t"), "source": "t"}, "assistant content is empty"),
+    ({"messages": turn("sort : i", " \n\t"), "source": "t"}, "assistant content is empty"),
     ({"messages": turn(None, "j"), "source": "t"}, "user content is missing"),
-    ({"messages": turn("copy : k", None), "source": "t"}, "assistant content is missing"),
-    ({"messages": turn("copy : l\x00", "l"), "source": "t"}, "user content has control characters"),
-    ({"messages": turn("copy : m", "\x1b[31mm"), "source": "t"}, "assistant content has control characters"),
-    ({"messages": turn(f"copy : n {BAD_UTF8_MARK}", "n"), "source": "t"}, "invalid UTF-8"),
+    ({"messages": turn("sort : k", None), "source": "t"}, "assistant content is missing"),
+    ({"messages": turn("sort : l\x00", "l"), "source": "t"}, "user content has control characters"),
+    ({"messages": turn("sort : m", "\x1b[31mm"), "source": "t"}, "assistant content has control characters"),
+    ({"messages": turn(f"sort : n {BAD_UTF8_MARK}", "n"), "source": "t"}, "invalid UTF-8"),
     (GOOD_SFT[3][0], "duplicate row"),
-    ({"messages": turn("copy : " + items(LONG_ANSWER), "a"), "source": "t"}, "prompt alone reaches the cut-off"),
-    ({"messages": turn("copy : o", items(LONG_ANSWER)), "source": "t"}, None),  # kept, truncated
+    ({"messages": turn("sort : " + items(LONG_ANSWER), "a"), "source": "t"}, "prompt alone reaches the cut-off"),
+    ({"messages": turn("sort : o", items(LONG_ANSWER)), "source": "t"}, None),  # kept, truncated
 ]
 
 
@@ -70,24 +70,24 @@ def pair(pid, prompt, good, bad):
     return pref_row(pid, prompt, turn(prompt, good), turn(prompt, bad))
 
 
-GOOD_PREF = [(pair(f"p{k}", f"reverse : {items(2 + k % 20, k)}", items(2 + k % 20, k)[::-1], items(2 + k % 20, k)), None)
+GOOD_PREF = [(pair(f"p{k}", f"sort : {items(2 + k % 20, k)}", items(2 + k % 20, k)[::-1], items(2 + k % 20, k)), None)
              for k in range(60)]
 BAD_PREF = [
-    (pair("b1", "copy : a b", "a b", "a b"), "chosen equals rejected"),
-    (pref_row("b2", "copy : c", turn("copy : c", "c"), turn("copy : d", "d")), "chosen and rejected answer different prompts"),
-    (pref_row("b3", "copy : e", turn("copy : e", "e") + turn("more", "e"), turn("copy : e", "f")), "not a single user/assistant turn"),
-    (pref_row("b4", "copy : f", turn("copy : f", "f"), turn("copy : f", "g")[:1]), "not a single user/assistant turn"),
-    (pref_row("b5", "copy : g", turn("copy : g", "g"), turn("copy : g", "h")[::-1]), "wrong roles"),
-    (pref_row("b6", "copy : h", None, turn("copy : h", "i")), "messages is not a list"),
-    (pair("b7", "copy : i", "i", ""), "assistant content is empty"),
-    (pair("b8", "copy : j", "j", None), "assistant content is missing"),
-    (pair("b9", "copy : k\x07", "k", "l"), "user content has control characters"),
-    (pair("b10", f"copy : l {BAD_UTF8_MARK}", "l", "m"), "invalid UTF-8"),
+    (pair("b1", "sort : a b", "a b", "a b"), "chosen equals rejected"),
+    (pref_row("b2", "sort : c", turn("sort : c", "c"), turn("sort : d", "d")), "chosen and rejected answer different prompts"),
+    (pref_row("b3", "sort : e", turn("sort : e", "e") + turn("more", "e"), turn("sort : e", "f")), "not a single user/assistant turn"),
+    (pref_row("b4", "sort : f", turn("sort : f", "f"), turn("sort : f", "g")[:1]), "not a single user/assistant turn"),
+    (pref_row("b5", "sort : g", turn("sort : g", "g"), turn("sort : g", "h")[::-1]), "wrong roles"),
+    (pref_row("b6", "sort : h", None, turn("sort : h", "i")), "messages is not a list"),
+    (pair("b7", "sort : i", "i", ""), "assistant content is empty"),
+    (pair("b8", "sort : j", "j", None), "assistant content is missing"),
+    (pair("b9", "sort : k\x07", "k", "l"), "user content has control characters"),
+    (pair("b10", f"sort : l {BAD_UTF8_MARK}", "l", "m"), "invalid UTF-8"),
     (GOOD_PREF[0][0], "duplicate row"),
     (pair("p3", "sort : m n", "m n", "n m"), "duplicate prompt_id"),  # p3 is a good row's id
-    (pair("b11", "copy : " + items(LONG_ANSWER), "a", "b"), "prompt alone reaches the cut-off"),
+    (pair("b11", "sort : " + items(LONG_ANSWER), "a", "b"), "prompt alone reaches the cut-off"),
     # chosen and rejected differ only past the cut-off: equal once truncated
-    (pair("b12", "copy : o", items(LONG_ANSWER) + " a", items(LONG_ANSWER) + " b"), "chosen equals rejected after truncation"),
+    (pair("b12", "sort : o", items(LONG_ANSWER) + " a", items(LONG_ANSWER) + " b"), "chosen equals rejected after truncation"),
 ]
 EXPECTED_REASONS = {"sft": BAD_SFT, "pref": BAD_PREF}
 

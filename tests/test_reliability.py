@@ -32,7 +32,7 @@ SRC = ROOT / "src" / "dppo"
 def preference_rows(tokenizer, n: int, nan_rows=()) -> pd.DataFrame:
     """``n`` tiny preference rows with reference log-probs; NaN in ``ref_chosen`` of ``nan_rows``."""
     vocab = tokenizer.get_vocab()
-    prompt = [vocab[t] for t in ("<|im_start|>", "user", "copy", ":", "a", "<|im_end|>", "<|im_start|>", "assistant")]
+    prompt = [vocab[t] for t in ("<|im_start|>", "user", "sort", ":", "a", "<|im_end|>", "<|im_start|>", "assistant")]
     rows = []
     for i in range(n):
         letter = "abcdefgh"[i % 8]
@@ -263,3 +263,45 @@ def test_missing_local_paths_stop_before_any_job(tmp_path):
     config["model"]["init"] = str(tmp_path / "no_model")
     with pytest.raises(ConfigError, match=r"config key model\.init: local path .*no_model' does not exist"):
         check_local_paths(config, tmp_path)
+
+
+class StopAtStep(training.TrainerCallback):
+    """Ends training with an error at a step, as a crash would (checkpoints stay)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"stopped at step {self.step}")
+
+
+def test_checkpoints_of_other_settings_are_never_resumed(tmp_path, tiny_model_dir, tokenizer):
+    from transformers import Trainer
+
+    from dppo.sft import SFTCollator, sft_example
+
+    vocab = tokenizer.get_vocab()
+    rows = [sft_example([vocab["sort"], vocab[c]], [vocab[c], vocab["<|im_end|>"]]) for c in "abcdefgh"]
+
+    def fit(lr, crash_at=None):
+        opt = training.OptimConfig(lr=lr, batch_size=2, save_steps=1, warmup_ratio=0.0, bf16=False)
+        training.fit_and_save(
+            Trainer, model=io.load_causal_lm(tiny_model_dir), tokenizer=tokenizer, rows=rows,
+            collator=SFTCollator(tokenizer.pad_token_id), opt=opt, checkpoint_dir=tmp_path / "ckpt",
+            out_dir=tmp_path / "model", metrics_file=tmp_path / "metrics.jsonl", extra={"stage": "probe"},
+            callbacks=[StopAtStep(crash_at)] if crash_at else [],
+        )
+        return json.loads((tmp_path / "model" / "dppo_training.json").read_text())
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(1e-3, crash_at=3)
+    [first_run] = (tmp_path / "ckpt").glob("run-*")
+    assert training.last_checkpoint(first_run).endswith("checkpoint-2")  # step 3 ended before its save
+    info = fit(2e-3)  # lr changed since the crash: a fresh start, not the old optimizer state
+    assert info["resumed_from"] is None and info["steps"] == 4
+    assert not (tmp_path / "ckpt").exists()  # every run's checkpoints dropped once a model is saved
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(1e-3, crash_at=3)
+    assert fit(1e-3)["resumed_from"] == str(first_run / "checkpoint-2")  # same settings: resumed

@@ -76,13 +76,14 @@ def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_pa
     assert done.returncode != 0
     assert not (workdir / "results/models/sft").exists()  # no half-trained model taken as done
     checkpoints = workdir / "results/checkpoints/sft"
-    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-8"]
-    assert [m["step"] for m in metrics(checkpoints / "metrics.jsonl")] == list(range(1, 10))  # killed before 10 logs
+    [run_dir] = checkpoints.glob("run-*")  # one directory per settings/data/weights fingerprint
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-8"]
+    assert [m["step"] for m in metrics(run_dir / "metrics.jsonl")] == list(range(1, 10))  # killed before 10 logs
 
     done = run(workdir, TARGETS[0])  # the same target again, as a resubmitted job would
     assert done.returncode == 0, done.stderr[-4000:]
     info = assert_same_training(workdir, uninterrupted, "sft")
-    assert info["resumed_from"].endswith("results/checkpoints/sft/checkpoint-8") and info["steps"] == 15
+    assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-8") and info["steps"] == 15
     assert not checkpoints.exists()
 
 
@@ -109,8 +110,8 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         job = _stopped_training_process(snakemake)
-        checkpoints = workdir / "results/checkpoints/dpo"
-        assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
+        [run_dir] = (workdir / "results/checkpoints/dpo").glob("run-*")
+        assert (run_dir / "checkpoint-2" / "trainer_state.json").is_file()
         os.kill(job.pid, signal.SIGKILL)  # the preemption: no handler runs, nothing is flushed
         assert snakemake.wait(timeout=120) != 0
     finally:
@@ -122,4 +123,4 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
     done = run(workdir, TARGETS[1])
     assert done.returncode == 0, done.stderr[-4000:]
     info = assert_same_training(workdir, uninterrupted, "dpo")
-    assert info["resumed_from"].endswith("results/checkpoints/dpo/checkpoint-2") and info["steps"] == 4
+    assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-2") and info["steps"] == 4

@@ -8,14 +8,16 @@ multi-GPU launches (``accelerate launch`` / ``torchrun``) come from a well-kept 
 from __future__ import annotations
 
 import json
+import hashlib
 import logging
 import math
 import os
 import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
@@ -181,6 +183,22 @@ class ListDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
 
+def run_fingerprint(model, rows: list[dict], opt: OptimConfig, extra: dict) -> str:
+    """A digest of what a checkpoint must share with this run to be resumed: the settings, the
+    training rows and the initial weights. Checkpoints live under ``run-<digest>``, so a rerun
+    after a config or data change starts fresh instead of continuing another run's optimizer
+    (and every torchrun rank computes the same directory without coordination)."""
+    digest = hashlib.sha256(json.dumps({"opt": asdict(opt), "extra": extra}, sort_keys=True, default=str).encode())
+    for row in rows:
+        for key in sorted(row):
+            digest.update(key.encode())
+            digest.update(np.asarray(row[key]).tobytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, opt: OptimConfig,
                  checkpoint_dir: str | Path, out_dir: str | Path, metrics_file: str | Path,
                  extra: dict, callbacks=(), **trainer_kwargs):
@@ -190,15 +208,19 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
     The live metrics log sits beside the checkpoints, not at the declared output, because
     Snakemake deletes a failed job's outputs and the resumed run must keep the earlier steps."""
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint = last_checkpoint(checkpoint_dir)
+    run_dir = checkpoint_dir / f"run-{run_fingerprint(model, rows, opt, extra)}"
+    stale = sorted(p.name for p in checkpoint_dir.glob("run-*") if p != run_dir)
+    if stale:
+        log.warning("ignoring checkpoints of runs with other settings, data or initial weights: %s", stale)
+    checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    live_metrics = checkpoint_dir / "metrics.jsonl"
+    live_metrics = run_dir / "metrics.jsonl"
     fault = FaultInjection.from_env(extra.get("experiment", extra.get("stage", "")))
     callbacks = [*callbacks, fault] if fault else callbacks
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(opt, checkpoint_dir),
+        args=training_arguments(opt, run_dir),
         train_dataset=ListDataset(rows),
         data_collator=collator,
         callbacks=[JsonlMetricsCallback(live_metrics, resume_step(checkpoint)), *callbacks],
