@@ -308,7 +308,8 @@ def run_row(args, name: str, workdir: Path) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1][:200] if (done.stderr or done.stdout) else f"rc={done.returncode}"}
+        output = (done.stderr or done.stdout).strip().splitlines()
+        return {"error": output[-1][:200] if output else f"rc={done.returncode}"}
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -348,7 +349,8 @@ def settings_header(args, info: dict) -> str:
         f"model: Llama, hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
         f"{info['num_attention_heads']} heads ({info['num_key_value_heads']} kv), intermediate "
         f"{info['intermediate_size']}, vocab {args.vocab}, {info['params'] / 1e6:.2f}M params\n"
-        f"data: {(args.warmup + args.steps) * args.batch_size} rows, prompt {args.prompt_len[0]}-{args.prompt_len[1]} tokens, responses "
+        f"data: {(args.warmup + args.steps) * args.batch_size} rows, prompt {args.prompt_len[0]}-"
+        f"{args.prompt_len[1]} tokens, responses "
         f"{args.response_len[0]}-{args.response_len[1]} tokens (uniform); batch {args.batch_size}; "
         f"{args.warmup} warm-up steps (own rows), then one timed epoch of {args.steps} optimizer steps; "
         f"AdamW lr 1e-4 constant\n"

@@ -13,7 +13,7 @@ from torch.utils.data import RandomSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from dppo.batching import length_grouped_sampler, packed_lengths, padding_fraction
-from dppo.logprobs import as_response_logps, can_share_prompt, response_logps
+from dppo.logprobs import as_response_logps, can_share_prompt, pair_and_gen_logps, response_logps
 from dppo.losses import LossConfig, ResponseLogps, preference_loss
 from dppo.preference import PreferenceTrainer, collate
 from dppo.training import ListDataset, OptimConfig, training_arguments
@@ -127,17 +127,15 @@ def test_prompts_of_one_token_and_activation_checkpointing_fall_back(model):
 
     # A checkpointed layer reruns its forward in backward and would append to the cache twice.
     checkpointed = tiny_causal_lm("llama").train()
-    checkpointed.gradient_checkpointing_enable()
+    checkpointed.activation_checkpointing_enable()
     assert not can_share_prompt(checkpointed, PROMPTS, RESPONSES)
     with count_forwards(checkpointed) as counter:
         sums = response_logps(checkpointed, PROMPTS, RESPONSES, PAD).sums
     assert counter.calls == 1
     reference = tiny_causal_lm("llama")
-    assert torch.allclose(sums, response_logps(reference, PROMPTS, RESPONSES, PAD).sums, atol=1e-5, rtol=0)
-    assert torch.allclose(
-        param_grads(checkpointed, sums.sum()), param_grads(reference, response_logps(reference, PROMPTS, RESPONSES, PAD).sums.sum()),
-        atol=1e-5, rtol=1e-4,
-    )
+    shared = response_logps(reference, PROMPTS, RESPONSES, PAD).sums
+    assert torch.allclose(sums, shared, atol=1e-5, rtol=0)
+    assert torch.allclose(param_grads(checkpointed, sums.sum()), param_grads(reference, shared.sum()), atol=1e-5, rtol=1e-4)
 
 
 def records():
@@ -157,16 +155,66 @@ def make_trainer(model, tmp_path, loss_config, group_by_length=False, rows=None,
     )
 
 
-@pytest.mark.parametrize("loss_config", LOSSES[:2], ids=lambda c: c.name)
-def test_trainer_loss_equals_the_concatenated_computation(tmp_path, loss_config):
+@pytest.mark.parametrize("loss_config", LOSSES, ids=lambda c: c.name)
+def test_trainer_loss_and_gradient_equal_the_concatenated_computation(tmp_path, loss_config):
     model = tiny_causal_lm("llama")
     trainer = make_trainer(model, tmp_path, loss_config)
     with count_forwards(model) as counter:
         loss = trainer.compute_loss(model, collate(records()))
-    assert counter.calls == 2  # the trainer takes the shared-prompt path
-    expected, _ = loss_and_parts(model, loss_config, share_prompt=False)
+    expected, parts = loss_and_parts(model, loss_config, share_prompt=False)
+    if loss_config.needs_gen:
+        # prompts, pair, then y_gen with and without autograd: on this batch f(r) is zero on
+        # some rows (r > 0) and not on others
+        assert counter.calls == 4
+    else:
+        assert counter.calls == 2  # prompts once, then the pair
     assert torch.allclose(loss, expected, atol=1e-6, rtol=1e-5)
     assert trainer._parts["loss"] == pytest.approx([expected.item()], rel=1e-5)
+    got = param_grads(model, loss)
+    assert torch.allclose(got, param_grads(model, expected), atol=1e-6, rtol=1e-4)
+
+
+def gen_gate(mask):
+    return lambda pair: torch.tensor(mask)
+
+
+@pytest.mark.parametrize("mask", ([True, False, True], [True] * 3, [False] * 3), ids=("mixed", "all", "none"))
+def test_pair_and_gen_logps_equal_response_logps(model, mask):
+    pairs, gens = [g[:2] for g in RESPONSES], [g[2] for g in RESPONSES]
+    with count_forwards(model) as counter:
+        got = pair_and_gen_logps(model, PROMPTS, pairs, gens, PAD, gen_gate(mask), gen_token_logps=True)
+    assert counter.calls == 2 + len(set(mask))  # prompts, pair, one pass per kind of y_gen row
+    full = response_logps(model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2)
+    assert torch.allclose(got.sums, full.sums, atol=1e-5, rtol=0)
+    assert torch.equal(got.lengths, full.lengths) and torch.equal(got.token_mask, full.token_mask)
+    assert torch.allclose(got.token_logps, full.token_logps, atol=1e-6, rtol=0)
+    # Gradients: equal wherever y_gen is weighted; the unweighted rows have no y_gen graph.
+    params = list(model.parameters())
+    for b, weighted in enumerate(mask):
+        grads = torch.autograd.grad(got.sums[b, 2] + got.token_logps[b].sum(), params, retain_graph=True,
+                                    allow_unused=True)
+        assert any(g is not None and g.abs().max() > 0 for g in grads) == weighted
+    weights = torch.tensor([[1.0, -0.5, 0.25], [0.3, 2.0, -1.0], [-0.7, 0.1, 1.5]])
+    weights[:, 2] *= torch.tensor(mask, dtype=torch.float32)
+    assert torch.allclose(param_grads(model, (weights * got.sums).sum()),
+                          param_grads(model, (weights * full.sums).sum()), atol=1e-5, rtol=1e-4)
+
+
+def test_trainer_gate_is_the_penalty_weight(tmp_path):
+    model = tiny_causal_lm("llama")
+    pair = response_logps(model, PROMPTS, [g[:2] for g in RESPONSES], PAD)
+    batch = collate(records())
+    r = (pair.sums[:, 0] - pair.sums[:, 1]).detach()
+    assert (r > 0).any() and (r < 0).any()  # the fixed batch has both kinds of rows
+    unll = make_trainer(model, tmp_path, LOSSES[1])
+    assert unll._penalty_weighted(pair, batch).tolist() == (r < 0).tolist()  # linear f: max(-r, 0)
+    no_alpha = make_trainer(model, tmp_path, replace(LOSSES[1], alpha=0.0))
+    assert not no_alpha._penalty_weighted(pair, batch).any()
+    implicit = make_trainer(model, tmp_path, replace(LOSSES[1], r_mode="implicit", beta=0.5))
+    r_implicit = 0.5 * ((pair.sums[:, 0] - REF[:, 0]) - (pair.sums[:, 1] - REF[:, 1]))
+    assert implicit._penalty_weighted(pair, batch).tolist() == (r_implicit < 0).tolist()
+    expectile = make_trainer(model, tmp_path, replace(LOSSES[1], f="expectile", zeta=0.5))
+    assert expectile._penalty_weighted(pair, batch).all()  # |zeta - 1{r<0}| r^2 > 0 for r != 0
 
 
 # ----------------------------------------------------------------------------- length grouping

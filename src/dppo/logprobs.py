@@ -6,6 +6,7 @@ Used by preference training (with autograd) and by the reference log-prob cache
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,39 +91,68 @@ def _forward_concatenated(model, prompt_ids, responses, pad_token_id, padding_si
     return logits, input_ids[:, 1:][scored[:, :-1]], scored
 
 
+@dataclass
+class EncodedPrompts:
+    """The KV cache of B prompts minus their last token (autograd kept), reusable by any number
+    of continuation passes over any subset of the prompts."""
+
+    key_values: list[tuple[Tensor, Tensor]]  # per layer, (B, heads, P - 1, head_dim)
+    mask: Tensor  # (B, P - 1) attention mask of the prefixes
+    last_tokens: list[int]  # the last prompt token, the first input of every continuation
+
+
+def encode_prompts(model, prompt_ids, pad_token_id: int, padding_side: str, device) -> EncodedPrompts:
+    prefix_ids, prefix_mask = _pad([list(p[:-1]) for p in prompt_ids], pad_token_id, padding_side)
+    prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
+    cache = model(
+        input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(dim=-1) - 1).clamp(min=0),
+        use_cache=True, logits_to_keep=torch.zeros_like(prefix_mask, dtype=torch.bool),  # no head over prompts
+    ).past_key_values
+    key_values = [(layer.keys, layer.values) for layer in cache.layers]
+    return EncodedPrompts(key_values, prefix_mask, [p[-1] for p in prompt_ids])
+
+
+def _forward_continuations(
+    model, encoded: EncodedPrompts, rows: list[int], responses, pad_token_id: int, padding_side: str, device
+):
+    """One forward of (last prompt token + response[:-1]) for the K responses of each prompt in
+    ``rows``, on the prompts' cache repeated K times. Returns (logits of the scored positions,
+    their target ids, scored mask)."""
+    from transformers import DynamicCache
+
+    num_per_prompt = len(responses[0])
+    index = torch.tensor(rows, dtype=torch.long, device=device)
+    cache = DynamicCache(
+        ddp_cache_data=[
+            (k.index_select(0, index).repeat_interleave(num_per_prompt, dim=0),
+             v.index_select(0, index).repeat_interleave(num_per_prompt, dim=0))
+            for k, v in encoded.key_values
+        ],
+        config=getattr(getattr(model, "module", model), "config", None),  # sliding-window layers, if any
+    )
+    prefix_mask = encoded.mask.index_select(0, index).repeat_interleave(num_per_prompt, dim=0)
+    continuations = [[encoded.last_tokens[b], *r[:-1]] for b, group in zip(rows, responses) for r in group]
+    cont_ids, cont_mask = (t.to(device) for t in _pad(continuations, pad_token_id, padding_side))
+    # The continuation starts at the last prompt token, position len(prompt) - 1.
+    positions = prefix_mask.sum(dim=-1, keepdim=True) + (cont_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    scored = cont_mask.bool()  # every real continuation position predicts one response token
+    logits = model(
+        input_ids=cont_ids, attention_mask=torch.cat([prefix_mask, cont_mask], dim=1), position_ids=positions,
+        past_key_values=cache, logits_to_keep=scored, use_cache=True,
+    ).logits
+    targets = [token for group in responses for response in group for token in response]
+    return logits, torch.tensor(targets, dtype=torch.long, device=device), scored
+
+
 def _forward_shared_prompt(model, prompt_ids, responses, pad_token_id, padding_side, device):
     """The prompt runs once per prompt instead of once per response: a forward over the
     prompts minus their last token fills the KV cache (autograd kept), the cache is repeated
     K times, and a second forward runs (last prompt token + response[:-1]) of the B*K rows on
     it. Same numbers as :func:`_forward_concatenated` up to float rounding, with
     B * (P - 1) + B*K * R instead of B*K * (P + R) token positions."""
-    num_per_prompt = len(responses[0])
-    prefix_ids, prefix_mask = _pad([list(p[:-1]) for p in prompt_ids], pad_token_id, padding_side)
-    continuations = [[prompt[-1], *response[:-1]] for prompt, group in zip(prompt_ids, responses) for response in group]
-    cont_ids, cont_mask = _pad(continuations, pad_token_id, padding_side)
-    targets = [token for group in responses for response in group for token in response]
-    prefix_ids, prefix_mask, cont_ids, cont_mask = (t.to(device) for t in (prefix_ids, prefix_mask, cont_ids, cont_mask))
-
-    prefix_positions = (prefix_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    prefix = model(
-        input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_positions, use_cache=True,
-        logits_to_keep=torch.zeros_like(prefix_mask, dtype=torch.bool),  # no head over prompt tokens
-    )
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(num_per_prompt)
-    prefix_lens = prefix_mask.sum(dim=-1).repeat_interleave(num_per_prompt)
-    # The continuation starts at the last prompt token, position len(prompt) - 1.
-    cont_positions = prefix_lens.unsqueeze(1) + (cont_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    scored = cont_mask.bool()  # every real continuation position predicts one response token
-    logits = model(
-        input_ids=cont_ids,
-        attention_mask=torch.cat([prefix_mask.repeat_interleave(num_per_prompt, dim=0), cont_mask], dim=1),
-        position_ids=cont_positions,
-        past_key_values=cache,
-        logits_to_keep=scored,
-        use_cache=True,
-    ).logits
-    return logits, torch.tensor(targets, dtype=torch.long, device=device), scored
+    encoded = encode_prompts(model, prompt_ids, pad_token_id, padding_side, device)
+    rows = list(range(len(prompt_ids)))
+    return _forward_continuations(model, encoded, rows, responses, pad_token_id, padding_side, device)
 
 
 def response_logps(
@@ -154,6 +184,11 @@ def response_logps(
     shared = share_prompt and can_share_prompt(model, prompt_ids, responses)
     forward = _forward_shared_prompt if shared else _forward_concatenated
     logits, targets, scored = forward(model, prompt_ids, responses, pad_token_id, padding_side, device)
+    _check_head_slicing(model, logits, scored)
+    return _collect(logits, targets, scored, responses, return_token_logps_for, device)
+
+
+def _check_head_slicing(model, logits: Tensor, scored: Tensor) -> None:
     num_scored = int(scored.sum())
     if logits.dim() != 2 or logits.shape[0] != num_scored:
         raise TypeError(
@@ -161,6 +196,69 @@ def response_logps(
             f"{tuple(logits.shape)}, expected ({num_scored}, vocab)); it needs a transformers causal LM "
             "whose forward slices with `slice_logits_to_keep`"
         )
+
+
+def pair_and_gen_logps(
+    model,
+    prompt_ids: list[list[int]],
+    pairs: list[list[list[int]]],
+    gens: list[list[int]],
+    pad_token_id: int,
+    gen_needs_grad: Callable[[ResponseBatchLogps], Tensor],
+    gen_token_logps: bool = False,
+) -> ResponseBatchLogps:
+    """``response_logps`` of (y_w, y_l, y_gen) (``return_token_logps_for=2`` when
+    ``gen_token_logps``), where y_gen of the rows ``gen_needs_grad(pair log-probs)`` marks False
+    is scored without autograd.
+
+    The penalties weight y_gen by f(r), and r depends on y_w and y_l only: rows with a zero
+    weight give y_gen no gradient, so building its graph (forward activations and backward)
+    there is wasted. The prompts are encoded once and shared by up to three continuation
+    passes (pair, y_gen with grad, y_gen without); values equal ``response_logps``'s up to
+    float rounding. Falls back to ``response_logps`` where the prompt cannot be shared.
+    """
+    responses = [[*pair, gen] for pair, gen in zip(pairs, gens)]
+    _check_inputs(prompt_ids, responses, "right")
+    token_for = 2 if gen_token_logps else None
+    if not can_share_prompt(model, prompt_ids, responses):
+        return response_logps(model, prompt_ids, responses, pad_token_id, return_token_logps_for=token_for)
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    encoded = encode_prompts(model, prompt_ids, pad_token_id, "right", device)
+    all_rows = list(range(len(prompt_ids)))
+
+    def score(rows, groups, token_logps_for):
+        logits, targets, scored = _forward_continuations(model, encoded, rows, groups, pad_token_id, "right", device)
+        _check_head_slicing(model, logits, scored)
+        return _collect(logits, targets, scored, groups, token_logps_for, device)
+
+    pair = score(all_rows, pairs, None)
+    needs_grad = gen_needs_grad(pair).tolist()
+    gen_sums = torch.zeros(len(gens), dtype=pair.sums.dtype, device=device)
+    width = max(len(g) for g in gens)
+    gen_tokens = torch.zeros((len(gens), width), dtype=pair.sums.dtype, device=device)
+    for grad in (True, False):
+        rows = [b for b in all_rows if needs_grad[b] == grad]
+        if not rows:
+            continue
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            part = score(rows, [[gens[b]] for b in rows], 0 if gen_token_logps else None)
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        gen_sums = gen_sums.index_put((index,), part.sums[:, 0])  # out of place: autograd flows
+        if gen_token_logps:
+            padded = torch.nn.functional.pad(part.token_logps, (0, width - part.token_logps.shape[1]))
+            gen_tokens = gen_tokens.index_put((index,), padded)
+    lengths = torch.tensor([[len(r) for r in group] for group in responses], dtype=torch.long, device=device)
+    result = ResponseBatchLogps(sums=torch.cat([pair.sums, gen_sums.unsqueeze(1)], dim=1), lengths=lengths)
+    if gen_token_logps:
+        result.token_logps, result.token_logps_for = gen_tokens, 2
+        result.token_mask = torch.arange(width, device=device).unsqueeze(0) < lengths[:, 2].unsqueeze(1)
+    return result
+
+
+def _collect(logits, targets, scored, responses, return_token_logps_for, device) -> ResponseBatchLogps:
+    """Per-response sums (and optionally one response's per-token log-probs) from the logits
+    of the scored positions."""
+    num_prompts, num_per_prompt = len(responses), len(responses[0])
     lengths = torch.tensor([len(r) for group in responses for r in group], dtype=torch.long, device=device)
 
     # Boolean indexing flattens row-major, the same order as `logits` and `targets`.

@@ -20,8 +20,8 @@ from transformers import Trainer, TrainerCallback
 
 from dppo.batching import length_grouped_sampler
 from dppo.io import load_causal_lm, load_tokenizer, weights_digest, write_parquet
-from dppo.logprobs import as_response_logps, response_logps
-from dppo.losses import LossConfig, ResponseLogps, preference_loss
+from dppo.logprobs import ResponseBatchLogps, as_response_logps, pair_and_gen_logps, response_logps
+from dppo.losses import LossConfig, ResponseLogps, preference_loss, trigger, weighting
 from dppo.training import OptimConfig, fit_and_save
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,29 @@ class PreferenceTrainer(Trainer):
         cfg = self.loss_config
         prompts = [row["prompt_ids"] for row in batch["rows"]]
         token_level_unll = cfg.name == "unll" and cfg.unll_level == "token"
-        logps = response_logps(
-            model, prompts, _responses(batch, cfg.needs_gen), self.pad_token_id,
-            return_token_logps_for=2 if token_level_unll else None,
-        )
+        if cfg.needs_gen:
+            logps = pair_and_gen_logps(
+                model, prompts, _responses(batch, with_gen=False), [row["gen_ids"] for row in batch["rows"]],
+                self.pad_token_id, gen_needs_grad=lambda pair: self._penalty_weighted(pair, batch),
+                gen_token_logps=token_level_unll,
+            )
+        else:
+            logps = response_logps(model, prompts, _responses(batch, with_gen=False), self.pad_token_id)
         policy = as_response_logps(logps)
         if not cfg.needs_gen and self.track_gen:
             with torch.no_grad():
                 gen = response_logps(model, prompts, [[row["gen_ids"]] for row in batch["rows"]], self.pad_token_id)
             policy.gen, policy.gen_len = gen.sums[:, 0], gen.lengths[:, 0]
         return policy
+
+    def _penalty_weighted(self, pair: ResponseBatchLogps, batch: dict) -> torch.Tensor:
+        """Rows whose y_gen penalty weight alpha f(r) is not zero; the others give y_gen no
+        gradient. r depends on y_w and y_l only (the same trigger as the loss)."""
+        cfg = self.loss_config
+        lengths = {"chosen_len": pair.lengths[:, 0], "rejected_len": pair.lengths[:, 1]}
+        policy = ResponseLogps(chosen=pair.sums[:, 0], rejected=pair.sums[:, 1], **lengths)
+        reference = ResponseLogps(chosen=batch["ref_chosen"], rejected=batch["ref_rejected"], **lengths)
+        return cfg.alpha * weighting(cfg.f)(trigger(policy, reference, cfg), cfg.zeta) != 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         policy = self._forward(model, inputs)
