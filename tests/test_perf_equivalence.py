@@ -200,6 +200,35 @@ def test_pair_and_gen_logps_equal_response_logps(model, mask):
                           param_grads(model, (weights * full.sums).sum()), atol=1e-5, rtol=1e-4)
 
 
+def test_pair_and_gen_logps_without_a_shared_prompt(model):
+    prompts = [[1], *PROMPTS[1:]]  # a one-token prompt: concatenated forwards
+    pairs, gens = [g[:2] for g in RESPONSES], [g[2] for g in RESPONSES]
+    got = pair_and_gen_logps(model, prompts, pairs, gens, PAD, gen_gate([False, True, False]), gen_token_logps=True)
+    full = response_logps(model, prompts, RESPONSES, PAD, return_token_logps_for=2)
+    assert torch.allclose(got.sums, full.sums, atol=1e-5, rtol=0)
+    assert torch.allclose(got.token_logps, full.token_logps, atol=1e-6, rtol=0)
+    params = list(model.parameters())
+    for b, weighted in enumerate([False, True, False]):
+        grads = torch.autograd.grad(got.sums[b, 2], params, retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().max() > 0 for g in grads) == weighted
+
+
+def test_tracked_gen_runs_on_the_shared_prompts_without_autograd(tmp_path):
+    model = tiny_causal_lm("llama")
+    trainer = make_trainer(model, tmp_path, LOSSES[0])
+    trainer.track_gen = True
+    batch = collate(records())
+    with count_forwards(model) as counter:
+        policy = trainer._forward(model, batch)
+    assert counter.calls == 3  # prompts, pair, y_gen (no grad)
+    full = response_logps(model, PROMPTS, RESPONSES, PAD).sums
+    assert torch.allclose(policy.gen, full[:, 2], atol=1e-5, rtol=0)
+    grads = torch.autograd.grad(policy.gen.sum(), list(model.parameters()), allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+    loss = trainer.compute_loss(model, batch)
+    assert torch.allclose(loss, loss_and_parts(model, LOSSES[0], share_prompt=False)[0], atol=1e-6, rtol=1e-5)
+
+
 def test_trainer_gate_is_the_penalty_weight(tmp_path):
     model = tiny_causal_lm("llama")
     pair = response_logps(model, PROMPTS, [g[:2] for g in RESPONSES], PAD)

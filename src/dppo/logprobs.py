@@ -214,22 +214,28 @@ def pair_and_gen_logps(
     The penalties weight y_gen by f(r), and r depends on y_w and y_l only: rows with a zero
     weight give y_gen no gradient, so building its graph (forward activations and backward)
     there is wasted. The prompts are encoded once and shared by up to three continuation
-    passes (pair, y_gen with grad, y_gen without); values equal ``response_logps``'s up to
-    float rounding. Falls back to ``response_logps`` where the prompt cannot be shared.
+    passes (pair, y_gen with grad, y_gen without) where :func:`can_share_prompt`; values equal
+    ``response_logps``'s up to float rounding. A gate that is always False gives y_gen's
+    log-probs for monitoring only (``track_gen``).
     """
     responses = [[*pair, gen] for pair, gen in zip(pairs, gens)]
     _check_inputs(prompt_ids, responses, "right")
-    token_for = 2 if gen_token_logps else None
-    if not can_share_prompt(model, prompt_ids, responses):
-        return response_logps(model, prompt_ids, responses, pad_token_id, return_token_logps_for=token_for)
     device = getattr(model, "device", None) or next(model.parameters()).device
-    encoded = encode_prompts(model, prompt_ids, pad_token_id, "right", device)
     all_rows = list(range(len(prompt_ids)))
+    if can_share_prompt(model, prompt_ids, responses):
+        encoded = encode_prompts(model, prompt_ids, pad_token_id, "right", device)
 
-    def score(rows, groups, token_logps_for):
-        logits, targets, scored = _forward_continuations(model, encoded, rows, groups, pad_token_id, "right", device)
-        _check_head_slicing(model, logits, scored)
-        return _collect(logits, targets, scored, groups, token_logps_for, device)
+        def score(rows, groups, token_logps_for):
+            logits, targets, scored = _forward_continuations(
+                model, encoded, rows, groups, pad_token_id, "right", device
+            )
+            _check_head_slicing(model, logits, scored)
+            return _collect(logits, targets, scored, groups, token_logps_for, device)
+    else:  # concatenated forwards, still without autograd for the unweighted y_gen rows
+
+        def score(rows, groups, token_logps_for):
+            return response_logps(model, [prompt_ids[b] for b in rows], groups, pad_token_id,
+                                  return_token_logps_for=token_logps_for, share_prompt=False)
 
     pair = score(all_rows, pairs, None)
     needs_grad = gen_needs_grad(pair).tolist()

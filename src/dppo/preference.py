@@ -114,20 +114,17 @@ class PreferenceTrainer(Trainer):
         cfg = self.loss_config
         prompts = [row["prompt_ids"] for row in batch["rows"]]
         token_level_unll = cfg.name == "unll" and cfg.unll_level == "token"
+        pairs = _responses(batch, with_gen=False)
+        if not (cfg.needs_gen or self.track_gen):
+            return as_response_logps(response_logps(model, prompts, pairs, self.pad_token_id))
         if cfg.needs_gen:
-            logps = pair_and_gen_logps(
-                model, prompts, _responses(batch, with_gen=False), [row["gen_ids"] for row in batch["rows"]],
-                self.pad_token_id, gen_needs_grad=lambda pair: self._penalty_weighted(pair, batch),
-                gen_token_logps=token_level_unll,
-            )
-        else:
-            logps = response_logps(model, prompts, _responses(batch, with_gen=False), self.pad_token_id)
-        policy = as_response_logps(logps)
-        if not cfg.needs_gen and self.track_gen:
-            with torch.no_grad():
-                gen = response_logps(model, prompts, [[row["gen_ids"]] for row in batch["rows"]], self.pad_token_id)
-            policy.gen, policy.gen_len = gen.sums[:, 0], gen.lengths[:, 0]
-        return policy
+            gate = lambda pair: self._penalty_weighted(pair, batch)  # noqa: E731
+        else:  # y_gen only tracked (no grad): it shows the penalties' effect against a baseline
+            gate = lambda pair: torch.zeros(len(prompts), dtype=torch.bool)  # noqa: E731
+        return as_response_logps(pair_and_gen_logps(
+            model, prompts, pairs, [row["gen_ids"] for row in batch["rows"]], self.pad_token_id,
+            gen_needs_grad=gate, gen_token_logps=token_level_unll,
+        ))
 
     def _penalty_weighted(self, pair: ResponseBatchLogps, batch: dict) -> torch.Tensor:
         """Rows whose y_gen penalty weight alpha f(r) is not zero; the others give y_gen no
