@@ -276,32 +276,49 @@ class StopAtStep(training.TrainerCallback):
             raise KeyboardInterrupt(f"stopped at step {self.step}")
 
 
-def test_checkpoints_of_other_settings_are_never_resumed(tmp_path, tiny_model_dir, tokenizer):
+def fit_tiny_sft(tmp_path, model_dir, tokenizer, lr=1e-3, callbacks=()) -> dict:
+    """Four SFT steps (8 rows, batch 2) checkpointed every step; returns dppo_training.json."""
     from transformers import Trainer
 
     from dppo.sft import SFTCollator, sft_example
 
     vocab = tokenizer.get_vocab()
     rows = [sft_example([vocab["sort"], vocab[c]], [vocab[c], vocab["<|im_end|>"]]) for c in "abcdefgh"]
+    opt = training.OptimConfig(lr=lr, batch_size=2, save_steps=1, warmup_ratio=0.0, bf16=False)
+    training.fit_and_save(
+        Trainer, model=io.load_causal_lm(model_dir), tokenizer=tokenizer, rows=rows,
+        collator=SFTCollator(tokenizer.pad_token_id), opt=opt, checkpoint_dir=tmp_path / "ckpt",
+        out_dir=tmp_path / "model", metrics_file=tmp_path / "metrics.jsonl", extra={"stage": "probe"},
+        callbacks=list(callbacks),
+    )
+    return json.loads((tmp_path / "model" / "dppo_training.json").read_text())
 
-    def fit(lr, crash_at=None):
-        opt = training.OptimConfig(lr=lr, batch_size=2, save_steps=1, warmup_ratio=0.0, bf16=False)
-        training.fit_and_save(
-            Trainer, model=io.load_causal_lm(tiny_model_dir), tokenizer=tokenizer, rows=rows,
-            collator=SFTCollator(tokenizer.pad_token_id), opt=opt, checkpoint_dir=tmp_path / "ckpt",
-            out_dir=tmp_path / "model", metrics_file=tmp_path / "metrics.jsonl", extra={"stage": "probe"},
-            callbacks=[StopAtStep(crash_at)] if crash_at else [],
-        )
-        return json.loads((tmp_path / "model" / "dppo_training.json").read_text())
 
+def test_checkpoints_of_other_settings_are_never_resumed(tmp_path, tiny_model_dir, tokenizer):
     with pytest.raises(KeyboardInterrupt):
-        fit(1e-3, crash_at=3)
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, [StopAtStep(3)])
     [first_run] = (tmp_path / "ckpt").glob("run-*")
     assert training.last_checkpoint(first_run).endswith("checkpoint-2")  # step 3 ended before its save
-    info = fit(2e-3)  # lr changed since the crash: a fresh start, not the old optimizer state
+    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 2e-3)  # lr changed: a fresh start, not the old optimizer
     assert info["resumed_from"] is None and info["steps"] == 4
     assert not (tmp_path / "ckpt").exists()  # every run's checkpoints dropped once a model is saved
 
     with pytest.raises(KeyboardInterrupt):
-        fit(1e-3, crash_at=3)
-    assert fit(1e-3)["resumed_from"] == str(first_run / "checkpoint-2")  # same settings: resumed
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, [StopAtStep(3)])
+    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3)
+    assert info["resumed_from"] == str(first_run / "checkpoint-2")  # same settings: resumed
+
+
+def test_sigterm_saves_the_current_step_and_stops_without_a_model(tmp_path, tiny_model_dir, tokenizer):
+    import signal
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(training.TrainingTerminated, match="terminated \\(SIGTERM\\) at step 2; checkpoint saved"):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, callbacks=[training.FaultInjection(2, "SIGTERM")])
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the job's own handler is put back
+    assert not (tmp_path / "model").exists() and not (tmp_path / "metrics.jsonl").exists()
+    [run_dir] = (tmp_path / "ckpt").glob("run-*")
+    assert training.last_checkpoint(run_dir) == str(run_dir / "checkpoint-2")  # no finished step lost
+    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    assert info["resumed_from"] == str(run_dir / "checkpoint-2") and info["steps"] == 4
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -4,7 +4,7 @@ scheduler and RNG states, and the seeded sampler replays the same data order pas
 batches).
 
 Two kills of real Snakemake jobs: SFT gets SIGTERM (a SLURM time limit) from a callback at a
-fixed step; a preference job freezes itself at a fixed step and is then SIGKILLed from outside
+fixed step and saves a checkpoint of that step before it exits; a preference job freezes itself at a fixed step and is then SIGKILLed from outside
 (a preemption), once a checkpoint exists."""
 
 from __future__ import annotations
@@ -77,13 +77,15 @@ def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_pa
     assert not (workdir / "results/models/sft").exists()  # no half-trained model taken as done
     checkpoints = workdir / "results/checkpoints/sft"
     [run_dir] = checkpoints.glob("run-*")  # one directory per settings/data/weights fingerprint
-    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-8"]
-    assert [m["step"] for m in metrics(run_dir / "metrics.jsonl")] == list(range(1, 10))  # killed before 10 logs
+    # SIGTERM: step 10 is finished and checkpointed before the job exits (not only checkpoint-8)
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-10"]
+    assert [m["step"] for m in metrics(run_dir / "metrics.jsonl")] == list(range(1, 11))
+    assert "TrainingTerminated: terminated (SIGTERM) at step 10" in (workdir / "logs/sft/sft.log").read_text()
 
     done = run(workdir, TARGETS[0])  # the same target again, as a resubmitted job would
     assert done.returncode == 0, done.stderr[-4000:]
     info = assert_same_training(workdir, uninterrupted, "sft")
-    assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-8") and info["steps"] == 15
+    assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-10") and info["steps"] == 15
     assert not checkpoints.exists()
 
 

@@ -119,6 +119,34 @@ def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     return str(max(complete, key=lambda path: int(path.name.split("-")[-1])))
 
 
+class TrainingTerminated(RuntimeError):
+    """SIGTERM stopped training after a checkpoint; rerunning the job resumes from it."""
+
+
+class SaveOnTerminate(TrainerCallback):
+    """On SIGTERM (a SLURM time limit or ``scancel`` warns before it kills) finish the current
+    step, save a checkpoint and stop, so the rerun loses no step. Single-process runs only:
+    under torchrun the ranks could see the signal at different steps and wait on each other."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
 class FaultInjection(TrainerCallback):
     """Test hook: at the end of optimizer step ``step`` this process sends itself ``signal_name``,
     as a SLURM time limit (SIGTERM) or a preemption (SIGKILL) would; SIGSTOP freezes it for an
@@ -217,7 +245,8 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
         log.info("resuming from %s", checkpoint)
     live_metrics = run_dir / "metrics.jsonl"
     fault = FaultInjection.from_env(extra.get("experiment", extra.get("stage", "")))
-    callbacks = [*callbacks, fault] if fault else callbacks
+    terminate = SaveOnTerminate() if world_size() == 1 else None
+    callbacks = [*callbacks, *(c for c in (fault, terminate) if c)]  # the fault first: its SIGTERM is seen at once
     trainer = trainer_cls(
         model=model,
         args=training_arguments(opt, run_dir),
@@ -227,6 +256,9 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
         **trainer_kwargs,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
+    if terminate and terminate.requested:  # never save a model that stopped early
+        raise TrainingTerminated(f"terminated (SIGTERM) at step {trainer.state.global_step}; checkpoint saved, "
+                                 "rerun the job to resume")
     if trainer.is_world_process_zero():  # under torchrun every rank holds the same weights
         save_final_model(trainer, tokenizer, out_dir, extra={**extra, "steps": trainer.state.global_step,
                                                               "resumed_from": checkpoint})
