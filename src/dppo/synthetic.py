@@ -1,7 +1,7 @@
 """The embedded default's synthetic chat task and its programmatic ground-truth reward.
 
-Each prompt asks for one operation on a list of symbols ("reverse : c a f b"); the correct
-answer is the transformed list ("b f a c"). The reward is graded: +1 for an exact answer,
+Each prompt asks for one operation on a list of symbols ("sort : c a f b"); the correct
+answer is the transformed list ("a b c f"). The reward is graded: +1 for an exact answer,
 falling with every wrong position and every missing or extra symbol, below zero once fewer
 than half the positions are right.
 
@@ -28,10 +28,12 @@ import numpy as np
 import pandas as pd
 
 SYMBOLS = tuple("abcdefghijklmnop")
+# Order-free operations: the answer depends on the multiset of symbols only, which a tiny
+# transformer learns in a minute of CPU (copying by position takes far longer).
 OPERATIONS = {
-    "copy": lambda items: list(items),
-    "reverse": lambda items: list(reversed(items)),
     "sort": lambda items: sorted(items),
+    "rsort": lambda items: sorted(items, reverse=True),
+    "unique": lambda items: sorted(set(items)),
 }
 # Words the tokenizer must know besides the symbols.
 TASK_WORDS = (*OPERATIONS, ":")
@@ -45,7 +47,7 @@ class TaskSpec:
     seed: int = 0
     n_sft_train: int = 3000
     n_sft_test: int = 200
-    n_pref_train: int = 1600
+    n_pref_train: int = 1200
     n_pref_test: int = 200
     min_items: int = 2
     max_items: int = 24
@@ -56,7 +58,7 @@ class TaskSpec:
     # Share of demonstrations that stop one item short: above 0.5 the SFT model's greedy
     # answer stops early too, a systematic flaw (the kind SFT data carries) that preference
     # pairs (complete answers preferred) can teach away, and a bad y_gen to penalize.
-    truncated_demo_rate: float = 0.0
+    truncated_demo_rate: float = 0.6
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[str]]:

@@ -30,11 +30,11 @@ CHATML_TEMPLATE = (
 class TinyModelSpec:
     """Architecture of the embedded default's model (config key ``tiny_model``)."""
 
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2  # head size 32, the smallest vLLM's CPU attention takes
+    hidden_size: int = 96
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 3  # head size 32, the smallest vLLM's CPU attention takes
     num_key_value_heads: int = 1
-    intermediate_size: int = 128
+    intermediate_size: int = 192
     max_position_embeddings: int = 256
     seed: int = 0
 
