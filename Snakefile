@@ -16,7 +16,7 @@ min_version("9.0")
 # deep-merge the two, adding config.yaml's experiments to every other grid.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config.yaml"
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 try:
