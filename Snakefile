@@ -7,7 +7,14 @@ import re
 
 from snakemake.utils import min_version
 
-from dppo.config import ConfigError, check_config, check_unique_keys, rule_resources, validate_config
+from dppo.config import (
+    ConfigError,
+    check_config,
+    check_local_paths,
+    check_unique_keys,
+    rule_resources,
+    validate_config,
+)
 
 min_version("9.0")
 
@@ -23,6 +30,7 @@ try:
     check_unique_keys(workflow.configfiles)
     validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
     EXPERIMENT_SPECS = check_config(config)
+    check_local_paths(config)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 EXPERIMENTS = list(EXPERIMENT_SPECS.values())

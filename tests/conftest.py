@@ -16,4 +16,4 @@ def tiny_model_dir(tmp_path_factory):
     """A randomly initialised tiny Llama with the synthetic task's ChatML tokenizer, saved with
     ``save_pretrained`` (load it with AutoModelForCausalLM / AutoTokenizer)."""
     out = tmp_path_factory.mktemp("tiny_model")
-    return save_tiny_model(out, synthetic.vocabulary(), TinyModelSpec(hidden_size=32, intermediate_size=64))
+    return save_tiny_model(out, synthetic.vocabulary(), TinyModelSpec(hidden_size=32, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=2, intermediate_size=64))

@@ -85,18 +85,32 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prompts(model_dir) -> list[list[int]]:
-    return chat_prompts(model_dir, 23, seed=1)
+def decisive(model_dir) -> list[tuple[list[int], list[int]]]:
+    """(prompt, argmax-loop ids) for the prompts whose greedy path never meets a near-tie
+    (top-two logit gap <= 1e-3): exact comparisons are only meaningful away from ties."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    eos_ids, _ = special_token_ids(model_dir)
+    pairs, outputs = [], set()
+    for prompt in chat_prompts(model_dir, 80, seed=1):
+        ids, gap = argmax_loop(model, eos_ids, prompt, MAX_NEW_TOKENS)
+        # distinct answers first, so that matching them all means something
+        if gap > 1e-3 and (tuple(ids) not in outputs or len(pairs) % 3 == 2):
+            pairs.append((prompt, ids))
+            outputs.add(tuple(ids))
+        if len(pairs) == 23:
+            break
+    assert len(pairs) >= 16, f"only {len(pairs)} of 80 prompts are free of near-ties"
+    return pairs
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir, prompts) -> list[list[int]]:
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    eos_ids, _ = special_token_ids(model_dir)
-    results = [argmax_loop(model, eos_ids, p, MAX_NEW_TOKENS) for p in prompts]
-    # Guard the test's own premise: exact comparisons are only meaningful away from ties.
-    assert min(gap for _, gap in results) > 1e-3
-    return [ids for ids, _ in results]
+def prompts(decisive) -> list[list[int]]:
+    return [prompt for prompt, _ in decisive]
+
+
+@pytest.fixture(scope="module")
+def reference(decisive) -> list[list[int]]:
+    return [ids for _, ids in decisive]
 
 
 def test_reference_outputs_are_non_trivial(model_dir, prompts, reference):
