@@ -234,11 +234,13 @@ def test_snakemake_run_on_bad_datasets_counts_the_skips(bad_hubs, prepared, tmp_
     # a dataset path that does not exist: the job stops with the reason, no result appears
     missing = str(tmp_path / "no_such_dataset")
     config = _config_with_data(tmp_path, missing, str(bad_hubs["pref"]))
+    before = (tmp_path / "results/data/sft/stats.json").read_text()
     done = _snakemake(tmp_path, "results/data/sft/stats.json", "--forcerun", "prepare_data", "--configfile", str(config))
     assert done.returncode != 0
-    early = f"config key data.sft.path: local path {missing!r} does not exist"  # dppo.config.check_local_paths
-    if early not in done.stderr:  # the Snakefile does not check paths up front: the job stops
-        log = (tmp_path / "logs/prepare_data/sft.log").read_text()
-        assert f"DataError: dataset path does not exist: {missing}" in log
-        assert "rule prepare_data failed; see" in done.stderr
-    assert not (tmp_path / "results/data/sft/stats.json").exists()
+    # The Snakefile checks local paths before any job (dppo.config.check_local_paths), so
+    # the run stops naming the key and the previous results stay as they were.
+    assert f"config key data.sft.path: local path {missing!r} does not exist" in done.stderr
+    assert (tmp_path / "results/data/sft/stats.json").read_text() == before
+    # The stage itself also refuses the path, for callers that skip the Snakefile check.
+    with pytest.raises(data.DataError, match="dataset path does not exist"):
+        data.load_split(missing, "train")

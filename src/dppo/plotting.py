@@ -142,6 +142,14 @@ def _f_sort_key(f) -> int:
 # ---------------------------------------------------------------------------- figures
 
 
+def _panel_row(n_panels: int):
+    """One row of panels sharing the y axis: page-wide for several, a column for one."""
+    n_panels = max(1, n_panels)
+    fig, axes = plt.subplots(1, n_panels, figsize=(TEXT_WIDTH if n_panels > 1 else COLUMN_WIDTH, 2.1),
+                             sharey=True, squeeze=False)
+    return fig, axes[0]
+
+
 def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
     """Win rate vs alpha: one panel per penalty loss, one line per f (poster's search).
 
@@ -153,10 +161,7 @@ def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
                      & win_rates["loss"].isin(PENALTY_LOSSES)]
     agg = aggregate_seeds(rows, ("loss", "f", "alpha"))
     losses = [loss for loss in PENALTY_LOSSES if loss in set(agg["loss"])]
-    n_panels = max(1, len(losses))
-    fig, axes = plt.subplots(1, n_panels, figsize=(TEXT_WIDTH if n_panels > 1 else COLUMN_WIDTH, 2.1),
-                             sharey=True, squeeze=False)
-    axes = axes[0]
+    fig, axes = _panel_row(len(losses))
     if not losses:
         _note(axes[0], "no alpha-sweep runs in this configuration")
         return fig
@@ -310,10 +315,7 @@ def fig_dynamics(metrics: Mapping[str, pd.DataFrame]) -> Figure:
     """
     apply_style()
     present = {k: v for k, v in metrics.items() if v is not None and len(v)}
-    n = max(1, len(present))
-    fig, axes = plt.subplots(1, n, figsize=(TEXT_WIDTH if n > 1 else COLUMN_WIDTH, 2.1),
-                             sharey=True, squeeze=False)
-    axes = axes[0]
+    fig, axes = _panel_row(len(present))
     if not present:
         _note(axes[0], "no training metrics to plot")
         return fig
