@@ -1,0 +1,75 @@
+"""Preference stage: the reference cache equals a fresh computation, nested subsets, and a
+short training run that logs every loss part per step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dppo.logprobs import response_logps
+from dppo.losses import LossConfig
+from dppo.preference import REF_COLUMNS, cache_reference_logps, load_training_rows, subset_indices, train_preference
+from dppo.training import OptimConfig
+
+
+@pytest.fixture()
+def pref_files(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 12
+    prompts = [[2, 24, 22, 23, *rng.integers(4, 20, size=1 + i % 4).tolist(), 3, 2, 25] for i in range(n)]
+    pref = pd.DataFrame({
+        "prompt_id": [f"p{i}" for i in range(n)],
+        "prompt_ids": prompts,
+        "chosen_ids": [rng.integers(4, 20, size=2 + i % 3).tolist() + [3] for i in range(n)],
+        "rejected_ids": [rng.integers(4, 20, size=1 + i % 5).tolist() + [3] for i in range(n)],
+    })
+    ygen = pd.DataFrame({"prompt_id": pref["prompt_id"], "gen_ids": [rng.integers(4, 20, size=1 + i % 2).tolist() + [3] for i in range(n)]})
+    pref.to_parquet(tmp_path / "pref.parquet")
+    ygen.to_parquet(tmp_path / "ygen.parquet")
+    return tmp_path / "pref.parquet", tmp_path / "ygen.parquet"
+
+
+def test_cached_reference_logps_equal_a_fresh_computation(tiny_model_dir, pref_files, tmp_path):
+    pref_file, ygen_file = pref_files
+    cached = cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet", batch_size=5)
+    assert pd.read_parquet(tmp_path / "ref.parquet").equals(cached)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pref, ygen = pd.read_parquet(pref_file), pd.read_parquet(ygen_file)
+    for i in range(len(pref)):  # one row at a time, no batching, no length sorting
+        responses = [[list(pref.chosen_ids[i]), list(pref.rejected_ids[i]), list(ygen.gen_ids[i])]]
+        with torch.no_grad():
+            fresh = response_logps(model, [list(pref.prompt_ids[i])], responses, pad_token_id=0).sums[0]
+        np.testing.assert_allclose(cached.loc[i, list(REF_COLUMNS)].to_numpy(dtype=float), fresh.numpy(), atol=1e-5)
+    assert cached["prompt_id"].tolist() == pref["prompt_id"].tolist()
+
+
+def test_subsets_are_nested_and_bounded():
+    small, large = subset_indices(100, 10, seed=0), subset_indices(100, 40, seed=0)
+    assert len(small) == 10 and len(large) == 40 and set(small) <= set(large)
+    assert subset_indices(100, None, seed=0).tolist() == list(range(100))
+    with pytest.raises(ValueError, match="n_train=101 but the preference training split has 100 rows"):
+        subset_indices(100, 101, seed=0)
+
+
+def test_training_logs_every_loss_part_per_step(tiny_model_dir, pref_files, tmp_path):
+    pref_file, ygen_file = pref_files
+    cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet")
+    rows = load_training_rows(pref_file, ygen_file, tmp_path / "ref.parquet")
+    train_preference(tiny_model_dir, rows, tmp_path / "model", tmp_path / "m.jsonl",
+                     LossConfig(name="unll", alpha=0.5, f="sqrt"), OptimConfig(lr=1e-3, epochs=2, batch_size=4),
+                     tmp_path / "ckpt", experiment="unll-test")
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    for key in ("loss", "dpo", "penalty", "reward_chosen", "reward_rejected", "reward_gen", "margin", "r", "f_r",
+                "frac_r_neg", "reward_acc", "logp_chosen", "logp_rejected", "logp_gen", "grad_norm", "lr"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    # the first step starts at the reference: implicit rewards are zero, the DPO loss is log 2
+    assert records[0]["dpo"] == pytest.approx(np.log(2), abs=1e-5)
+    assert records[0]["margin"] == pytest.approx(0.0, abs=1e-5)
+    saved = json.loads((tmp_path / "model" / "dppo_training.json").read_text())
+    assert saved["loss"]["name"] == "unll" and saved["steps"] == 6
