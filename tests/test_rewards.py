@@ -19,7 +19,7 @@ from dppo.rewards import (
 from dppo.tiny_model import build_tokenizer
 
 # Different lengths so a batch needs padding.
-PROMPTS = ["reverse : a b c", "copy : d", "sort : p o n m l k j i h", "copy : a b"]
+PROMPTS = ["rsort : a b c", "unique : d", "sort : p o n m l k j i h", "unique : a b"]
 RESPONSES = ["c b a", "d d d d d", "h i", ""]
 
 
@@ -97,7 +97,7 @@ def test_backend_from_config_section(seqcls_dir):
 def test_programmatic_matches_hand_computed_ground_truth():
     backend = get_reward_backend("programmatic")
     rewards = backend.score(
-        ["reverse : a b c", "reverse : a b c", "sort : c a b", "copy : a b"],
+        ["rsort : a b c", "rsort : a b c", "sort : c a b", "unique : b a b"],
         ["c b a", "c a b", "a b c d", ""],
     )
     # exact: 1; one of three right: 2/3 - 1; three right + one extra: 2 - 1 - 1/3; empty: -1 - 1.
@@ -167,7 +167,7 @@ def test_vllm_engine_without_vllm_says_so(causal_dir):
 
 def test_score_generations_keeps_rows_and_order():
     generations = pd.DataFrame(
-        {"prompt_id": ["b", "a"], "prompt": ["reverse : a b", "copy : c"], "response": ["b a", None], "extra": [1, 2]}
+        {"prompt_id": ["b", "a"], "prompt": ["rsort : a b", "unique : c c"], "response": ["b a", None], "extra": [1, 2]}
     )
     scores = score_generations(generations, get_reward_backend("programmatic"))
     assert list(scores.columns) == ["prompt_id", "prompt", "response", "reward"]

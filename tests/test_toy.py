@@ -297,7 +297,8 @@ def test_toy_rules_build_every_output(tmp_path):
 
     (tmp_path / "config.yaml").write_text(TINY_TOY_CONFIG)
     (tmp_path / "Snakefile").write_text(
-        f'configfile: "config.yaml"\ninclude: "{TOY_SMK}"\nrule all:\n    input: TOY_OUTPUTS\n'
+        f'configfile: "config.yaml"\ninclude: "{TOY_SMK.parent / "common.smk"}"\ninclude: "{TOY_SMK}"\n'
+            'rule all:\n    input: TOY_OUTPUTS\n'
     )
     snakemake = __import__("pathlib").Path(sys.executable).with_name("snakemake")
     done = subprocess.run(

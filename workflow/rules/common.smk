@@ -4,6 +4,8 @@ import os
 import re
 import shutil
 
+from dppo.config import rule_resources
+
 
 def res(rule_name):
     """Resources of a rule from the config's `resources` table (default, then the rule's)."""

@@ -12,9 +12,12 @@ TOY_TABLES = {
     "tex": "paper/tables/toy_final.tex",
     "macros": "paper/tables/toy_macros.tex",
 }
+# A config without a `toy` section (e.g. a quick smoke run) builds no toy outputs.
 TOY_OUTPUTS = (
     [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png")]
     + list(TOY_TABLES.values())
+    if "toy" in config
+    else []
 )
 
 
@@ -23,7 +26,7 @@ rule toy_run:
         runs=TOY_RUNS,
         step1="results/toy/step1.parquet",
     params:
-        toy=config["toy"],
+        toy=config.get("toy", {}),
     log:
         "logs/toy/toy_run.log",
     threads: 1
@@ -43,7 +46,7 @@ rule toy_fig_dynamics:
         png="paper/figures/toy_dynamics.png",
     params:
         figure="dynamics",
-        loss=config["toy"].get("dynamics_loss", "dpo"),
+        loss=config.get("toy", {}).get("dynamics_loss", "dpo"),
     log:
         "logs/toy/toy_fig_dynamics.log",
     threads: 1
@@ -63,7 +66,7 @@ rule toy_fig_gradients:
         png="paper/figures/toy_gradients.png",
     params:
         figure="gradients",
-        loss=config["toy"].get("dynamics_loss", "dpo"),
+        loss=config.get("toy", {}).get("dynamics_loss", "dpo"),
     log:
         "logs/toy/toy_fig_gradients.log",
     threads: 1
@@ -100,8 +103,8 @@ rule toy_tables:
     output:
         **TOY_TABLES,
     params:
-        toy=config["toy"],
-        loss=config["toy"].get("dynamics_loss", "dpo"),
+        toy=config.get("toy", {}),
+        loss=config.get("toy", {}).get("dynamics_loss", "dpo"),
     log:
         "logs/toy/toy_tables.log",
     threads: 1
