@@ -17,8 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from dppo.losses import LossConfig
-from dppo.training import OptimConfig
+from dppo.specs import LossConfig, OptimConfig
 
 LOSS_KEYS = tuple(f.name for f in fields(LossConfig))
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))

@@ -40,9 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-R_MODES = ("policy", "implicit")
-UNLL_LEVELS = ("token", "sequence")
-PENALIZED_LOSSES = ("minll", "unll", "conll")
+from dppo.specs import LOSS_NAMES, PENALIZED_LOSSES, R_MODES, UNLL_LEVELS, WEIGHTING_NAMES, LossConfig  # noqa: F401
 
 # Unlikelihood clamps p(y_gen token) to at most 1 - UNLL_MIN_ONE_MINUS_P, so
 # -log(1 - p) <= log(1e5) ~ 11.5 per token and its gradient stays bounded (<= 1e5)
@@ -66,65 +64,6 @@ class ResponseLogps:
     gen_len: Tensor | None = None
     gen_token_logps: Tensor | None = None  # (B, T), padded
     gen_token_mask: Tensor | None = None  # (B, T) bool, True on real tokens
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "dpo"
-    f: str = "linear"
-    alpha: float = 0.0
-    beta: float = 0.1
-    zeta: float = 0.5
-    r_mode: str = "policy"
-    unll_level: str = "token"
-    beta_w: float | None = None
-    beta_l: float | None = None
-    tau: float = 0.1
-    slic_delta: float = 1.0
-    slic_lambda: float = 0.1
-    sft_lambda: float = 0.1
-
-    def validate(self) -> None:
-        _check_choice("name", self.name, tuple(LOSSES))
-        _check_choice("f", self.f, tuple(WEIGHTINGS))
-        _check_choice("r_mode", self.r_mode, R_MODES)
-        _check_choice("unll_level", self.unll_level, UNLL_LEVELS)
-        # `not (x >= 0)` rather than `x < 0` so that NaN is rejected too.
-        for field in ("alpha", "slic_lambda", "sft_lambda"):
-            if not _finite(getattr(self, field)) or not getattr(self, field) >= 0:
-                raise ValueError(f"LossConfig.{field} must be a finite number >= 0, got {getattr(self, field)!r}")
-        for field in ("beta", "tau", "beta_w", "beta_l"):
-            value = getattr(self, field)
-            if field in ("beta_w", "beta_l") and value is None:
-                continue
-            if not _finite(value) or not value > 0:
-                raise ValueError(f"LossConfig.{field} must be a finite number > 0, got {value!r}")
-        if not _finite(self.zeta) or not 0.0 <= self.zeta <= 1.0:
-            raise ValueError(f"LossConfig.zeta must be in [0, 1], got {self.zeta!r}")
-        if not _finite(self.slic_delta):
-            raise ValueError(f"LossConfig.slic_delta must be a finite number, got {self.slic_delta!r}")
-
-    @property
-    def needs_gen(self) -> bool:
-        """True when the loss penalizes y_gen, so training must forward y_gen too."""
-        return self.name in PENALIZED_LOSSES
-
-    @property
-    def beta_chosen(self) -> float:
-        return self.beta if self.beta_w is None else self.beta_w
-
-    @property
-    def beta_rejected(self) -> float:
-        return self.beta if self.beta_l is None else self.beta_l
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_choice(field: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"LossConfig.{field}={value!r} is not one of: {', '.join(valid)}")
 
 
 # ------------------------------------------------------------------- weightings f(r)
@@ -288,6 +227,10 @@ LOSSES: dict[str, Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]] = {
     "flex_dpo": loss_flex_dpo,
     "dpo_sft": loss_dpo_sft,
 }
+
+
+# The config schema and LossConfig.validate name these without importing torch.
+assert tuple(LOSSES) == LOSS_NAMES and tuple(WEIGHTINGS) == WEIGHTING_NAMES
 
 
 def get_loss(name: str) -> Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]:

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +24,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dppo.io import atomic_output_dir, atomic_output_file
+from dppo.specs import OptimConfig  # noqa: F401  (re-exported: dppo.training.OptimConfig)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimisation settings shared by SFT and preference training."""
-
-    lr: float = 1e-3
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 32  # effective batch size, whatever the device count
-    micro_batch_size: int | None = None  # per device; None: the whole batch at once
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    save_steps: int = 100
-    seed: int = 0
-    bf16: bool = True  # used only where a GPU supports it
-    gradient_checkpointing: bool = False
-    # batch rows of similar length (less padding); which rows share a batch changes, not a batch's loss
-    group_by_length: bool = False
 
 
 def world_size() -> int:
