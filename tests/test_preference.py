@@ -62,7 +62,7 @@ def test_training_logs_every_loss_part_per_step(tiny_model_dir, pref_files, tmp_
     rows = load_training_rows(pref_file, ygen_file, tmp_path / "ref.parquet")
     train_preference(tiny_model_dir, rows, tmp_path / "model", tmp_path / "m.jsonl",
                      LossConfig(name="unll", alpha=0.5, f="sqrt"), OptimConfig(lr=1e-3, epochs=2, batch_size=4),
-                     tmp_path / "ckpt", experiment="unll-test")
+                     tmp_path / "ckpt", experiment="unll-test", probe_rows=rows.iloc[:3], probe_every=4)
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
     for key in ("loss", "dpo", "penalty", "reward_chosen", "reward_rejected", "reward_gen", "margin", "r", "f_r",
@@ -71,5 +71,9 @@ def test_training_logs_every_loss_part_per_step(tiny_model_dir, pref_files, tmp_
     # the first step starts at the reference: implicit rewards are zero, the DPO loss is log 2
     assert records[0]["dpo"] == pytest.approx(np.log(2), abs=1e-5)
     assert records[0]["margin"] == pytest.approx(0.0, abs=1e-5)
+    # the fixed probe rows are scored at step 1, every 4th step and the last step
+    probed = [r["step"] for r in records if "probe_logp_chosen" in r]
+    assert probed == [1, 4, 6]
+    assert all(np.isfinite(r[f"probe_logp_{k}"]) for r in records if "probe_logp_chosen" in r for k in ("chosen", "rejected", "gen"))
     saved = json.loads((tmp_path / "model" / "dppo_training.json").read_text())
     assert saved["loss"]["name"] == "unll" and saved["steps"] == 6

@@ -21,7 +21,6 @@ from dppo.specs import LossConfig, OptimConfig
 
 LOSS_KEYS = tuple(f.name for f in fields(LossConfig))
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
-RUN_KEYS = ("n_train", "init", "group", "label", "track_gen", "on_nonfinite")
 SWEEP_SEPARATOR = "__"
 RESERVED_NAMES = ("sft", "init")  # model directories of the SFT stage and the initial model
 

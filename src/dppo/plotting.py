@@ -309,9 +309,11 @@ def smooth(values: pd.Series, window: int | None = None) -> pd.Series:
 def fig_dynamics(metrics: Mapping[str, pd.DataFrame]) -> Figure:
     """Log-probs of y_w, y_l and y_gen over training: one panel per run.
 
-    ``metrics`` maps a display label to the run's per-step metrics (columns ``step``,
-    ``logp_chosen``, ``logp_rejected``, ``logp_gen``). Null series (DPO has no y_gen
-    forward) are left out. Curves are smoothed with :func:`smooth`.
+    ``metrics`` maps a display label to the run's per-step metrics. The fixed probe rows
+    (``probe_logp_chosen`` ...) are plotted where the run logged them: the same rows at every
+    step, so the curves show the likelihoods moving. Otherwise the training batch means
+    (``logp_chosen`` ...), smoothed with :func:`smooth`, which mix different rows per step.
+    Null series (y_gen when a run does not track it) are left out.
     """
     apply_style()
     present = {k: v for k, v in metrics.items() if v is not None and len(v)}
@@ -320,16 +322,19 @@ def fig_dynamics(metrics: Mapping[str, pd.DataFrame]) -> Figure:
         _note(axes[0], "no training metrics to plot")
         return fig
     colors = {"logp_chosen": _PALETTE[2], "logp_rejected": _PALETTE[3], "logp_gen": _PALETTE[4]}
+    probes = all("probe_logp_chosen" in df and df["probe_logp_chosen"].notna().any() for df in present.values())
     for ax, (label, df) in zip(axes, present.items()):
         df = df.sort_values("step")
         for column, name in DYNAMICS_SERIES:
-            if column not in df or df[column].isna().all():
+            source = f"probe_{column}" if probes else column
+            if source not in df or df[source].isna().all():
                 continue
-            values = pd.to_numeric(df[column], errors="coerce")
-            ax.plot(df["step"], smooth(values), label=name, color=colors[column])
+            rows = df[df[source].notna()]
+            values = pd.to_numeric(rows[source], errors="coerce")
+            ax.plot(rows["step"], values if probes else smooth(values), label=name, color=colors[column])
         ax.set_title(label)
         ax.set_xlabel("optimizer step")
-    axes[0].set_ylabel(r"$\log \pi_\theta(y \mid x)$ (batch mean)")
+    axes[0].set_ylabel(r"$\log \pi_\theta(y \mid x)$ " + ("(fixed rows)" if probes else "(batch mean)"))
     fig.tight_layout()
     _legend_above(fig, axes)
     return fig

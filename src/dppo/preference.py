@@ -90,8 +90,14 @@ class PreferenceTrainer(Trainer):
     """``Trainer`` whose loss is :func:`dppo.losses.preference_loss`; logs every loss part."""
 
     def __init__(self, *args, loss_config: LossConfig, pad_token_id: int, experiment: str,
-                 track_gen: bool = True, on_nonfinite: str = "stop", **kwargs):
+                 track_gen: bool = True, on_nonfinite: str = "stop", probe: list[dict] | None = None,
+                 probe_every: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
+        # Fixed rows whose log-probs are logged every `probe_every` steps: batch means mix
+        # different rows (and, with length grouping, different lengths) at every step, so only
+        # a fixed set shows how the likelihood of y_w, y_l and y_gen moves (3D-properties).
+        self.probe = probe or []
+        self.probe_every = probe_every
         self.loss_config = loss_config
         self.pad_token_id = pad_token_id
         self.experiment = experiment
@@ -163,7 +169,21 @@ class PreferenceTrainer(Trainer):
             for key, values in self._parts.items():
                 logs[key if key != "loss" else "loss_parts_mean"] = float(np.mean(values))
             self._parts.clear()
+            step = self.state.global_step
+            if self.probe and (step == 1 or step % self.probe_every == 0 or step == self.state.max_steps):
+                logs.update(self.probe_logps())
         super().log(logs, start_time)
+
+    @torch.no_grad()
+    def probe_logps(self) -> dict[str, float]:
+        """Mean log-probs of y_w, y_l and y_gen on the fixed probe rows (eval mode, no grad)."""
+        was_training = self.model.training
+        self.model.eval()
+        responses = [[row["chosen_ids"], row["rejected_ids"], row["gen_ids"]] for row in self.probe]
+        sums = response_logps(self.model, [row["prompt_ids"] for row in self.probe], responses,
+                              self.pad_token_id).sums.float().mean(dim=0)
+        self.model.train(was_training)
+        return {f"probe_logp_{name}": float(v) for name, v in zip(("chosen", "rejected", "gen"), sums)}
 
 
 class FiniteGradientGuard(TrainerCallback):
@@ -192,6 +212,8 @@ def train_preference(
     track_gen: bool = True,
     on_nonfinite: str = "stop",
     trust_remote_code: bool = False,
+    probe_rows: pd.DataFrame | None = None,
+    probe_every: int = 1,
 ) -> None:
     loss_config.validate()
     torch.manual_seed(opt.seed)
@@ -206,7 +228,8 @@ def train_preference(
                "init": str(init_dir), "init_sha256": weights_digest(init_dir)},
         callbacks=[FiniteGradientGuard(experiment)],
         loss_config=loss_config, pad_token_id=pad, experiment=experiment,
-        track_gen=track_gen, on_nonfinite=on_nonfinite,
+        track_gen=track_gen, on_nonfinite=on_nonfinite, probe_every=probe_every,
+        probe=preference_records(probe_rows.to_dict("records")) if probe_rows is not None else None,
     )
 
 
@@ -216,17 +239,21 @@ def experiment_job(spec: dict, init_dir: str, train_file: str, ygen_file: str, r
     so :func:`dppo.launch.run_job` can run it in-process or under torchrun."""
     from dppo.config import loss_config, optim_config
 
-    rows = load_training_rows(train_file, ygen_file, ref_file)
+    all_rows = load_training_rows(train_file, ygen_file, ref_file)
     try:
-        rows = rows.iloc[subset_indices(len(rows), spec.get("n_train"), subset_seed)]
+        rows = all_rows.iloc[subset_indices(len(all_rows), spec.get("n_train"), subset_seed)]
     except ValueError as err:
         raise ValueError(f"experiments.{spec['name']}.n_train: {err}") from None
+    # The first rows of the same permutation: one probe set shared by every experiment, and
+    # inside every subset of at least that size.
+    n_probe = min(spec.get("probe_rows", 0), len(rows))
+    probe = all_rows.iloc[subset_indices(len(all_rows), n_probe, subset_seed)] if n_probe else None
     log.info("experiment %s: %d training rows, spec %s", spec["name"], len(rows), spec)
     train_preference(
         init_dir=init_dir, rows=rows, out_dir=out_dir, metrics_file=metrics_file, loss_config=loss_config(spec),
         opt=optim_config(spec), checkpoint_dir=checkpoint_dir, experiment=spec["name"],
         track_gen=spec.get("track_gen", True), on_nonfinite=spec.get("on_nonfinite", "stop"),
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, probe_rows=probe, probe_every=spec.get("probe_every", 1),
     )
 
 
