@@ -1,9 +1,7 @@
 # DPPO reproducible-paper pipeline. `snakemake --cores 2 all` rebuilds the embedded default;
 # `snakemake --profile slurm all --configfile configs/paper.yaml` runs the poster's setup.
-# Stages and layout: ../shared/DESIGN.md and README.md. All logic lives in the `dppo` package.
-import json
+# Stages, layout and configs: README.md. All logic lives in the `dppo` package.
 import os
-import re
 
 from snakemake.utils import min_version
 
@@ -12,7 +10,6 @@ from dppo.config import (
     check_config,
     check_local_paths,
     check_unique_keys,
-    rule_resources,
     validate_config,
 )
 
