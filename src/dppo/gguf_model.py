@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dppo.io import atomic_output_dir
+from dppo.io import atomic_output_dir, pad_token_id
 
 
 def load_gguf(gguf_path: str | Path, dtype: torch.dtype = torch.float32):
@@ -64,7 +64,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype 
     generation = model.generation_config
     generation.eos_token_id = tokenizer.eos_token_id
     if generation.pad_token_id is None:
-        generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        generation.pad_token_id = pad_token_id(tokenizer)
     generation.do_sample = False
     out_dir = Path(out_dir)
     with atomic_output_dir(out_dir) as tmp:

@@ -175,7 +175,7 @@ def response_logps(
     sequences. The autograd graph is kept; call under ``torch.no_grad`` for a reference pass.
     """
     _check_inputs(prompt_ids, responses, padding_side)
-    num_prompts, num_per_prompt = len(prompt_ids), len(responses[0])
+    num_per_prompt = len(responses[0])
     if return_token_logps_for is not None and not 0 <= return_token_logps_for < num_per_prompt:
         raise ValueError(f"return_token_logps_for={return_token_logps_for} is not a response index in [0, {num_per_prompt})")
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
 from dppo.batching import length_grouped_sampler
-from dppo.io import load_causal_lm, load_tokenizer, weights_digest, write_parquet
+from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, weights_digest, write_parquet
 from dppo.logprobs import ResponseBatchLogps, as_response_logps, pair_and_gen_logps, response_logps
 from dppo.losses import LossConfig, ResponseLogps, preference_loss, trigger, weighting
 from dppo.training import OptimConfig, fit_and_save
@@ -219,7 +219,7 @@ def train_preference(
     torch.manual_seed(opt.seed)
     tokenizer = load_tokenizer(init_dir, trust_remote_code)
     model = load_causal_lm(init_dir, trust_remote_code)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     records = preference_records(rows.to_dict("records"))
     fit_and_save(
         PreferenceTrainer, model=model, tokenizer=tokenizer, rows=records, collator=collate, opt=opt,
@@ -265,7 +265,7 @@ def cache_reference_logps(model_dir, pref_file, ygen_file, out_file, batch_size:
     if torch.cuda.is_available():
         model = model.cuda()
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     rows = pd.read_parquet(pref_file)
     ygen = pd.read_parquet(ygen_file)
     sums = []

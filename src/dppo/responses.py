@@ -25,12 +25,17 @@ def _generate(model_dir, prompt_ids: list[list[int]], max_new_tokens: int, gen_c
     )
 
 
+def _cutoff(stats_file) -> int:
+    """The token cut-off that data preparation applied (prompt + response)."""
+    return json.loads(Path(stats_file).read_text())["cutoff"]
+
+
 def pregenerate_ygen(model_dir, pref_train_file, stats_file, out_file, gen_cfg: dict) -> pd.DataFrame:
     """y_gen for every training row, within the row's truncation budget (cut-off minus prompt
     length), so prompt + y_gen obeys the same cut as prompt + y_w."""
     rows = pd.read_parquet(pref_train_file)
-    cutoff = json.loads(Path(stats_file).read_text())["cutoff"]
-    prompts = [[int(t) for t in p] for p in rows["prompt_ids"]]
+    cutoff = _cutoff(stats_file)
+    prompts = list(rows["prompt_ids"])  # generate_greedy checks and converts them
     budgets = [max(1, cutoff - len(p)) for p in prompts]
     generated = _generate(model_dir, prompts, gen_cfg.get("max_new_tokens") or max(budgets), gen_cfg)
     gen_ids = [ids[:budget] for ids, budget in zip(generated, budgets)]
@@ -50,9 +55,7 @@ def generate_answers(model_dir, test_file, stats_file, out_file, gen_cfg: dict, 
     rows = pd.read_parquet(test_file).drop_duplicates("prompt_id")
     if max_prompts is not None:
         rows = rows.iloc[:max_prompts]
-    cutoff = json.loads(Path(stats_file).read_text())["cutoff"]
-    prompts = [[int(t) for t in p] for p in rows["prompt_ids"]]
-    generated = _generate(model_dir, prompts, gen_cfg.get("max_new_tokens") or cutoff, gen_cfg)
+    generated = _generate(model_dir, list(rows["prompt_ids"]), gen_cfg.get("max_new_tokens") or _cutoff(stats_file), gen_cfg)
     tokenizer = load_tokenizer(model_dir)
     out = pd.DataFrame({
         "prompt_id": rows["prompt_id"].to_numpy(),

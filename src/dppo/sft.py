@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from transformers import Trainer
 
-from dppo.io import load_causal_lm, load_tokenizer
+from dppo.io import load_causal_lm, load_tokenizer, pad_token_id
 from dppo.training import OptimConfig, fit_and_save
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips
@@ -60,7 +60,7 @@ def train_sft(
     model = load_causal_lm(model_dir, trust_remote_code)
     frame = pd.read_parquet(train_file)
     rows = [sft_example(p, r) for p, r in zip(frame["prompt_ids"], frame["response_ids"])]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     fit_and_save(
         Trainer, model=model, tokenizer=tokenizer, rows=rows, collator=SFTCollator(pad), opt=opt,
         checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,

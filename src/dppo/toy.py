@@ -577,7 +577,7 @@ def latex_final_table(table: pd.DataFrame) -> str:
         scenario = int(row["scenario"])
         if previous is not None and scenario != previous:
             lines.append(r"\hline")
-        mark = rf"$^\dagger$" if row["n_diverged"] else ""
+        mark = r"$^\dagger$" if row["n_diverged"] else ""
         loss = row["loss"].replace("_", r"\_") + mark
         lines.append(
             f"{scenario if scenario != previous else ''} & {loss} & {cell(row, 'p_chosen_peak')} & "
