@@ -1,15 +1,17 @@
 # DPPO reproducible-paper pipeline. `snakemake --cores 2 all` rebuilds the embedded default;
 # `snakemake --profile slurm all --configfile configs/paper.yaml` runs the poster's setup.
-# Stages, layout and configs: README.md. All logic lives in the `dppo` package.
+# Architecture (stage -> rule -> script -> module): docs/design.md. All logic lives in the
+# `dppo` package; every setting and its default in dppo.settings.
 import os
 
 from snakemake.utils import min_version
 
 from dppo.config import (
     ConfigError,
-    check_config,
     check_local_paths,
+    check_resource_rules,
     check_unique_keys,
+    load_settings,
     validate_config,
 )
 
@@ -23,14 +25,14 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+# The whole config, checked and parsed once: rules read S, never `config`.
 try:
     check_unique_keys(workflow.configfiles)
     validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
-    EXPERIMENT_SPECS = check_config(config)
-    check_local_paths(config)
+    S = load_settings(config)
+    check_local_paths(S)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
-EXPERIMENTS = list(EXPERIMENT_SPECS.values())
 
 
 include: "workflow/rules/common.smk"
@@ -55,3 +57,9 @@ rule all:
 rule toy:
     input:
         TOY_OUTPUTS,
+
+
+try:
+    check_resource_rules(S, [r.name for r in workflow.rules])
+except ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None

@@ -1,18 +1,23 @@
-"""Config: schema validation names the offending key; cross-key checks; sweep expansion."""
+"""Config -> settings: the schema and the settings classes name the offending key; cross-key
+checks; sweep expansion; one home for every default (dppo.settings)."""
 
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dppo.config import ConfigError, check_config, check_unique_keys, expand_experiments, rule_resources, validate_config
+from dppo import settings as st
+from dppo.config import ConfigError, SECTIONS, check_unique_keys, expand_experiments, load_settings, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-SHIPPED = sorted(p.name for p in (ROOT / "configs").glob("*.yaml")) + ["../config.yaml"]
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = str(SCHEMA_PATH)
+SHIPPED = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +25,22 @@ def default_config():
     return yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_configs_validate(name):
-    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+def _load(config):
     validate_config(config, SCHEMA)
-    assert check_config(config)
+    return load_settings(config)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    settings = _load(yaml.safe_load(path.read_text()))
+    assert settings.experiments and all(isinstance(e, st.Experiment) for e in settings.experiments.values())
 
 
 def _set(config, dotted, value):
     *parents, last = dotted.split(".")
     node = config
     for key in parents:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[last] = value
 
 
@@ -51,6 +60,7 @@ def _set(config, dotted, value):
         ("reward.backend", "gpt4", "config key reward.backend: 'gpt4' is not one of"),
         ("generation.backend", "sglang", "config key generation.backend: 'sglang' is not one of"),
         ("experiments.dpo.n_train", 0, "config key experiments.dpo.n_train: 0 is less than the minimum of 1"),
+        ("toy.losses.dpo.bta", 0.1, "config key toy.losses.dpo: Additional properties are not allowed ('bta'"),
     ],
 )
 def test_schema_errors_name_the_key(default_config, key, value, expected):
@@ -61,23 +71,50 @@ def test_schema_errors_name_the_key(default_config, key, value, expected):
     assert str(err.value).startswith(expected)
 
 
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        # Values a JSON schema lets through (NaN compares false with every bound, infinities are numbers).
+        ("data.max_len_percentile", float("nan"), "config key data.max_len_percentile: must be a finite number"),
+        ("sft.lr", float("inf"), "config key sft.lr: must be a finite number"),
+        ("preference_defaults.lr", float("nan"), "config key experiments.dpo.lr: must be a finite number"),
+        ("sft.epochs", float("inf"), "config key sft.epochs: must be a finite number"),
+        ("sft.scheduler", "bogus", "config key sft.scheduler: 'bogus' is not one of"),
+        ("sft.micro_batch_size", 5, "config key sft.micro_batch_size: 5 does not divide batch_size 32"),
+        ("experiments.dpo.alpha", float("nan"), "config key experiments.dpo.alpha: must be a finite number"),
+        ("toy.dynamics_loss", "dpoo", "config key toy.dynamics_loss: 'dpoo' is not a label of toy.losses"),
+        ("reward.backend", "seqcls", "config key reward.model: reward backend 'seqcls' needs a model"),
+        ("win_rate.n_boot", 5, "config key win_rate.n_boot"),
+    ],
+)
+def test_bad_values_name_the_key(default_config, key, value, expected):
+    config = copy.deepcopy(default_config)
+    _set(config, key, value)
+    with pytest.raises(ConfigError) as err:
+        _load(config)
+    assert str(err.value).startswith(expected), str(err.value)
+
+
 def test_sweeps_expand_to_stable_readable_names(default_config):
     experiments = expand_experiments(default_config)
     assert "unll__f=sqrt" in experiments
     assert "alpha__loss=conll__alpha=0.01" in experiments
-    spec = experiments["alpha__loss=conll__alpha=0.01"]
-    assert (spec["loss"], spec["alpha"], spec["group"]) == ("conll", 0.01, "alpha_sweep")
-    assert spec["beta"] == default_config["preference_defaults"]["beta"]  # defaults applied
-    assert experiments["unll__f=sqrt"]["label"] == "unll (sqrt)"
-    assert experiments["unll_then_dpo"]["init"] == "unll__f=linear"
-    # 1 dpo + 3 x 4 penalties + 3 x 2 alphas + 3 data-efficiency/chained + 4 variants
-    assert len(experiments) == 26
+    exp = experiments["alpha__loss=conll__alpha=0.01"]
+    assert (exp.loss.name, exp.loss.alpha, exp.group) == ("conll", 0.01, "alpha_sweep")
+    assert exp.loss.beta == default_config["preference_defaults"]["beta"]  # the grid's shared values apply
+    assert experiments["unll__f=sqrt"].label == "unll (sqrt)"
+    assert experiments["unll_then_dpo"].init == "unll__f=linear"
 
 
 def test_expansion_is_cartesian():
-    config = {"preference_defaults": {"beta": 0.1}, "experiments": {"x": {"loss": "minll", "sweep": {"alpha": [0.1, 1.0], "seed": [0, 1, 2]}}}}
+    config = {"experiments": {"x": {"loss": "minll", "sweep": {"alpha": [0.1, 1.0], "seed": [0, 1, 2]}}}}
     names = list(expand_experiments(config))
     assert names == [f"x__alpha={a}__seed={s}" for a in ("0.1", "1") for s in (0, 1, 2)]
+
+
+def test_an_experiment_round_trips_through_its_plain_form(default_config):
+    for experiment in expand_experiments(default_config).values():
+        assert st.Experiment.from_dict(experiment.to_dict()) == experiment
 
 
 @pytest.mark.parametrize(
@@ -87,14 +124,16 @@ def test_expansion_is_cartesian():
         ({"a": {"loss": "dpo", "init": "a"}}, "experiments.a.init: an experiment cannot start from itself"),
         ({"a": {"loss": "dpo", "init": "b"}, "b": {"loss": "dpo", "init": "a"}}, "loops through"),
         ({"sft": {"loss": "dpo"}}, "experiments.sft: the name is reserved"),
-        ({"a": {"loss": "minll", "alpha": -1}}, "experiments.a: LossConfig.alpha must be"),
-        ({"a": {"loss": "nope"}}, "experiments.a: LossConfig.name='nope' is not one of"),
+        ({"a": {"loss": "minll", "alpha": -1}}, "config key experiments.a.alpha: must be >= 0"),
+        ({"a": {"loss": "nope"}}, "config key experiments.a.loss: 'nope' is not one of"),
+        ({"a": {"loss": "dpo", "sweep": {"lr": [0.1, -1.0]}}}, "config key experiments.a__lr=-1.lr: must be > 0"),
+        ({"a": {"loss": "dpo", "sweep": {"n_train": [10, 2.5]}}}, "experiments.a__n_train=2.5.n_train: must be a whole"),
         ({}, "at least one experiment"),
     ],
 )
 def test_cross_key_checks(experiments, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        check_config({"experiments": experiments})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        expand_experiments({"experiments": experiments})
 
 
 def test_duplicate_experiment_names_are_refused(tmp_path):
@@ -104,7 +143,67 @@ def test_duplicate_experiment_names_are_refused(tmp_path):
         check_unique_keys([path])
 
 
-def test_rule_resources_merge_default_and_rule():
-    config = {"resources": {"default": {"gpu": 0, "mem_mb": 1000}, "sft": {"gpu": 1}}}
-    assert rule_resources(config, "sft") == {"gpu": 1, "mem_mb": 1000}
-    assert rule_resources(config, "score") == {"gpu": 0, "mem_mb": 1000}
+def test_rule_resources_merge_the_defaults_the_default_entry_and_the_rule(default_config):
+    config = {**copy.deepcopy(default_config), "resources": {"default": {"gpu": 0, "mem_mb": 1000}, "sft": {"gpu": 1}}}
+    settings = _load(config)
+    assert settings.resources_for("sft") == {"gpu": 1, "mem_mb": 1000, "cpus_per_task": 1, "runtime": 30}
+    assert settings.resources_for("score")["gpu"] == 0
+
+
+# ------------------------------------------------------------------ one home for every default
+
+
+def _schema():
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _resolve(schema, node):
+    ref = node.get("$ref")
+    return _resolve(schema, schema["$defs"][ref.split("/")[-1]]) if ref else node
+
+
+def test_the_schema_declares_no_default_of_its_own():
+    def keys(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key
+                yield from keys(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from keys(value)
+
+    assert "default" not in set(keys(_schema())), "defaults live in dppo.settings only"
+
+
+@pytest.mark.parametrize("section", [s for s in SECTIONS if s not in ("data",)])
+def test_schema_sections_list_exactly_the_settings_fields(section):
+    schema = _schema()
+    props = set(_resolve(schema, schema["properties"][section])["properties"])
+    assert props == set(st.field_names(SECTIONS[section])), section
+
+
+def test_schema_experiment_keys_are_the_loss_optim_and_run_fields():
+    schema = _schema()
+    props = set(schema["$defs"]["experiment"]["properties"]) - {"sweep"}
+    expected = set(st.LOSS_CONFIG_KEYS) | set(st.field_names(st.OptimSettings)) | set(st.Experiment.RUN_KEYS)
+    assert props == expected
+    assert set(schema["$defs"]["toy_loss"]["properties"]) == set(st.LOSS_CONFIG_KEYS)
+    assert set(schema["$defs"]["dataset"]["properties"]) == set(st.field_names(st.DatasetSettings))
+    assert set(schema["$defs"]["resources"]["properties"]) == set(st.field_names(st.Resources))
+    data_props = set(schema["properties"]["data"]["properties"])
+    assert data_props == set(st.field_names(st.DataSettings))
+
+
+def test_rule_files_hold_no_defaults():
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "Snakefile"]:
+        text = path.read_text()
+        assert ".get(" not in text, f"{path.name}: a .get( default; settings come from S (dppo.settings)"
+        assert "config[" not in text and "config.get" not in text, f"{path.name}: reads the raw config"
+
+
+def test_every_settings_field_has_a_default_or_is_the_experiment_name():
+    for cls in (st.LossSettings, st.OptimSettings, st.ModelSettings, st.TinyModelSpec, st.TaskSpec, st.DatasetSettings,
+                st.DataSettings, st.GenerationSettings, st.RewardSettings, st.WinRateSettings, st.ToySettings,
+                st.InitialLevels, st.PaperSettings, st.Resources):
+        for f in fields(cls):
+            assert f.default is not MISSING or f.default_factory is not MISSING, f"{cls.__name__}.{f.name}"

@@ -7,7 +7,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from dppo.logprobs import ResponseBatchLogps, as_response_logps, response_logps
-from dppo.losses import LossConfig, preference_loss
+from dppo.losses import preference_loss
+from dppo.settings import LossSettings
 
 PAD = 0
 # Uneven prompts (1 to 6 tokens) and responses (1 to 5 tokens), K = 3 (y_w, y_l, y_gen).
@@ -131,7 +132,7 @@ def test_dpo_gradient_through_the_model_matches_the_seed_formula(model):
         reference = response_logps(model, prompts, pairs, PAD).sums + torch.tensor([[0.3, -0.2], [-1.0, 0.5], [0.0, 0.7]])
     policy = response_logps(model, prompts, pairs, PAD, padding_side="left")
     loss, _ = preference_loss(
-        as_response_logps(policy), as_response_logps(ResponseBatchLogps(reference, policy.lengths)), LossConfig(beta=beta)
+        as_response_logps(policy), as_response_logps(ResponseBatchLogps(reference, policy.lengths)), LossSettings(beta=beta)
     )
     got = param_grads(model, loss)
 

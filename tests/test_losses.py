@@ -11,13 +11,13 @@ import torch
 from dppo.losses import (
     LOSSES,
     WEIGHTINGS,
-    LossConfig,
     ResponseLogps,
     get_loss,
     log1mexp,
     preference_loss,
     weighting,
 )
+from dppo.settings import FieldError, LossSettings
 
 F_NAMES = tuple(WEIGHTINGS)
 PENALIZED = ("minll", "unll", "conll")
@@ -104,7 +104,7 @@ def test_expectile_is_symmetric_at_zeta_half_and_never_negative():
 
 def test_dpo_by_hand():
     policy, reference = hand_batch()
-    loss, parts = preference_loss(policy, reference, LossConfig(name="dpo", beta=0.1))
+    loss, parts = preference_loss(policy, reference, LossSettings(name="dpo", beta=0.1))
     assert loss.item() == pytest.approx(sum(DPO_ROWS) / 3, abs=1e-12)
     assert parts["dpo"].item() == pytest.approx(loss.item(), abs=1e-15)
     assert parts["penalty"].item() == 0.0
@@ -131,7 +131,7 @@ def test_penalized_losses_by_hand(name, f):
     zeta, alpha = 0.3, 0.5
     f_rows = weighting(f)(torch.tensor(R_ROWS, dtype=torch.float64), zeta).tolist()
     policy, reference = hand_batch()
-    loss, parts = preference_loss(policy, reference, LossConfig(name=name, f=f, alpha=alpha, zeta=zeta))
+    loss, parts = preference_loss(policy, reference, LossSettings(name=name, f=f, alpha=alpha, zeta=zeta))
     expected = per_row_penalized(name, f_rows, alpha)
     assert loss.item() == pytest.approx(sum(expected) / 3, abs=1e-12)
     assert parts["dpo"].item() == pytest.approx(sum(DPO_ROWS) / 3, abs=1e-12)
@@ -151,13 +151,13 @@ def test_a_few_penalized_rows_written_out():
     )
     # ... and the library agrees with those rows (rows 0 and 2 have f = 0 under linear).
     for name, rows in (("minll", minll_rows), ("conll", conll_rows), ("unll", unll_rows)):
-        loss, _ = preference_loss(policy, reference, LossConfig(name=name, f="linear", alpha=0.5))
+        loss, _ = preference_loss(policy, reference, LossSettings(name=name, f="linear", alpha=0.5))
         assert loss.item() == pytest.approx(sum(rows) / 3, abs=1e-12)
 
 
 def test_sequence_level_unlikelihood_by_hand():
     policy, reference = hand_batch()
-    cfg = LossConfig(name="unll", f="linear", alpha=0.5, unll_level="sequence")
+    cfg = LossSettings(name="unll", f="linear", alpha=0.5, unll_level="sequence")
     loss, _ = preference_loss(policy, reference, cfg)
     row1 = 0.7981388693815918 - 0.5 * 2.0 * math.log(1.0 - math.exp(-3.0))
     assert loss.item() == pytest.approx((DPO_ROWS[0] + row1 + DPO_ROWS[2]) / 3, abs=1e-12)
@@ -165,7 +165,7 @@ def test_sequence_level_unlikelihood_by_hand():
 
 def test_implicit_trigger_is_beta_times_margin():
     policy, reference = hand_batch()
-    cfg = LossConfig(name="minll", f="linear", alpha=1.0, beta=0.1, r_mode="implicit")
+    cfg = LossSettings(name="minll", f="linear", alpha=1.0, beta=0.1, r_mode="implicit")
     loss, parts = preference_loss(policy, reference, cfg)
     # implicit r = 0.1 * (D_w - D_l) = 0.2, -0.2, 0 -> f = 0, 0.2, 0
     assert parts["r"].item() == pytest.approx(0.0, abs=1e-15)
@@ -175,7 +175,7 @@ def test_implicit_trigger_is_beta_times_margin():
 
 def test_logged_parts_by_hand():
     policy, reference = hand_batch()
-    _, parts = preference_loss(policy, reference, LossConfig(name="minll", f="quadratic", alpha=0.1, beta=0.5))
+    _, parts = preference_loss(policy, reference, LossSettings(name="minll", f="quadratic", alpha=0.1, beta=0.5))
     expected = {
         "reward_chosen": 0.5 * (1 - 1 + 0) / 3,
         "reward_rejected": 0.5 * (-1 + 1 + 0) / 3,
@@ -199,14 +199,14 @@ def test_logged_parts_by_hand():
 def test_gen_parts_only_when_gen_given():
     policy, reference = hand_batch()
     policy = dataclasses.replace(policy, gen=None, gen_token_logps=None, gen_token_mask=None)
-    _, parts = preference_loss(policy, reference, LossConfig(name="dpo"))
+    _, parts = preference_loss(policy, reference, LossSettings(name="dpo"))
     assert "reward_gen" not in parts and "logp_gen" not in parts
 
 
 def test_ipo_uses_length_averaged_log_probs():
     policy = logps([-10.0], [-12.0], chosen_len=[4], rejected_len=[2])
     reference = logps([-12.0], [-10.0], chosen_len=[4], rejected_len=[2])
-    loss, _ = preference_loss(policy, reference, LossConfig(name="ipo", tau=0.1))
+    loss, _ = preference_loss(policy, reference, LossSettings(name="ipo", tau=0.1))
     # (2/4 - (-2/2) - 1/(2*0.1))^2 = (1.5 - 5)^2
     assert loss.item() == pytest.approx(12.25, abs=1e-12)
 
@@ -214,7 +214,7 @@ def test_ipo_uses_length_averaged_log_probs():
 def test_slic_hinge_and_regularizer():
     policy = logps([-10.0, -12.0], [-12.0, -10.0])
     reference = logps([-1.0, -1.0], [-1.0, -1.0])  # SLiC ignores the reference
-    loss, parts = preference_loss(policy, reference, LossConfig(name="slic", slic_delta=1.0, slic_lambda=0.1))
+    loss, parts = preference_loss(policy, reference, LossSettings(name="slic", slic_delta=1.0, slic_lambda=0.1))
     # row 0: max(0, 1 + 10 - 12) + 1.0 = 1.0; row 1: max(0, 1 + 12 - 10) + 1.2 = 4.2
     assert loss.item() == pytest.approx((1.0 + 4.2) / 2, abs=1e-12)
     assert parts["penalty"].item() == pytest.approx((1.0 + 1.2) / 2, abs=1e-12)
@@ -223,14 +223,14 @@ def test_slic_hinge_and_regularizer():
 def test_flex_dpo_by_hand():
     policy = logps([-10.0], [-12.0])
     reference = logps([-11.0], [-11.0])
-    loss, _ = preference_loss(policy, reference, LossConfig(name="flex_dpo", beta_w=0.2, beta_l=0.05))
+    loss, _ = preference_loss(policy, reference, LossSettings(name="flex_dpo", beta_w=0.2, beta_l=0.05))
     assert loss.item() == pytest.approx(math.log1p(math.exp(-(0.2 * 1 + 0.05 * 1))), abs=1e-12)
 
 
 def test_dpo_sft_adds_mean_token_nll_of_chosen():
     policy = logps([-10.0], [-12.0], chosen_len=[4], rejected_len=[3])
     reference = logps([-11.0], [-11.0], chosen_len=[4], rejected_len=[3])
-    loss, parts = preference_loss(policy, reference, LossConfig(name="dpo_sft", sft_lambda=0.1))
+    loss, parts = preference_loss(policy, reference, LossSettings(name="dpo_sft", sft_lambda=0.1))
     assert loss.item() == pytest.approx(0.5981388693815918 + 0.1 * 10.0 / 4, abs=1e-12)
     assert parts["penalty"].item() == pytest.approx(0.25, abs=1e-12)
 
@@ -240,7 +240,7 @@ def test_dpo_sft_adds_mean_token_nll_of_chosen():
 
 def grads(name, f="linear", alpha=0.5, **kwargs):
     policy, reference = hand_batch(requires_grad=True)
-    loss, _ = preference_loss(policy, reference, LossConfig(name=name, f=f, alpha=alpha, **kwargs))
+    loss, _ = preference_loss(policy, reference, LossSettings(name=name, f=f, alpha=alpha, **kwargs))
     loss.backward()
     return policy
 
@@ -317,7 +317,7 @@ def test_penalty_step_lowers_y_gen_on_a_categorical_policy():
             gen_token_logps=lp[[y_gen]].unsqueeze(1), gen_token_mask=torch.ones(1, 1, dtype=torch.bool),
         )
         reference = ResponseLogps(ref_lp[[y_w]], ref_lp[[y_l]], torch.ones(1), torch.ones(1), gen=ref_lp[[y_gen]])
-        loss, parts = preference_loss(policy, reference, LossConfig(name=name, alpha=1.0, beta=0.5))
+        loss, parts = preference_loss(policy, reference, LossSettings(name=name, alpha=1.0, beta=0.5))
         assert parts["frac_r_neg"].item() == 1.0
         loss.backward()
         with torch.no_grad():
@@ -332,7 +332,7 @@ def test_trigger_carries_no_gradient():
     from dppo.losses import loss_terms
 
     policy, reference = hand_batch(requires_grad=True)
-    terms = loss_terms(policy, reference, LossConfig(name="unll", f="quadratic", alpha=1.0))
+    terms = loss_terms(policy, reference, LossSettings(name="unll", f="quadratic", alpha=1.0))
     assert not terms.r.requires_grad and not terms.f_r.requires_grad
     assert terms.d_chosen.requires_grad
 
@@ -361,7 +361,7 @@ def test_extreme_log_probs_give_finite_loss_and_gradient(name, scale):
             torch.tensor([3]), torch.tensor([3]), gen=torch.tensor([-1e-6], dtype=dtype),
         )
         for f in F_NAMES:
-            cfg = LossConfig(name=name, f=f, alpha=2.0, beta=0.1)
+            cfg = LossSettings(name=name, f=f, alpha=2.0, beta=0.1)
             loss, parts = preference_loss(policy, reference, cfg)
             loss.backward()
             assert torch.isfinite(loss), (dtype, f)
@@ -378,7 +378,7 @@ def test_unlikelihood_at_probability_one_is_finite_and_still_pushes_down(level):
     # and the straight-through gradient still lowers it.
     policy = logps([-14.0], [-12.0], gen=[0.0], gen_tokens=[[0.0, -1e-12]], requires_grad=True)
     reference = logps([-13.0], [-13.0], gen=[-1.0])
-    loss, _ = preference_loss(policy, reference, LossConfig(name="unll", alpha=1.0, unll_level=level))
+    loss, _ = preference_loss(policy, reference, LossSettings(name="unll", alpha=1.0, unll_level=level))
     loss.backward()
     assert torch.isfinite(loss)
     grad = policy.gen.grad if level == "sequence" else policy.gen_token_logps.grad
@@ -389,12 +389,12 @@ def test_unlikelihood_at_probability_one_is_finite_and_still_pushes_down(level):
 
 def test_unll_ignores_nan_in_padding():
     policy, reference = hand_batch(requires_grad=False)
-    clean, _ = preference_loss(policy, reference, LossConfig(name="unll", alpha=1.0))
+    clean, _ = preference_loss(policy, reference, LossSettings(name="unll", alpha=1.0))
     dirty_tokens = policy.gen_token_logps.clone()
     dirty_tokens[~policy.gen_token_mask] = float("nan")
     dirty_tokens.requires_grad_(True)
     dirty = dataclasses.replace(policy, gen_token_logps=dirty_tokens)
-    loss, _ = preference_loss(dirty, reference, LossConfig(name="unll", alpha=1.0))
+    loss, _ = preference_loss(dirty, reference, LossSettings(name="unll", alpha=1.0))
     loss.backward()
     assert loss.item() == clean.item()
     assert torch.isfinite(dirty_tokens.grad).all()
@@ -419,7 +419,7 @@ def test_half_precision_inputs_are_upcast():
     )
     ref_half = dataclasses.replace(reference, chosen=reference.chosen.bfloat16(),
                                    rejected=reference.rejected.bfloat16(), gen=reference.gen.bfloat16())
-    loss, _ = preference_loss(half, ref_half, LossConfig(name="conll", alpha=0.5))
+    loss, _ = preference_loss(half, ref_half, LossSettings(name="conll", alpha=0.5))
     assert loss.dtype == torch.float32
 
 
@@ -433,7 +433,7 @@ def test_alpha_zero_is_exactly_dpo(name, f, r_mode):
     results = {}
     for loss_name in ("dpo", name):
         policy, reference = hand_batch(requires_grad=True)
-        loss, _ = preference_loss(policy, reference, LossConfig(name=loss_name, f=f, alpha=0.0, r_mode=r_mode))
+        loss, _ = preference_loss(policy, reference, LossSettings(name=loss_name, f=f, alpha=0.0, r_mode=r_mode))
         loss.backward()
         results[loss_name] = (loss, policy.chosen.grad, policy.rejected.grad)
     for dpo_value, penalized_value in zip(results["dpo"], results[name]):
@@ -443,8 +443,8 @@ def test_alpha_zero_is_exactly_dpo(name, f, r_mode):
 @pytest.mark.parametrize("beta_w, beta_l", ((None, None), (0.1, 0.1)))
 def test_flex_dpo_with_equal_betas_is_exactly_dpo(beta_w, beta_l):
     policy, reference = hand_batch()
-    dpo, _ = preference_loss(policy, reference, LossConfig(name="dpo", beta=0.1))
-    flex, _ = preference_loss(policy, reference, LossConfig(name="flex_dpo", beta=0.1, beta_w=beta_w, beta_l=beta_l))
+    dpo, _ = preference_loss(policy, reference, LossSettings(name="dpo", beta=0.1))
+    flex, _ = preference_loss(policy, reference, LossSettings(name="flex_dpo", beta=0.1, beta_w=beta_w, beta_l=beta_l))
     assert torch.equal(dpo, flex)
 
 
@@ -471,18 +471,15 @@ def test_flex_dpo_with_equal_betas_is_exactly_dpo(beta_w, beta_l):
         ({"sft_lambda": -1.0}, "sft_lambda"),
     ],
 )
-def test_invalid_config_names_the_field(overrides, field):
-    cfg = LossConfig(**overrides)
-    with pytest.raises(ValueError, match=rf"LossConfig\.{field}\b"):
-        cfg.validate()
-    policy, reference = hand_batch()
-    with pytest.raises(ValueError, match=rf"LossConfig\.{field}\b"):
-        preference_loss(policy, reference, cfg)
+def test_invalid_settings_name_the_field(overrides, field):
+    with pytest.raises(FieldError) as err:
+        LossSettings(**overrides)
+    assert err.value.name == ("loss" if field == "name" else field)
 
 
 def test_unknown_name_errors_list_the_valid_names():
     with pytest.raises(ValueError, match="dpo, minll, unll, conll, ipo, slic, flex_dpo, dpo_sft"):
-        LossConfig(name="ppo").validate()
+        LossSettings(name="ppo")
     with pytest.raises(ValueError, match="linear, quadratic, sqrt, expectile"):
         weighting("cubic")
     with pytest.raises(ValueError, match="valid: dpo"):
@@ -490,19 +487,19 @@ def test_unknown_name_errors_list_the_valid_names():
 
 
 def test_valid_boundaries_pass():
-    for cfg in (LossConfig(zeta=0.0), LossConfig(zeta=1.0), LossConfig(alpha=0.0), LossConfig(name="flex_dpo", beta_w=1.0)):
-        cfg.validate()
+    for kwargs in ({"zeta": 0.0}, {"zeta": 1.0}, {"alpha": 0.0}, {"name": "flex_dpo", "beta_w": 1.0}):
+        assert LossSettings(**kwargs)
 
 
 def test_needs_gen():
-    assert {name for name in LOSSES if LossConfig(name=name).needs_gen} == set(PENALIZED)
+    assert {name for name in LOSSES if LossSettings(name=name).needs_gen} == set(PENALIZED)
 
 
 def test_penalized_loss_without_gen_is_rejected():
     policy, reference = hand_batch()
     no_gen = dataclasses.replace(policy, gen=None)
     with pytest.raises(ValueError, match="policy.gen"):
-        preference_loss(no_gen, reference, LossConfig(name="minll", alpha=1.0))
+        preference_loss(no_gen, reference, LossSettings(name="minll", alpha=1.0))
     no_tokens = dataclasses.replace(policy, gen_token_logps=None, gen_token_mask=None)
     with pytest.raises(ValueError, match="gen_token_logps"):
-        preference_loss(no_tokens, reference, LossConfig(name="unll", alpha=1.0))
+        preference_loss(no_tokens, reference, LossSettings(name="unll", alpha=1.0))

@@ -13,10 +13,11 @@ from torch.utils.data import RandomSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from dppo.batching import length_grouped_sampler, packed_lengths, padding_fraction
-from dppo.logprobs import as_response_logps, can_share_prompt, pair_and_gen_logps, response_logps
-from dppo.losses import LossConfig, ResponseLogps, preference_loss
-from dppo.preference import PreferenceTrainer, collate
-from dppo.training import ListDataset, OptimConfig, training_arguments
+from dppo.logprobs import ResponseScorer, as_response_logps, can_share_prompt, gated_logps, response_logps
+from dppo.losses import ResponseLogps, preference_loss
+from dppo.preference import PreferenceTrainer, collate, policy_logps
+from dppo.settings import Experiment, LossSettings, OptimSettings
+from dppo.training import ListDataset, training_arguments
 
 PAD = 0
 # Every prompt has >= 2 tokens (a cached prefix); uneven prompt and response lengths, K = 3.
@@ -28,10 +29,10 @@ RESPONSES = [
 ]
 REF = torch.tensor([[-40.0, -52.0, -20.0], [-61.0, -18.0, -95.0], [-70.0, -41.0, -55.0]])
 LOSSES = [
-    LossConfig(name="dpo"),
-    LossConfig(name="unll", f="linear", alpha=0.3, unll_level="token"),
-    LossConfig(name="minll", f="quadratic", alpha=0.2),
-    LossConfig(name="conll", f="sqrt", alpha=0.5),
+    LossSettings(name="dpo"),
+    LossSettings(name="unll", f="linear", alpha=0.3, unll_level="token"),
+    LossSettings(name="minll", f="quadratic", alpha=0.2),
+    LossSettings(name="conll", f="sqrt", alpha=0.5),
 ]
 
 
@@ -90,7 +91,7 @@ def test_shared_prompt_gradients_match(model, padding_side):
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def loss_and_parts(model, loss_config: LossConfig, share_prompt: bool):
+def loss_and_parts(model, loss_config: LossSettings, share_prompt: bool):
     token_level = loss_config.name == "unll" and loss_config.unll_level == "token"
     policy = as_response_logps(response_logps(
         model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2 if token_level else None, share_prompt=share_prompt,
@@ -146,12 +147,13 @@ def records():
     ]
 
 
-def make_trainer(model, tmp_path, loss_config, group_by_length=False, rows=None, batch_size=3):
-    args = training_arguments(OptimConfig(batch_size=batch_size, group_by_length=group_by_length), tmp_path,
-                              disable_tqdm=True)
+def make_trainer(model, tmp_path, loss_config, group_by_length=False, rows=None, batch_size=3, track_gen=False):
+    optim = OptimSettings(batch_size=batch_size, group_by_length=group_by_length)
+    args = training_arguments(optim, tmp_path, disable_tqdm=True)
+    experiment = Experiment(name="perf", loss=loss_config, optim=optim, track_gen=track_gen)
     return PreferenceTrainer(
         model=model, args=args, train_dataset=ListDataset(rows or records()), data_collator=collate,
-        loss_config=loss_config, pad_token_id=PAD, experiment="perf", track_gen=False,
+        experiment=experiment, pad_token_id=PAD,
     )
 
 
@@ -174,52 +176,53 @@ def test_trainer_loss_and_gradient_equal_the_concatenated_computation(tmp_path, 
     assert torch.allclose(got, param_grads(model, expected), atol=1e-6, rtol=1e-4)
 
 
-def gen_gate(mask):
-    return lambda pair: torch.tensor(mask)
+def pair_and_gen(model, prompts, mask, share_prompt=True):
+    """(y_w, y_l) sums with autograd, then y_gen gated by ``mask``, on one scorer."""
+    pairs, gens = [g[:2] for g in RESPONSES], [g[2] for g in RESPONSES]
+    scorer = ResponseScorer(model, prompts, PAD, share_prompt=share_prompt)
+    pair = scorer.score(list(range(len(prompts))), pairs)
+    gen_sums, gen_tokens, gen_mask = gated_logps(scorer, gens, mask, token_logps=True)
+    return torch.cat([pair.sums, gen_sums.unsqueeze(1)], dim=1), gen_tokens, gen_mask
 
 
 @pytest.mark.parametrize("mask", ([True, False, True], [True] * 3, [False] * 3), ids=("mixed", "all", "none"))
-def test_pair_and_gen_logps_equal_response_logps(model, mask):
-    pairs, gens = [g[:2] for g in RESPONSES], [g[2] for g in RESPONSES]
+def test_gated_gen_logps_equal_response_logps(model, mask):
     with count_forwards(model) as counter:
-        got = pair_and_gen_logps(model, PROMPTS, pairs, gens, PAD, gen_gate(mask), gen_token_logps=True)
+        sums, tokens, token_mask = pair_and_gen(model, PROMPTS, mask)
     assert counter.calls == 2 + len(set(mask))  # prompts, pair, one pass per kind of y_gen row
     full = response_logps(model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2)
-    assert torch.allclose(got.sums, full.sums, atol=1e-5, rtol=0)
-    assert torch.equal(got.lengths, full.lengths) and torch.equal(got.token_mask, full.token_mask)
-    assert torch.allclose(got.token_logps, full.token_logps, atol=1e-6, rtol=0)
+    assert torch.allclose(sums, full.sums, atol=1e-5, rtol=0)
+    assert torch.equal(token_mask, full.token_mask)
+    assert torch.allclose(tokens, full.token_logps, atol=1e-6, rtol=0)
     # Gradients: equal wherever y_gen is weighted; the unweighted rows have no y_gen graph.
     params = list(model.parameters())
     for b, weighted in enumerate(mask):
-        grads = torch.autograd.grad(got.sums[b, 2] + got.token_logps[b].sum(), params, retain_graph=True,
-                                    allow_unused=True)
+        grads = torch.autograd.grad(sums[b, 2] + tokens[b].sum(), params, retain_graph=True, allow_unused=True)
         assert any(g is not None and g.abs().max() > 0 for g in grads) == weighted
     weights = torch.tensor([[1.0, -0.5, 0.25], [0.3, 2.0, -1.0], [-0.7, 0.1, 1.5]])
     weights[:, 2] *= torch.tensor(mask, dtype=torch.float32)
-    assert torch.allclose(param_grads(model, (weights * got.sums).sum()),
+    assert torch.allclose(param_grads(model, (weights * sums).sum()),
                           param_grads(model, (weights * full.sums).sum()), atol=1e-5, rtol=1e-4)
 
 
-def test_pair_and_gen_logps_without_a_shared_prompt(model):
+def test_gated_gen_logps_without_a_shared_prompt(model):
     prompts = [[1], *PROMPTS[1:]]  # a one-token prompt: concatenated forwards
-    pairs, gens = [g[:2] for g in RESPONSES], [g[2] for g in RESPONSES]
-    got = pair_and_gen_logps(model, prompts, pairs, gens, PAD, gen_gate([False, True, False]), gen_token_logps=True)
+    sums, tokens, _ = pair_and_gen(model, prompts, [False, True, False], share_prompt=False)
     full = response_logps(model, prompts, RESPONSES, PAD, return_token_logps_for=2)
-    assert torch.allclose(got.sums, full.sums, atol=1e-5, rtol=0)
-    assert torch.allclose(got.token_logps, full.token_logps, atol=1e-6, rtol=0)
+    assert torch.allclose(sums, full.sums, atol=1e-5, rtol=0)
+    assert torch.allclose(tokens, full.token_logps, atol=1e-6, rtol=0)
     params = list(model.parameters())
     for b, weighted in enumerate([False, True, False]):
-        grads = torch.autograd.grad(got.sums[b, 2], params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(sums[b, 2], params, retain_graph=True, allow_unused=True)
         assert any(g is not None and g.abs().max() > 0 for g in grads) == weighted
 
 
 def test_tracked_gen_runs_on_the_shared_prompts_without_autograd(tmp_path):
     model = tiny_causal_lm("llama")
-    trainer = make_trainer(model, tmp_path, LOSSES[0])
-    trainer.track_gen = True
+    trainer = make_trainer(model, tmp_path, LOSSES[0], track_gen=True)
     batch = collate(records())
     with count_forwards(model) as counter:
-        policy = trainer._forward(model, batch)
+        policy, _, _ = policy_logps(model, batch, LOSSES[0], track_gen=True, pad=PAD)
     assert counter.calls == 3  # prompts, pair, y_gen (no grad)
     full = response_logps(model, PROMPTS, RESPONSES, PAD).sums
     assert torch.allclose(policy.gen, full[:, 2], atol=1e-5, rtol=0)
@@ -229,21 +232,25 @@ def test_tracked_gen_runs_on_the_shared_prompts_without_autograd(tmp_path):
     assert torch.allclose(loss, loss_and_parts(model, LOSSES[0], share_prompt=False)[0], atol=1e-6, rtol=1e-5)
 
 
-def test_trainer_gate_is_the_penalty_weight(tmp_path):
+def test_the_gate_is_the_penalty_weight():
+    from dppo.losses import trigger
+
     model = tiny_causal_lm("llama")
     pair = response_logps(model, PROMPTS, [g[:2] for g in RESPONSES], PAD)
-    batch = collate(records())
+    lengths = {"chosen_len": pair.lengths[:, 0], "rejected_len": pair.lengths[:, 1]}
+    policy = ResponseLogps(chosen=pair.sums[:, 0], rejected=pair.sums[:, 1], **lengths)
+    reference = ResponseLogps(chosen=REF[:, 0], rejected=REF[:, 1], **lengths)
     r = (pair.sums[:, 0] - pair.sums[:, 1]).detach()
     assert (r > 0).any() and (r < 0).any()  # the fixed batch has both kinds of rows
-    unll = make_trainer(model, tmp_path, LOSSES[1])
-    assert unll._penalty_weighted(pair, batch).tolist() == (r < 0).tolist()  # linear f: max(-r, 0)
-    no_alpha = make_trainer(model, tmp_path, replace(LOSSES[1], alpha=0.0))
-    assert not no_alpha._penalty_weighted(pair, batch).any()
-    implicit = make_trainer(model, tmp_path, replace(LOSSES[1], r_mode="implicit", beta=0.5))
+
+    def gate(cfg):
+        return trigger(policy, reference, cfg).penalized(cfg).tolist()
+
+    assert gate(LOSSES[1]) == (r < 0).tolist()  # linear f: max(-r, 0)
+    assert not any(gate(replace(LOSSES[1], alpha=0.0)))
     r_implicit = 0.5 * ((pair.sums[:, 0] - REF[:, 0]) - (pair.sums[:, 1] - REF[:, 1]))
-    assert implicit._penalty_weighted(pair, batch).tolist() == (r_implicit < 0).tolist()
-    expectile = make_trainer(model, tmp_path, replace(LOSSES[1], f="expectile", zeta=0.5))
-    assert expectile._penalty_weighted(pair, batch).all()  # |zeta - 1{r<0}| r^2 > 0 for r != 0
+    assert gate(replace(LOSSES[1], r_mode="implicit", beta=0.5)) == (r_implicit < 0).tolist()
+    assert all(gate(replace(LOSSES[1], f="expectile", zeta=0.5)))  # |zeta - 1{r<0}| r^2 > 0 for r != 0
 
 
 # ----------------------------------------------------------------------------- length grouping

@@ -8,10 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from dppo import toy
-from dppo.losses import LossConfig
+from dppo import settings as st
+from dppo.io import save_figure
+from dppo.latex import latex_number, macro_name
+from dppo.settings import LossSettings
+from dppo.toy import model as tm
+from dppo.toy import summary as ts
+from dppo.toy import training as tt
 
-SMALL = toy.ToySettings(
+SMALL = st.ToySettings(
     seeds=(0,),
     hidden=16,
     sft_steps=300,
@@ -19,7 +24,7 @@ SMALL = toy.ToySettings(
     steps=20,
     lr=1e-2,
     pairs_per_prompt=3,
-    losses=(("dpo", LossConfig(name="dpo")), ("minll", LossConfig(name="minll", alpha=0.5))),
+    losses={"dpo": LossSettings(name="dpo"), "minll": LossSettings(name="minll", alpha=0.5)},
 )
 
 
@@ -28,9 +33,9 @@ SMALL = toy.ToySettings(
     [(1, 0.3, 0.1), (2, 0.03, 0.1), (3, 0.3, 0.01), (4, 0.03, 0.01)],
 )
 def test_initial_distribution_of_each_scenario(number, chosen, rejected):
-    scenario = toy.SCENARIOS[number - 1]
+    scenario = tm.SCENARIOS[number - 1]
     assert scenario.number == number
-    target = toy.initial_distribution(scenario)
+    target = tm.initial_distribution(scenario, st.InitialLevels())
     assert target.shape == (4, 10)
     rest = (1 - chosen - 4 * rejected) / 5
     for prompt in range(4):
@@ -42,59 +47,59 @@ def test_initial_distribution_of_each_scenario(number, chosen, rejected):
 
 
 def test_on_policy_means_higher_initial_probability():
-    s1, s2, s3, s4 = (toy.initial_distribution(s) for s in toy.SCENARIOS)
+    s1, s2, s3, s4 = (tm.initial_distribution(s, st.InitialLevels()) for s in tm.SCENARIOS)
     assert s1[0, 0] > s2[0, 0] and s3[0, 0] > s4[0, 0]  # chosen on vs off
     assert s1[0, 4] > s3[0, 4] and s2[0, 4] > s4[0, 4]  # rejected on vs off
 
 
 def test_initial_levels_that_leave_no_mass_are_refused():
     with pytest.raises(ValueError, match="scenario 1"):
-        toy.initial_distribution(toy.SCENARIOS[0], toy.InitialLevels(chosen_on=0.7, rejected_on=0.1))
+        tm.initial_distribution(tm.SCENARIOS[0], st.InitialLevels(chosen_on=0.7, rejected_on=0.1))
 
 
 def test_policy_is_a_three_layer_mlp_over_ten_responses():
-    policy = toy.build_policy(hidden=8, seed=0)
+    policy = tm.build_policy(hidden=8, seed=0)
     linears = [m for m in policy.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(4, 8), (8, 8), (8, 10)]
     logp = policy()
     assert logp.shape == (4, 10) and logp.dtype == torch.float64
     assert torch.logsumexp(logp, -1).tolist() == pytest.approx([0.0] * 4, abs=1e-12)
-    same = toy.build_policy(hidden=8, seed=0)
+    same = tm.build_policy(hidden=8, seed=0)
     assert torch.equal(same(), logp)
-    assert not torch.equal(toy.build_policy(hidden=8, seed=1)(), logp)
+    assert not torch.equal(tm.build_policy(hidden=8, seed=1)(), logp)
 
 
 @pytest.mark.parametrize("number, greedy", [(1, [0, 1, 2, 3]), (3, [0, 1, 2, 3])])
 def test_step1_reaches_the_target_and_y_gen_is_its_argmax(number, greedy):
-    target = toy.initial_distribution(toy.SCENARIOS[number - 1])
-    policy = toy.build_policy(hidden=16, seed=0)
-    kl = toy.fit_distribution(policy, target, steps=300, lr=1e-2)
+    target = tm.initial_distribution(tm.SCENARIOS[number - 1], st.InitialLevels())
+    policy = tm.build_policy(hidden=16, seed=0)
+    kl = tm.fit_distribution(policy, target, steps=300, lr=1e-2)
     assert kl < 1e-4
     with torch.no_grad():
         logp = policy()
     assert logp.exp().numpy() == pytest.approx(target.numpy(), abs=5e-3)
     # In scenarios 1 and 3 the optimal response is the most likely one after step 1.
-    assert toy.greedy_responses(logp).tolist() == greedy
-    assert toy.greedy_responses(logp).tolist() == [int(row.argmax()) for row in logp.exp()]
+    assert tm.greedy_responses(logp).tolist() == greedy
+    assert tm.greedy_responses(logp).tolist() == [int(row.argmax()) for row in logp.exp()]
 
 
 def test_preference_pairs():
-    pairs = toy.make_preference_pairs(pairs_per_prompt=5, seed=3)
+    pairs = tm.make_preference_pairs(pairs_per_prompt=5, seed=3)
     assert len(pairs) == 20
     assert pairs.prompt.tolist() == [p for p in range(4) for _ in range(5)]
     assert torch.equal(pairs.chosen, pairs.prompt)  # the optimal response is always chosen
     assert set(pairs.rejected.tolist()) <= {4, 5, 6, 7}
-    assert torch.equal(toy.make_preference_pairs(5, seed=3).rejected, pairs.rejected)
-    assert not torch.equal(toy.make_preference_pairs(5, seed=4).rejected, pairs.rejected)
+    assert torch.equal(tm.make_preference_pairs(5, seed=3).rejected, pairs.rejected)
+    assert not torch.equal(tm.make_preference_pairs(5, seed=4).rejected, pairs.rejected)
     with pytest.raises(ValueError, match="pairs_per_prompt"):
-        toy.make_preference_pairs(0, seed=0)
+        tm.make_preference_pairs(0, seed=0)
 
 
 def test_pair_logps_are_single_token_log_softmax_entries():
     logp = torch.log_softmax(torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1)
-    pairs = toy.make_preference_pairs(2, seed=0)
+    pairs = tm.make_preference_pairs(2, seed=0)
     y_gen = torch.tensor([9, 8, 2, 3])
-    out = toy.pair_logps(logp[pairs.prompt], pairs, y_gen)
+    out = tm.pair_logps(logp[pairs.prompt], pairs, y_gen)
     for i in range(len(pairs)):
         x = int(pairs.prompt[i])
         assert out.chosen[i] == logp[x, x]
@@ -108,7 +113,7 @@ def test_pair_logps_are_single_token_log_softmax_entries():
 def test_distribution_summary_by_hand():
     probs = torch.full((4, 10), 0.05, dtype=torch.float64)
     probs[:, 0] = 0.55  # response 0: optimal for prompt 0, "other chosen" for prompts 1..3
-    summary = toy.distribution_summary(probs.log())
+    summary = tm.distribution_summary(probs.log())
     assert summary["p_chosen"] == pytest.approx((0.55 + 3 * 0.05) / 4)
     assert summary["p_rejected"] == pytest.approx(0.2)
     assert summary["p_unseen"] == pytest.approx(0.1)
@@ -119,14 +124,14 @@ def test_distribution_summary_by_hand():
 def test_recorded_gradients_match_the_dpo_formula_at_the_reference():
     # At step 0 the policy IS the reference, so the DPO margin is 0 and sigma(-0) = 1/2:
     # |dL/dpi_w| = beta / (2 pi_w), |dL/dpi_l| = beta / (2 pi_l) (seed 002, Corollary 1).
-    policy = toy.build_policy(hidden=8, seed=0)
+    policy = tm.build_policy(hidden=8, seed=0)
     with torch.no_grad():
         reference_logp = policy().clone()
-    pairs = toy.make_preference_pairs(3, seed=0)
+    pairs = tm.make_preference_pairs(3, seed=0)
     beta = 0.2
-    records = toy.train_preference(
-        policy, reference_logp, pairs, toy.greedy_responses(reference_logp),
-        LossConfig(name="dpo", beta=beta), steps=2, lr=1e-2,
+    records = tt.train_on_pairs(
+        policy, reference_logp, pairs, tm.greedy_responses(reference_logp),
+        LossSettings(name="dpo", beta=beta), steps=2, lr=1e-2,
     )
     probs = reference_logp.exp()
     expected_w = (beta / 2 / probs[pairs.prompt, pairs.chosen]).mean()
@@ -140,29 +145,34 @@ def test_recorded_gradients_match_the_dpo_formula_at_the_reference():
 
 
 def test_same_seed_gives_identical_numbers_and_another_seed_does_not():
-    scenario = toy.SCENARIOS[1]
-    first, step1 = toy.run_scenario(scenario, seed=0, settings=SMALL)
-    again, step1_again = toy.run_scenario(scenario, seed=0, settings=SMALL)
+    scenario = tm.SCENARIOS[1]
+    first, step1 = tt.run_scenario(scenario, seed=0, settings=SMALL)
+    again, step1_again = tt.run_scenario(scenario, seed=0, settings=SMALL)
     pd.testing.assert_frame_equal(first, again, check_exact=True)
     assert step1 == step1_again
-    other, _ = toy.run_scenario(scenario, seed=1, settings=SMALL)
+    other, _ = tt.run_scenario(scenario, seed=1, settings=SMALL)
     assert not first["p_chosen"].equals(other["p_chosen"])
     assert set(first["loss"]) == {"dpo", "minll"}
     assert len(first) == 2 * (SMALL.steps + 1)
 
 
-def test_settings_from_config_names_the_bad_loss():
-    settings = toy.ToySettings.from_config(
-        {"seeds": [4, 5], "steps": 7, "losses": {"flex": {"name": "flex_dpo", "beta_w": 0.1, "beta_l": 0.05}}}
+def test_settings_from_config_name_the_bad_key():
+    settings = st.ToySettings.from_dict(
+        {"seeds": [4, 5], "steps": 7, "losses": {"flex": {"loss": "flex_dpo", "beta_w": 0.1, "beta_l": 0.05}},
+         "dynamics_loss": "flex"}
     )
     assert settings.seeds == (4, 5) and settings.steps == 7
-    assert settings.losses == (("flex", LossConfig(name="flex_dpo", beta_w=0.1, beta_l=0.05)),)
-    with pytest.raises(ValueError, match="toy.losses.bad"):
-        toy.ToySettings.from_config({"losses": {"bad": {"name": "nope"}}})
+    assert settings.losses == {"flex": LossSettings(name="flex_dpo", beta_w=0.1, beta_l=0.05)}
+    with pytest.raises(ValueError, match=r"config key toy\.losses\.bad\.loss: 'nope'"):
+        st.ToySettings.from_dict({"losses": {"bad": {"loss": "nope"}}})
+    with pytest.raises(ValueError, match=r"config key toy\.losses\.bad: unknown key\(s\) \['bta'\]"):
+        st.ToySettings.from_dict({"losses": {"bad": {"loss": "dpo", "bta": 0.1}}})
     with pytest.raises(ValueError, match="stepz"):
-        toy.ToySettings.from_config({"stepz": 3, "losses": {"dpo": {"name": "dpo"}}})
-    with pytest.raises(ValueError, match="empty"):
-        toy.ToySettings.from_config({"losses": {}})
+        st.ToySettings.from_dict({"stepz": 3, "losses": {"dpo": {"loss": "dpo"}}})
+    with pytest.raises(ValueError, match="toy.losses: name at least one loss"):
+        st.ToySettings.from_dict({"losses": {}})
+    with pytest.raises(ValueError, match="toy.dynamics_loss: 'ipo' is not a label of toy.losses"):
+        st.ToySettings.from_dict({"losses": {"dpo": {"loss": "dpo"}}, "dynamics_loss": "ipo"})
 
 
 def _hand_runs() -> pd.DataFrame:
@@ -187,7 +197,7 @@ def _hand_runs() -> pd.DataFrame:
 
 
 def test_final_table_and_property_checks_by_hand():
-    table = toy.final_table(_hand_runs())
+    table = ts.final_table(_hand_runs())
     assert len(table) == 1
     row = table.iloc[0]
     assert row["p_chosen_peak_mean"] == pytest.approx(0.8)
@@ -198,7 +208,7 @@ def test_final_table_and_property_checks_by_hand():
     assert row["rejected_collapse_step_mean"] == pytest.approx(1.5)  # seed 0 at step 2, seed 1 at 1
     assert row["grad_rejected_final_mean"] == 100.0
     assert row["n_seeds"] == 2 and row["n_diverged"] == 0
-    checks = toy.property_checks(table).iloc[0]
+    checks = ts.property_checks(table).iloc[0]
     assert checks["rejected_decades"] == pytest.approx(math.log10(0.4 / 5.5e-9))
     assert checks["chosen_decades"] == pytest.approx(abs(math.log10(0.55 / 0.3)))
     assert checks["drastic_drop"] and checks["degradation"]
@@ -210,12 +220,12 @@ def test_final_table_and_property_checks_by_hand():
 
 
 def test_latex_outputs():
-    assert toy.camel("dpo_sft") == "DpoSft" and toy.camel("flex-dpo2") == "FlexDpo"
-    assert toy.latex_number(0.5549) == "0.55"
-    assert toy.latex_number(2.5e-9) == r"\ensuremath{2.5\times 10^{-9}}"
-    assert toy.latex_number(float("inf")) == r"\ensuremath{\infty}"
-    table = toy.final_table(_hand_runs())
-    macros = toy.latex_macros(table, toy.property_checks(table), SMALL)
+    assert macro_name("toy", "dpo_sft") == "toyDpoSft" and macro_name("flex-dpo") == "flexDpo"
+    assert latex_number(0.5549) == "0.55"
+    assert latex_number(2.5e-9) == r"\ensuremath{2.5\times 10^{-9}}"
+    assert latex_number(float("inf")) == r"\ensuremath{\infty}"
+    table = ts.final_table(_hand_runs())
+    macros = ts.latex_macros(table, ts.property_checks(table), SMALL)
     assert r"\newcommand{\toyScenOneDpoChosenPeak}{0.80}" in macros
     assert r"\newcommand{\toyScenOneDpoChosenPeakStep}{1}" in macros
     assert r"\newcommand{\toyScenOneDpoDegradation}{yes}" in macros
@@ -224,7 +234,7 @@ def test_latex_outputs():
     assert r"\newcommand{\toyDpoHighestPeakScenario}{1}" in macros
     names = [line.split("}")[0] for line in macros.splitlines() if line.startswith(r"\newcommand")]
     assert len(names) == len(set(names))  # LaTeX refuses a second \newcommand of one name
-    tex = toy.latex_final_table(table)
+    tex = ts.latex_final_table(table)
     assert tex.startswith(r"\begin{tabular}") and tex.rstrip().endswith(r"\end{tabular}")
     assert r"1 & dpo & 0.80 $\pm$ 0.10 & 0.55 $\pm$ 0.05 & \ensuremath{5.5\times 10^{-9}} $\pm$ 0.00" in tex
 
@@ -234,25 +244,25 @@ def test_a_runaway_penalty_is_stopped_and_flagged():
     # large alpha and step size: minll's alpha f(r) log pi(y_gen) is unbounded below and log pi
     # of y_gen underflows float64 within a few dozen steps; DPO on the same set-up does not.
     def run(loss_cfg):
-        policy = toy.build_policy(16, seed=0)
-        toy.fit_distribution(policy, toy.initial_distribution(toy.SCENARIOS[1]), 300, 1e-2)
+        policy = tm.build_policy(16, seed=0)
+        tm.fit_distribution(policy, tm.initial_distribution(tm.SCENARIOS[1], st.InitialLevels()), 300, 1e-2)
         with torch.no_grad():
             reference_logp = policy()
-        return toy.train_preference(
-            policy, reference_logp, toy.make_preference_pairs(3, seed=0),
-            toy.greedy_responses(reference_logp), loss_cfg, steps=60, lr=0.1,
+        return tt.train_on_pairs(
+            policy, reference_logp, tm.make_preference_pairs(3, seed=0),
+            tm.greedy_responses(reference_logp), loss_cfg, steps=60, lr=0.1,
         )
 
-    runaway = run(LossConfig(name="minll", alpha=5.0))
+    runaway = run(LossSettings(name="minll", alpha=5.0))
     assert len(runaway) < 61 and runaway[-1]["diverged"]
     assert not any(r["diverged"] for r in runaway[:-1])
     assert runaway[-1]["part_logp_gen"] < runaway[0]["part_logp_gen"] - 100
-    dpo = run(LossConfig(name="dpo"))
+    dpo = run(LossSettings(name="dpo"))
     assert len(dpo) == 61 and not any(r["diverged"] for r in dpo)
 
 
 def test_seed_band_is_mean_and_sd_over_seeds():
-    from dppo import toy_plots
+    from dppo.toy import plots as toy_plots
 
     band = toy_plots.seed_band(_hand_runs(), "p_chosen")
     assert band["mean"].tolist() == pytest.approx([0.3, 0.8, 0.55])
@@ -262,7 +272,7 @@ def test_seed_band_is_mean_and_sd_over_seeds():
 
 
 def test_figures_are_written_as_pdf_and_png(tmp_path):
-    from dppo import toy_plots
+    from dppo.toy import plots as toy_plots
 
     runs = _hand_runs()
     for name, fig in (
@@ -271,23 +281,15 @@ def test_figures_are_written_as_pdf_and_png(tmp_path):
         ("grid", toy_plots.plot_grid(runs)),
     ):
         pdf, png = tmp_path / f"{name}.pdf", tmp_path / f"{name}.png"
-        toy_plots.save_figure(fig, pdf, png)
+        save_figure(fig, pdf, png)
         assert pdf.read_bytes().startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
 
 
-TOY_SMK = __import__("pathlib").Path(__file__).resolve().parents[1] / "workflow" / "rules" / "toy.smk"
-TINY_TOY_CONFIG = """
-toy:
-  seeds: [0, 1]
-  hidden: 8
-  sft_steps: 50
-  steps: 10
-  lr: 0.01
-  pairs_per_prompt: 2
-  losses:
-    dpo: {name: dpo}
-    dpo_sft: {name: dpo_sft, sft_lambda: 0.1}
-"""
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY_TOY = {
+    "seeds": [0, 1], "hidden": 8, "sft_steps": 50, "steps": 10, "lr": 0.01, "pairs_per_prompt": 2,
+    "losses": {"dpo": {"loss": "dpo"}, "dpo_sft": {"loss": "dpo_sft", "sft_lambda": 0.1}},
+}
 
 
 @pytest.mark.slow
@@ -295,14 +297,14 @@ def test_toy_rules_build_every_output(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "config.yaml").write_text(TINY_TOY_CONFIG)
-    (tmp_path / "Snakefile").write_text(
-        f'configfile: "config.yaml"\ninclude: "{TOY_SMK.parent / "common.smk"}"\ninclude: "{TOY_SMK}"\n'
-            'rule all:\n    input: TOY_OUTPUTS\n'
-    )
-    snakemake = __import__("pathlib").Path(sys.executable).with_name("snakemake")
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["toy"] = TINY_TOY
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run(
-        [str(snakemake), "--cores", "2", "--quiet", "all"], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config.yaml",
+         "--cores", "2", "--quiet", "toy"], cwd=tmp_path, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = pd.read_parquet(tmp_path / "results/toy/runs.parquet")

@@ -1,32 +1,44 @@
-"""Config semantics that a JSON schema cannot express: experiment expansion (sweeps), the
-checks across keys, and per-rule resources.
+"""Reading a config: duplicate keys, the schema, sweep expansion and the checks across keys,
+into one :class:`dppo.settings.PipelineSettings`.
 
-The schema (``workflow/schemas/config.schema.yaml``) checks keys and value ranges; this
-module checks what depends on several keys (an ``init`` naming a missing experiment,
-duplicate names, loss parameters) and expands sweeps into one experiment each, with stable,
-readable names: ``unll__f=sqrt__alpha=0.1``.
+The schema (``workflow/schemas/config.schema.yaml``) checks key names and value types; the
+settings classes check values (and hold every default); this module checks what depends on
+several keys (an ``init`` naming a missing experiment, duplicate names) and expands sweeps
+into one experiment each, with stable, readable names: ``unll__f=sqrt__alpha=0.1``.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from dataclasses import fields
-
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
-from dppo.specs import LossConfig, OptimConfig
+from dppo.settings import (
+    ConfigError,
+    DataSettings,
+    Experiment,
+    GenerationSettings,
+    ModelSettings,
+    OptimSettings,
+    PaperSettings,
+    PipelineSettings,
+    Resources,
+    RewardSettings,
+    TaskSpec,
+    TinyModelSpec,
+    ToySettings,
+    WinRateSettings,
+    field_names,
+    parse,
+)
 
-LOSS_KEYS = tuple(f.name for f in fields(LossConfig))
-OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
+__all__ = ["ConfigError", "load_settings", "expand_experiments", "check_unique_keys", "validate_config",
+           "check_local_paths", "check_resource_rules"]
+
 SWEEP_SEPARATOR = "__"
 RESERVED_NAMES = ("sft", "init")  # model directories of the SFT stage and the initial model
-
-
-class ConfigError(ValueError):
-    """A config value that stops the run before any job starts; the message names the key."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -51,12 +63,12 @@ def check_unique_keys(paths) -> None:
 
 
 def validate_config(config: dict, schema_path: str) -> None:
-    """Snakemake's ``validate()`` (fills schema defaults), with the error cut down to the
+    """The schema check (Snakemake's ``validate()``), with the error cut down to the
     offending key and the reason instead of a dump of the schema."""
     from snakemake.utils import validate
 
     try:
-        validate(config, schema_path)
+        validate(config, schema_path, set_default=False)
     except Exception:
         import jsonschema
 
@@ -73,99 +85,93 @@ def _format_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def expand_experiments(config: dict) -> dict[str, dict]:
-    """Every experiment of ``config["experiments"]`` with defaults applied and sweeps
-    expanded, in config order. Each value is a flat dict of loss, optimisation and run keys
-    plus ``name``."""
-    defaults = config.get("preference_defaults", {})
-    expanded: dict[str, dict] = {}
+def expand_experiments(config: Mapping[str, Any]) -> dict[str, Experiment]:
+    """Every experiment of ``config["experiments"]``, with ``preference_defaults`` under it and
+    sweeps expanded (one experiment per combination), in config order."""
+    defaults = dict(config.get("preference_defaults") or {})
+    expanded: dict[str, Experiment] = {}
     for base_name, entry in (config.get("experiments") or {}).items():
         entry = dict(entry or {})
         sweep = entry.pop("sweep", None) or {}
         keys = list(sweep)
         for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
-            spec = {**defaults, **entry, **dict(zip(keys, values))}
             name = SWEEP_SEPARATOR.join([base_name, *(f"{k}={_format_value(v)}" for k, v in zip(keys, values))])
             if name in expanded:
                 raise ConfigError(f"experiments: the name {name!r} is produced twice")
-            spec["name"] = name
-            spec.setdefault("group", "main")
-            spec.setdefault("label", _default_label(spec))
-            expanded[name] = spec
+            if name in RESERVED_NAMES:
+                raise ConfigError(f"experiments.{name}: the name is reserved for a pipeline stage ({', '.join(RESERVED_NAMES)})")
+            flat = {**defaults, **entry, **dict(zip(keys, values))}
+            expanded[name] = Experiment.from_flat(name, flat, f"experiments.{name}")
+    if not expanded:
+        raise ConfigError("experiments: at least one experiment is needed")
+    _check_inits(expanded)
     return expanded
 
 
-def _default_label(spec: dict) -> str:
-    loss = spec.get("loss", "dpo")
-    return f"{loss} ({spec.get('f', 'linear')})" if loss in ("minll", "unll", "conll") else loss
-
-
-def loss_config(spec: dict) -> LossConfig:
-    values = {k: spec[k] for k in LOSS_KEYS if k in spec and k != "name"}
-    return LossConfig(name=spec.get("loss", "dpo"), **values)
-
-
-def optim_config(spec: dict) -> OptimConfig:
-    return OptimConfig(**{k: spec[k] for k in OPTIM_KEYS if k in spec})
-
-
-def check_config(config: dict) -> dict[str, dict]:
-    """Cross-key checks; returns the expanded experiments. Raises ConfigError naming the key."""
-    experiments = expand_experiments(config)
-    if not experiments:
-        raise ConfigError("experiments: at least one experiment is needed")
-    for name, spec in experiments.items():
-        where = f"experiments.{name}"
-        try:
-            loss_config(spec).validate()
-        except ValueError as err:
-            raise ConfigError(f"{where}: {err}") from None
-        if name in RESERVED_NAMES:
-            raise ConfigError(f"experiments.{name}: the name is reserved for a pipeline stage ({', '.join(RESERVED_NAMES)})")
-        _check_swept_run_values(spec, where)
-        init = spec.get("init", "sft")
-        if init != "sft":
-            if init not in experiments:
-                raise ConfigError(f"{where}.init: {init!r} names no experiment (valid: 'sft' or one of {sorted(experiments)})")
-            if init == name:
-                raise ConfigError(f"{where}.init: an experiment cannot start from itself")
-    _check_no_init_cycle(experiments)
-    return experiments
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_swept_run_values(spec: dict, where: str) -> None:
-    """The sweepable keys the loss check does not cover: sweep lists bypass the schema's ranges."""
-    n_train, lr, seed = spec.get("n_train"), spec.get("lr", 1.0), spec.get("seed", 0)
-    if n_train is not None and not (_is_int(n_train) and n_train >= 1):
-        raise ConfigError(f"{where}.n_train: must be a whole number >= 1 (or null for every row), got {n_train!r}")
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"{where}.lr: must be a finite number > 0, got {lr!r}")
-    if not _is_int(seed):
-        raise ConfigError(f"{where}.seed: must be a whole number, got {seed!r}")
-
-
-def _check_no_init_cycle(experiments: dict[str, dict]) -> None:
-    for name in experiments:
-        seen, current = {name}, experiments[name].get("init", "sft")
+def _check_inits(experiments: Mapping[str, Experiment]) -> None:
+    for name, experiment in experiments.items():
+        init = experiment.init
+        if init != "sft" and init not in experiments:
+            raise ConfigError(f"experiments.{name}.init: {init!r} names no experiment (valid: 'sft' or one of {sorted(experiments)})")
+        if init == name:
+            raise ConfigError(f"experiments.{name}.init: an experiment cannot start from itself")
+        seen, current = {name}, init
         while current != "sft":
             if current in seen:
                 raise ConfigError(f"experiments.{name}.init: the chain of init experiments loops through {current!r}")
             seen.add(current)
-            current = experiments[current].get("init", "sft")
+            current = experiments[current].init
+
+
+# Config section -> its settings class (sections with nested parts parse themselves).
+SECTIONS = {
+    "model": ModelSettings,
+    "tiny_model": TinyModelSpec,
+    "synthetic": TaskSpec,
+    "data": DataSettings,
+    "sft": OptimSettings,
+    "generation": GenerationSettings,
+    "reward": RewardSettings,
+    "win_rate": WinRateSettings,
+    "toy": ToySettings,
+    "paper": PaperSettings,
+}
+
+
+def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
+    """The checked settings of a config (after :func:`validate_config`). Raises ConfigError
+    naming the key."""
+    sections = {key: cls.from_dict(config.get(key), key) for key, cls in SECTIONS.items() if key != "toy"}
+    resources = {rule: dict(entry or {}) for rule, entry in (config.get("resources") or {}).items()}
+    for rule, entry in resources.items():
+        parse(Resources, entry, f"resources.{rule}")
+    return PipelineSettings(
+        **sections,
+        experiments=expand_experiments(config),
+        toy=ToySettings.from_dict(config["toy"]) if config.get("toy") is not None else None,
+        resources=resources,
+    )
+
+
+def check_resource_rules(settings: PipelineSettings, rule_names) -> None:
+    """A ``resources`` entry must name a rule (or ``default``): a misspelt rule would silently
+    run without the GPU it asks for."""
+    valid = set(rule_names) | {"default"}
+    unknown = sorted(set(settings.resources) - valid)
+    if unknown:
+        raise ConfigError(f"config key resources.{unknown[0]}: no rule of that name (rules: {', '.join(sorted(valid))})")
 
 
 LOCAL_PREFIXES = ("/", "./", "../", "~")  # anything else may be a hub id, checked when loaded
 
 
-def check_local_paths(config: dict, workdir: str | Path = ".") -> None:
+def check_local_paths(settings: PipelineSettings, workdir: str | Path = ".") -> None:
     """Stop before any job when a dataset or initial model given as a local path is missing
     (a hub id such as ``HuggingFaceTB/smoltalk`` is only checked when the job loads it)."""
-    keys = [("model.init", config.get("model", {}).get("init"))]
-    keys += [(f"data.{kind}.path", config.get("data", {}).get(kind, {}).get("path")) for kind in ("sft", "pref")]
+    keys = [("model.init", settings.model.init), ("data.sft.path", settings.data.sft.path),
+            ("data.pref.path", settings.data.pref.path)]
+    if settings.reward.model:
+        keys.append(("reward.model", settings.reward.model))
     for key, value in keys:
         if isinstance(value, str) and value.startswith(LOCAL_PREFIXES):
             path = Path(workdir) / Path(value).expanduser()
@@ -173,7 +179,7 @@ def check_local_paths(config: dict, workdir: str | Path = ".") -> None:
                 raise ConfigError(f"config key {key}: local path {value!r} does not exist")
 
 
-def rule_resources(config: dict, rule: str) -> dict:
-    """Resources of ``rule``: ``resources.default`` overridden by ``resources.<rule>``."""
-    table = config.get("resources", {})
-    return {**table.get("default", {}), **table.get(rule, {})}
+def schema_sections() -> dict[str, tuple[str, ...]]:
+    """Config section -> the keys its settings class reads (the schema must list the same)."""
+    keys = {section: field_names(cls) for section, cls in SECTIONS.items()}
+    return keys

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dppo.io import atomic_output_dir
+from dppo.settings import DatasetSettings, DataSettings
 
 REPORTED_PERCENTILES = (50, 90, 95, 99)
 REQUIRED_COLUMNS = {"sft": ("messages",), "pref": ("chosen", "rejected")}
@@ -274,6 +275,16 @@ def _apply_cut(rows: list[dict], kind: str, cutoff: int, overlong: str) -> tuple
     return kept, truncated, dropped
 
 
+def prepare_dataset(kind: str, dataset: DatasetSettings, data: DataSettings, tokenizer_dir: str,
+                    out_dir: str | Path) -> PrepStats:
+    """:func:`prepare` with a config's dataset and data settings (the rule's entry point)."""
+    return prepare(
+        kind, dataset.path, tokenizer_dir, out_dir, dataset.train_split, dataset.test_split,
+        percentile=data.max_len_percentile, overlong=data.overlong, dataset_name=dataset.name,
+        max_train_rows=dataset.max_train_rows, max_test_rows=dataset.max_test_rows,
+    )
+
+
 def prepare(
     kind: str,
     dataset_path: str,
@@ -281,8 +292,9 @@ def prepare(
     out_dir: str | Path,
     train_split: str,
     test_split: str,
-    percentile: float = 95.0,
-    overlong: str = "truncate",
+    *,
+    percentile: float,
+    overlong: str,
     dataset_name: str | None = None,
     max_train_rows: int | None = None,
     max_test_rows: int | None = None,

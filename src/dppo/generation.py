@@ -10,12 +10,12 @@ generated, with nothing after it. Greedy means argmax at every step: the model's
 ignored; only its EOS and pad ids are used.
 
 vLLM pins its own torch and transformers, so it lives in a separate virtual environment
-(``.ci/vllm_env.sh`` builds ``.venv-vllm``). From the main environment, pass
-``vllm_python=".venv-vllm/bin/python"``: the prompts go through parquet files to this module's
-command line, run by that interpreter::
+(``.ci/vllm_env.sh`` builds ``.venv-vllm``). With ``backend: vllm`` the main environment runs
+this module's command line with the interpreter ``vllm_python``; the prompts and answers go
+through parquet files::
 
     .venv-vllm/bin/python -m dppo.generation --model-dir M --input in.parquet \
-        --output out.parquet --max-new-tokens 128 --backend vllm
+        --output out.parquet --max-new-tokens 128 --settings '{"backend": "vllm"}'
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,10 +30,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from dppo.io import load_causal_lm, write_parquet
+from dppo.settings import DTYPES, GenerationSettings
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("transformers", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROMPT_COLUMN = "prompt_ids"
 CPU_KV_CACHE_BYTES = 1 << 30
 GENERATED_COLUMN = "generated_ids"
@@ -167,17 +167,14 @@ def _generate_transformers(
 ) -> list[list[int]]:
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
     eos_ids, pad_id = special_token_ids(model_dir)
     pad_id = eos_ids[0] if pad_id is None else pad_id
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    model.to(device).eval()
+    model = load_causal_lm(model_dir, trust_remote_code, dtype=torch_dtype, device=device).eval()
     # A fresh config: the saved one may carry sampling or repetition-penalty defaults (Qwen's
     # does), and greedy here must be the plain argmax, exactly as vLLM's temperature=0.
     greedy = GenerationConfig(
@@ -293,28 +290,25 @@ def _generate_vllm_in_process(
 
 
 def _generate_vllm_subprocess(
-    python: str | Path,
     model_dir: Path,
     prompts: list[list[int]],
     max_new_tokens: int,
-    batch_size: int,
-    dtype: str,
+    settings: GenerationSettings,
     trust_remote_code: bool,
-    vllm_options: dict | None,
 ) -> list[list[int]]:
     import pandas as pd
 
-    python = Path(python)
+    python = Path(settings.vllm_python)
     if not python.exists():
         raise FileNotFoundError(f"vllm_python {str(python)!r} does not exist. {VLLM_INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="dppo-vllm-") as tmp:
         src, dst = Path(tmp) / "prompts.parquet", Path(tmp) / "generated.parquet"
         pd.DataFrame({PROMPT_COLUMN: prompts}).to_parquet(src, index=False)
+        # The child runs in-process there: its interpreter is the vLLM one.
+        child = {**settings.to_dict(), "vllm_python": str(python.absolute())}
         command = [
-            str(python), "-m", "dppo.generation", "--backend", "vllm",
-            "--model-dir", str(model_dir), "--input", str(src), "--output", str(dst),
-            "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
-            "--dtype", dtype, "--vllm-options", json.dumps(vllm_options or {}),
+            str(python), "-m", "dppo.generation", "--model-dir", str(model_dir), "--input", str(src),
+            "--output", str(dst), "--max-new-tokens", str(max_new_tokens), "--settings", json.dumps(child),
         ]  # fmt: skip
         if trust_remote_code:
             command.append("--trust-remote-code")
@@ -333,52 +327,31 @@ def generate_greedy(
     model_dir: str | Path,
     prompt_ids: Sequence[Sequence[int]],
     max_new_tokens: int,
-    backend: str = "transformers",
-    batch_size: int = 64,
-    device: str | None = None,
-    dtype: str = "auto",
-    vllm_options: dict | None = None,
-    *,
-    vllm_python: str | Path | None = None,
+    settings: GenerationSettings,
     trust_remote_code: bool = False,
 ) -> list[list[int]]:
     """Greedy (argmax) continuation of every prompt, in input order.
 
     Each result excludes the prompt, includes the EOS token when one was generated and stops
-    there; without EOS it has exactly ``max_new_tokens`` tokens.
-
-    backend: ``transformers`` (batched, left padded, CPU or CUDA) or ``vllm``.
-    dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
-    vllm_options: extra keyword arguments for ``vllm.LLM`` (``tensor_parallel_size``,
-        ``max_model_len``, ``gpu_memory_utilization``, ``enforce_eager`` ...).
-    vllm_python: interpreter of the separate vLLM environment; when given (and not this
-        interpreter), vLLM runs there as a subprocess.
+    there; without EOS it has exactly ``max_new_tokens`` tokens. ``settings`` names the backend
+    (``transformers``: batched, left padded, CPU or CUDA; ``vllm``: in this interpreter, or in
+    the separate vLLM environment ``settings.vllm_python`` as a subprocess), the batch size,
+    dtype, device and extra ``vllm.LLM`` arguments.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown generation backend {backend!r}; choose one of {BACKENDS}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    resolve_dtype(dtype, "cpu")  # validate early, before loading anything
     model_dir = check_model_dir(model_dir)
     prompts = check_prompts(prompt_ids)
     if not prompts:
         return []
-
-    if backend == "transformers":
-        results = _generate_transformers(
-            model_dir, prompts, max_new_tokens, batch_size, device, dtype, trust_remote_code
-        )
-    elif vllm_python is not None and Path(vllm_python).absolute() != Path(sys.executable).absolute():
-        results = _generate_vllm_subprocess(
-            vllm_python, model_dir, prompts, max_new_tokens, batch_size, dtype, trust_remote_code, vllm_options
-        )
-    else:
-        results = _generate_vllm_in_process(
-            model_dir, prompts, max_new_tokens, batch_size, dtype, trust_remote_code, vllm_options
-        )
-    return results
+    s = settings
+    if s.backend == "transformers":
+        return _generate_transformers(model_dir, prompts, max_new_tokens, s.batch_size, s.device, s.dtype, trust_remote_code)
+    if Path(s.vllm_python).absolute() != Path(sys.executable).absolute():
+        return _generate_vllm_subprocess(model_dir, prompts, max_new_tokens, s, trust_remote_code)
+    return _generate_vllm_in_process(
+        model_dir, prompts, max_new_tokens, s.batch_size, s.dtype, trust_remote_code, s.vllm_options
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -395,11 +368,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--output", required=True, help=f"parquet file: the input's columns plus {GENERATED_COLUMN!r}"
     )
     parser.add_argument("--max-new-tokens", type=int, required=True)
-    parser.add_argument("--backend", choices=BACKENDS, default="transformers")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", choices=DTYPES, default="auto")
-    parser.add_argument("--vllm-options", default="{}", help="JSON object of extra vllm.LLM arguments")
+    parser.add_argument("--settings", default="{}", help="JSON object of the config's generation section")
     parser.add_argument("--trust-remote-code", action="store_true")
     return parser.parse_args(argv)
 
@@ -409,29 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = _parse_args(argv)
-    vllm_options = json.loads(args.vllm_options)
-    if not isinstance(vllm_options, dict):
-        raise SystemExit(f"--vllm-options must be a JSON object, got {args.vllm_options!r}")
+    settings = GenerationSettings.from_dict(json.loads(args.settings), "generation")
     table = pd.read_parquet(args.input)
     if PROMPT_COLUMN not in table.columns:
         raise SystemExit(f"{args.input} has no {PROMPT_COLUMN!r} column (columns: {list(table.columns)})")
     table[GENERATED_COLUMN] = generate_greedy(
-        args.model_dir,
-        [list(ids) for ids in table[PROMPT_COLUMN]],
-        args.max_new_tokens,
-        backend=args.backend,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        vllm_options=vllm_options,
+        args.model_dir, [list(ids) for ids in table[PROMPT_COLUMN]], args.max_new_tokens, settings,
         trust_remote_code=args.trust_remote_code,
     )
-    # Write then rename: an interrupted run leaves no half-written output.
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    table.to_parquet(partial, index=False)
-    os.replace(partial, output)
+    write_parquet(args.output, table)
     return 0
 
 

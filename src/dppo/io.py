@@ -68,6 +68,22 @@ def write_parquet(path: str | Path, frame) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_figure(fig, *paths: str | Path, dpi: int = 200) -> None:
+    """Write ``fig`` to every path (the format from its suffix: vector PDF, PNG at ``dpi``),
+    each atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    for path in paths:
+        with atomic_output_file(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
 def check_safetensors(model_dir: str | Path) -> None:
     """Refuse a local model directory whose weights exist only as pickle files."""
     model_dir = Path(model_dir)
@@ -97,15 +113,18 @@ def weights_digest(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def load_pretrained(auto_class, model_dir: str | Path, trust_remote_code: bool = False, **kwargs):
+    """``auto_class.from_pretrained`` from safetensors only (never pickle), without remote code
+    unless asked for."""
+    check_safetensors(model_dir)
+    return auto_class.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+
+
 def load_causal_lm(model_dir: str | Path, trust_remote_code: bool = False, dtype=None, device=None):
     """AutoModelForCausalLM from safetensors only."""
     from transformers import AutoModelForCausalLM
 
-    check_safetensors(model_dir)
-    kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    model = load_pretrained(AutoModelForCausalLM, model_dir, trust_remote_code, **({"dtype": dtype} if dtype is not None else {}))
     return model.to(device) if device is not None else model
 
 

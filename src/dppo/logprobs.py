@@ -6,7 +6,6 @@ Used by preference training (with autograd) and by the reference log-prob cache
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ class ResponseBatchLogps:
     token_logps_for: int | None = None  # k
 
 
-def _check_inputs(prompt_ids, responses, padding_side: str) -> None:
+def check_inputs(prompt_ids, responses, padding_side: str = "right") -> None:
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side={padding_side!r} is not one of: {', '.join(PADDING_SIDES)}")
     if len(prompt_ids) != len(responses) or not prompt_ids:
@@ -144,15 +143,40 @@ def _forward_continuations(
     return logits, torch.tensor(targets, dtype=torch.long, device=device), scored
 
 
-def _forward_shared_prompt(model, prompt_ids, responses, pad_token_id, padding_side, device):
-    """The prompt runs once per prompt instead of once per response: a forward over the
-    prompts minus their last token fills the KV cache (autograd kept), the cache is repeated
-    K times, and a second forward runs (last prompt token + response[:-1]) of the B*K rows on
-    it. Same numbers as :func:`_forward_concatenated` up to float rounding, with
-    B * (P - 1) + B*K * R instead of B*K * (P + R) token positions."""
-    encoded = encode_prompts(model, prompt_ids, pad_token_id, padding_side, device)
-    rows = list(range(len(prompt_ids)))
-    return _forward_continuations(model, encoded, rows, responses, pad_token_id, padding_side, device)
+class ResponseScorer:
+    """Scores responses of one batch of prompts, any number of times, on any subset of them.
+
+    With ``share_prompt`` each prompt minus its last token is encoded once into a KV cache
+    (autograd kept) that every :meth:`score` call reuses: a pass then runs (last prompt token +
+    response[:-1]) of its rows on the cache repeated once per response, B * (P - 1) + B*K * R
+    token positions instead of B*K * (P + R). Without it every call runs one forward over the
+    concatenated (prompt + response) sequences. Both give the same numbers up to float
+    rounding; the autograd graph is kept (call under ``torch.no_grad`` for a reference pass).
+    """
+
+    def __init__(self, model, prompt_ids, pad_token_id: int, share_prompt: bool, padding_side: str = "right"):
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        # wrapped models (DDP) have no .device; the inputs go where the first weights are
+        self.device = getattr(model, "device", None) or next(model.parameters()).device
+        self.encoded = encode_prompts(model, prompt_ids, pad_token_id, padding_side, self.device) if share_prompt else None
+
+    def score(self, rows: list[int], responses, token_logps_for: int | None = None) -> ResponseBatchLogps:
+        """Log-probs of ``responses[i][k]`` given prompt ``rows[i]`` (optionally the per-token
+        log-probs of response ``token_logps_for``)."""
+        if self.encoded is None:
+            prompts = [self.prompt_ids[b] for b in rows]
+            logits, targets, scored = _forward_concatenated(
+                self.model, prompts, responses, self.pad_token_id, self.padding_side, self.device
+            )
+        else:
+            logits, targets, scored = _forward_continuations(
+                self.model, self.encoded, rows, responses, self.pad_token_id, self.padding_side, self.device
+            )
+        _check_head_slicing(self.model, logits, scored)
+        return _collect(logits, targets, scored, responses, token_logps_for, self.device)
 
 
 def response_logps(
@@ -171,21 +195,15 @@ def response_logps(
     predict a response token (``logits_to_keep`` with a boolean mask), so neither logits nor
     log-probs are built over the vocabulary for prompt tokens. With ``share_prompt`` (and
     :func:`can_share_prompt`) each prompt is encoded once for its K responses
-    (:func:`_forward_shared_prompt`); otherwise one forward runs over the B*K concatenated
-    sequences. The autograd graph is kept; call under ``torch.no_grad`` for a reference pass.
+    (:class:`ResponseScorer`); otherwise one forward runs over the B*K concatenated sequences.
     """
-    _check_inputs(prompt_ids, responses, padding_side)
+    check_inputs(prompt_ids, responses, padding_side)
     num_per_prompt = len(responses[0])
     if return_token_logps_for is not None and not 0 <= return_token_logps_for < num_per_prompt:
         raise ValueError(f"return_token_logps_for={return_token_logps_for} is not a response index in [0, {num_per_prompt})")
-
-    # wrapped models (DDP) have no .device; the inputs go where the first weights are
-    device = getattr(model, "device", None) or next(model.parameters()).device
     shared = share_prompt and can_share_prompt(model, prompt_ids, responses)
-    forward = _forward_shared_prompt if shared else _forward_concatenated
-    logits, targets, scored = forward(model, prompt_ids, responses, pad_token_id, padding_side, device)
-    _check_head_slicing(model, logits, scored)
-    return _collect(logits, targets, scored, responses, return_token_logps_for, device)
+    scorer = ResponseScorer(model, prompt_ids, pad_token_id, shared, padding_side)
+    return scorer.score(list(range(len(prompt_ids))), responses, return_token_logps_for)
 
 
 def _check_head_slicing(model, logits: Tensor, scored: Tensor) -> None:
@@ -198,67 +216,34 @@ def _check_head_slicing(model, logits: Tensor, scored: Tensor) -> None:
         )
 
 
-def pair_and_gen_logps(
-    model,
-    prompt_ids: list[list[int]],
-    pairs: list[list[list[int]]],
-    gens: list[list[int]],
-    pad_token_id: int,
-    gen_needs_grad: Callable[[ResponseBatchLogps], Tensor],
-    gen_token_logps: bool = False,
-) -> ResponseBatchLogps:
-    """``response_logps`` of (y_w, y_l, y_gen) (``return_token_logps_for=2`` when
-    ``gen_token_logps``), where y_gen of the rows ``gen_needs_grad(pair log-probs)`` marks False
-    is scored without autograd.
+def gated_logps(scorer: ResponseScorer, responses: list[list[int]], needs_grad: list[bool],
+                token_logps: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(sums (B,), per-token log-probs (B, T) or None, their mask or None) of one response per
+    prompt, scored with autograd only on the rows ``needs_grad`` marks.
 
-    The penalties weight y_gen by f(r), and r depends on y_w and y_l only: rows with a zero
-    weight give y_gen no gradient, so building its graph (forward activations and backward)
-    there is wasted. The prompts are encoded once and shared by up to three continuation
-    passes (pair, y_gen with grad, y_gen without) where :func:`can_share_prompt`; values equal
-    ``response_logps``'s up to float rounding. A gate that is always False gives y_gen's
-    log-probs for monitoring only (``track_gen``).
-    """
-    responses = [[*pair, gen] for pair, gen in zip(pairs, gens)]
-    _check_inputs(prompt_ids, responses, "right")
-    device = getattr(model, "device", None) or next(model.parameters()).device
-    all_rows = list(range(len(prompt_ids)))
-    if can_share_prompt(model, prompt_ids, responses):
-        encoded = encode_prompts(model, prompt_ids, pad_token_id, "right", device)
-
-        def score(rows, groups, token_logps_for):
-            logits, targets, scored = _forward_continuations(
-                model, encoded, rows, groups, pad_token_id, "right", device
-            )
-            _check_head_slicing(model, logits, scored)
-            return _collect(logits, targets, scored, groups, token_logps_for, device)
-    else:  # concatenated forwards, still without autograd for the unweighted y_gen rows
-
-        def score(rows, groups, token_logps_for):
-            return response_logps(model, [prompt_ids[b] for b in rows], groups, pad_token_id,
-                                  return_token_logps_for=token_logps_for, share_prompt=False)
-
-    pair = score(all_rows, pairs, None)
-    needs_grad = gen_needs_grad(pair).tolist()
-    gen_sums = torch.zeros(len(gens), dtype=pair.sums.dtype, device=device)
-    width = max(len(g) for g in gens)
-    gen_tokens = torch.zeros((len(gens), width), dtype=pair.sums.dtype, device=device)
+    The DPPO penalties weight y_gen by f(r), and r depends on y_w and y_l only: a row with a zero
+    weight gives y_gen no gradient, so building its graph (forward activations and backward)
+    there is wasted. Values equal one full pass's up to float rounding."""
+    device = scorer.device
+    width = max(len(r) for r in responses)
+    sums = torch.zeros(len(responses), dtype=torch.float32, device=device)
+    tokens = torch.zeros((len(responses), width), dtype=torch.float32, device=device)
     for grad in (True, False):
-        rows = [b for b in all_rows if needs_grad[b] == grad]
+        rows = [b for b in range(len(responses)) if needs_grad[b] == grad]
         if not rows:
             continue
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            part = score(rows, [[gens[b]] for b in rows], 0 if gen_token_logps else None)
+            part = scorer.score(rows, [[responses[b]] for b in rows], 0 if token_logps else None)
         index = torch.tensor(rows, dtype=torch.long, device=device)
-        gen_sums = gen_sums.index_put((index,), part.sums[:, 0])  # out of place: autograd flows
-        if gen_token_logps:
+        sums = sums.index_put((index,), part.sums[:, 0])  # out of place: autograd flows
+        if token_logps:
             padded = torch.nn.functional.pad(part.token_logps, (0, width - part.token_logps.shape[1]))
-            gen_tokens = gen_tokens.index_put((index,), padded)
-    lengths = torch.tensor([[len(r) for r in group] for group in responses], dtype=torch.long, device=device)
-    result = ResponseBatchLogps(sums=torch.cat([pair.sums, gen_sums.unsqueeze(1)], dim=1), lengths=lengths)
-    if gen_token_logps:
-        result.token_logps, result.token_logps_for = gen_tokens, 2
-        result.token_mask = torch.arange(width, device=device).unsqueeze(0) < lengths[:, 2].unsqueeze(1)
-    return result
+            tokens = tokens.index_put((index,), padded)
+    if not token_logps:
+        return sums, None, None
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.long, device=device)
+    mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    return sums, tokens, mask
 
 
 def _collect(logits, targets, scored, responses, return_token_logps_for, device) -> ResponseBatchLogps:

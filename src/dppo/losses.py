@@ -5,7 +5,7 @@ unlikelihood, per-token log-probs of y_gen), so the same code serves the languag
 model pipeline and the toy model of the 3D-properties seed (where each response is a
 single "token").
 
-Notation (DESIGN.md, "Losses"): ``logp(y)`` is the summed token log-prob of ``y``
+Notation (docs/design.md, "Losses"): ``logp(y)`` is the summed token log-prob of ``y``
 given the prompt, ``D(y) = logp_theta(y) - logp_ref(y)``, ``sigma`` the logistic
 function.
 
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dppo.specs import LOSS_NAMES, PENALIZED_LOSSES, R_MODES, UNLL_LEVELS, WEIGHTING_NAMES, LossConfig  # noqa: F401
+from dppo.settings import LOSS_NAMES, WEIGHTING_NAMES, LossSettings
 
 # Unlikelihood clamps p(y_gen token) to at most 1 - UNLL_MIN_ONE_MINUS_P, so
 # -log(1 - p) <= log(1e5) ~ 11.5 per token and its gradient stays bounded (<= 1e5)
@@ -144,7 +144,7 @@ def _dpo_rows(d_chosen: Tensor, d_rejected: Tensor, beta_w: float, beta_l: float
     return -F.logsigmoid(beta_w * d_chosen - beta_l * d_rejected)
 
 
-def _plain_dpo(terms: LossTerms, cfg: LossConfig) -> Tensor:
+def _plain_dpo(terms: LossTerms, cfg: LossSettings) -> Tensor:
     return _dpo_rows(terms.d_chosen, terms.d_rejected, cfg.beta, cfg.beta)
 
 
@@ -152,17 +152,17 @@ def _plain_dpo(terms: LossTerms, cfg: LossConfig) -> Tensor:
 # Each returns (per-row loss, per-row penalty/regularizer part), both shape (B,).
 
 
-def loss_dpo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_dpo(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     rows = _plain_dpo(terms, cfg)
     return rows, torch.zeros_like(rows)
 
 
-def loss_minll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_minll(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     penalty = cfg.alpha * terms.f_r * _float(terms.policy.gen)
     return _plain_dpo(terms, cfg) + penalty, penalty
 
 
-def loss_unll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_unll(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     if cfg.unll_level == "sequence":
         neg_log_1mp = unlikelihood(_float(terms.policy.gen))
     else:
@@ -181,14 +181,14 @@ def loss_unll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
     return _plain_dpo(terms, cfg) + penalty, penalty
 
 
-def loss_conll(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_conll(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     logits = cfg.beta * terms.d_chosen - cfg.beta * terms.d_rejected
     rows = -F.logsigmoid(logits - cfg.alpha * cfg.beta * terms.f_r * terms.d_gen)
     # conll is one term; its "penalty" part is what it adds on top of dpo.
     return rows, rows - _plain_dpo(terms, cfg)
 
 
-def loss_ipo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_ipo(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     def mean_d(policy: Tensor, reference: Tensor, length: Tensor) -> Tensor:
         return (_float(policy) - _float(reference)) / length.clamp(min=1).to(terms.d_chosen.dtype)
 
@@ -199,25 +199,25 @@ def loss_ipo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
     return rows, torch.zeros_like(rows)
 
 
-def loss_slic(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_slic(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     logp_w, logp_l = _float(terms.policy.chosen), _float(terms.policy.rejected)
     regularizer = -cfg.slic_lambda * logp_w
     return torch.clamp(cfg.slic_delta - logp_w + logp_l, min=0.0) + regularizer, regularizer
 
 
-def loss_flex_dpo(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_flex_dpo(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     rows = _dpo_rows(terms.d_chosen, terms.d_rejected, cfg.beta_chosen, cfg.beta_rejected)
     return rows, torch.zeros_like(rows)
 
 
-def loss_dpo_sft(terms: LossTerms, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+def loss_dpo_sft(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     pol = terms.policy
     mean_nll = -_float(pol.chosen) / pol.chosen_len.clamp(min=1).to(terms.d_chosen.dtype)
     regularizer = cfg.sft_lambda * mean_nll
     return _plain_dpo(terms, cfg) + regularizer, regularizer
 
 
-LOSSES: dict[str, Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]] = {
+LOSSES: dict[str, Callable[[LossTerms, LossSettings], tuple[Tensor, Tensor]]] = {
     "dpo": loss_dpo,
     "minll": loss_minll,
     "unll": loss_unll,
@@ -229,11 +229,11 @@ LOSSES: dict[str, Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]] = {
 }
 
 
-# The config schema and LossConfig.validate name these without importing torch.
+# dppo.settings names these without importing torch.
 assert tuple(LOSSES) == LOSS_NAMES and tuple(WEIGHTINGS) == WEIGHTING_NAMES
 
 
-def get_loss(name: str) -> Callable[[LossTerms, LossConfig], tuple[Tensor, Tensor]]:
+def get_loss(name: str) -> Callable[[LossTerms, LossSettings], tuple[Tensor, Tensor]]:
     if name not in LOSSES:
         raise ValueError(f"unknown loss name={name!r}; valid: {', '.join(LOSSES)}")
     return LOSSES[name]
@@ -242,36 +242,52 @@ def get_loss(name: str) -> Callable[[LossTerms, LossConfig], tuple[Tensor, Tenso
 # ---------------------------------------------------------------------- entry point
 
 
-def trigger(policy: ResponseLogps, reference: ResponseLogps, cfg: LossConfig) -> Tensor:
-    """The detached trigger r of every row (see module docstring)."""
+@dataclass(frozen=True)
+class Trigger:
+    """The detached trigger r of every row and the penalty weighting f(r) (both shape (B,))."""
+
+    r: Tensor
+    f_r: Tensor
+
+    def penalized(self, cfg: LossSettings) -> Tensor:
+        """Rows whose penalty weight alpha f(r) is not zero (bool, shape (B,))."""
+        return cfg.alpha * self.f_r != 0
+
+
+def trigger(policy: ResponseLogps, reference: ResponseLogps, cfg: LossSettings) -> Trigger:
+    """r and f(r) of every row (see module docstring); depends on y_w and y_l only, so it is
+    known before y_gen is scored."""
     with torch.no_grad():
         if cfg.r_mode == "policy":
-            return _float(policy.chosen) - _float(policy.rejected)
-        d_w = _float(policy.chosen) - _float(reference.chosen)
-        d_l = _float(policy.rejected) - _float(reference.rejected)
-        return cfg.beta * (d_w - d_l)
+            r = _float(policy.chosen) - _float(policy.rejected)
+        else:
+            d_w = _float(policy.chosen) - _float(reference.chosen)
+            d_l = _float(policy.rejected) - _float(reference.rejected)
+            r = cfg.beta * (d_w - d_l)
+    return Trigger(r=r, f_r=weighting(cfg.f)(r, cfg.zeta).detach())
 
 
-def loss_terms(policy: ResponseLogps, reference: ResponseLogps, cfg: LossConfig) -> LossTerms:
+def loss_terms(policy: ResponseLogps, reference: ResponseLogps, cfg: LossSettings,
+               trig: Trigger | None = None) -> LossTerms:
     has_gen = policy.gen is not None
     if cfg.needs_gen and not has_gen:
         raise ValueError(f"loss {cfg.name!r} penalizes y_gen: policy.gen must be given")
     if has_gen and reference.gen is None:
         raise ValueError("policy.gen is given but reference.gen is not")
-    r = trigger(policy, reference, cfg)
+    trig = trig if trig is not None else trigger(policy, reference, cfg)
     return LossTerms(
         policy=policy,
         reference=reference,
         d_chosen=_float(policy.chosen) - _float(reference.chosen),
         d_rejected=_float(policy.rejected) - _float(reference.rejected),
         d_gen=_float(policy.gen) - _float(reference.gen) if has_gen else None,
-        r=r,
-        f_r=weighting(cfg.f)(r, cfg.zeta).detach(),
+        r=trig.r,
+        f_r=trig.f_r,
     )
 
 
 def preference_loss(
-    policy: ResponseLogps, reference: ResponseLogps, cfg: LossConfig
+    policy: ResponseLogps, reference: ResponseLogps, cfg: LossSettings, trig: Trigger | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Batch-mean loss and its logged parts (detached scalar batch means).
 
@@ -279,9 +295,9 @@ def preference_loss(
     loss's penalty/regularizer term; conll: its excess over dpo), reward_chosen,
     reward_rejected, margin (beta D(.), chosen - rejected), r, f_r, frac_r_neg,
     reward_acc, logp_chosen, logp_rejected, and reward_gen / logp_gen when y_gen is given.
+    ``trig``: the step's trigger when already computed (it gated y_gen's scoring).
     """
-    cfg.validate()
-    terms = loss_terms(policy, reference, cfg)
+    terms = loss_terms(policy, reference, cfg, trig)
     rows, penalty = get_loss(cfg.name)(terms, cfg)
     loss = rows.mean()
     with torch.no_grad():

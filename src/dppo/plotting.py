@@ -13,7 +13,6 @@ Win-rate tables follow ``dppo.winrate``: one row per experiment with columns ``n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import matplotlib
 
@@ -26,8 +25,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-# Which runs a figure shows is the paper's decision, shared with the macros: dppo.paper.
-from dppo.paper import (  # noqa: E402
+# Which runs a figure shows is the paper's decision, shared with the macros: dppo.claims.
+from dppo.claims import (  # noqa: E402
     PENALTY_LOSSES,
     aggregate_seeds,
     data_efficiency_rows,
@@ -87,19 +86,6 @@ def method_color(loss: str | None, group: str | None = None):
     if group == "chained":
         return METHOD_COLORS["chained"]
     return METHOD_COLORS.get(str(loss), _PALETTE[7])
-
-
-def save_figure(fig: Figure, pdf_path: str | Path, png_path: str | Path | None = None,
-                dpi: int = PNG_DPI) -> None:
-    """Write the vector PDF (and the PNG) atomically: a half-written figure never remains."""
-    for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
-        if path is None:
-            continue
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
-        tmp.replace(path)
 
 
 def _note(ax, text: str) -> None:
@@ -262,7 +248,7 @@ def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> F
     """Win rate vs number of preference rows per method, plus the chained run as a star.
 
     Subset runs come from the data-efficiency group, the full-data point of each method
-    from the main group (``n_full`` rows, see :func:`dppo.paper.data_efficiency_rows`).
+    from the main group (``n_full`` rows, see :func:`dppo.claims.data_efficiency_rows`).
     """
     apply_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
@@ -372,23 +358,3 @@ def fig_length_dist(datasets: Mapping[str, tuple[Mapping, pd.Series | np.ndarray
         ax.set_ylabel("rows" if ax is axes[0] else "")
     fig.tight_layout()
     return fig
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def read_win_rates(path: str | Path) -> pd.DataFrame:
-    """The win-rate table; a loss without f (DPO) reads as NaN, not the string 'nan'."""
-    df = pd.read_csv(path)
-    for column in ("label", "group", "loss", "f"):
-        if column in df:
-            df[column] = df[column].where(df[column].notna(), None)
-    return df
-
-
-def read_metrics(path: str | Path) -> pd.DataFrame:
-    """Per-step training metrics (JSON lines); an empty file gives an empty table."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        return pd.DataFrame(columns=["step"])
-    return pd.read_json(path, lines=True)

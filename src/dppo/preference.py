@@ -1,35 +1,40 @@
 """Preference training (DPO, the DPPO penalties and the 3D-properties variants).
 
-The reference model never runs here: its log-probs of y_w, y_l and y_gen come from the
-cache written once by :func:`cache_reference_logps`. The policy scores all responses of a
-prompt in one concatenated forward (:func:`dppo.logprobs.response_logps`).
+One step flows one way: the policy's log-probs of y_w and y_l (:class:`dppo.logprobs.ResponseScorer`,
+prompts encoded once), then the trigger r and f(r) (:func:`dppo.losses.trigger`, once), then y_gen,
+with autograd only where the penalty weight alpha f(r) is not zero, then the loss
+(:func:`dppo.losses.preference_loss`, given that trigger). The reference model never runs here:
+its log-probs come from the cache of :mod:`dppo.reference`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
 from dppo.batching import length_grouped_sampler
-from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, weights_digest, write_parquet
-from dppo.logprobs import ResponseBatchLogps, as_response_logps, pair_and_gen_logps, response_logps
-from dppo.losses import LossConfig, ResponseLogps, preference_loss, trigger, weighting
-from dppo.training import OptimConfig, fit_and_save
+from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, weights_digest
+from dppo.logprobs import (
+    ResponseBatchLogps,
+    ResponseScorer,
+    as_response_logps,
+    can_share_prompt,
+    check_inputs,
+    gated_logps,
+    response_logps,
+)
+from dppo.losses import ResponseLogps, Trigger, preference_loss, trigger
+from dppo.reference import REF_COLUMNS, ids
+from dppo.settings import Experiment, LossSettings
+from dppo.training import RunPaths, fit_and_save
 
 log = logging.getLogger(__name__)
-REF_COLUMNS = ("ref_chosen", "ref_rejected", "ref_gen")
-
-
-def ids(values) -> list[int]:
-    return [int(v) for v in values]
 
 
 def subset_indices(n_rows: int, n_train: int | None, seed: int) -> np.ndarray:
@@ -68,11 +73,6 @@ def preference_records(rows) -> list[dict]:
     ]
 
 
-def _responses(batch: dict, with_gen: bool) -> list[list[list[int]]]:
-    keys = ("chosen_ids", "rejected_ids", "gen_ids") if with_gen else ("chosen_ids", "rejected_ids")
-    return [[row[k] for k in keys] for row in batch["rows"]]
-
-
 def collate(rows: list[dict]) -> dict:
     """Token lists stay lists (the log-prob forward packs them); reference log-probs become
     tensors so the Trainer moves them to the device."""
@@ -82,6 +82,40 @@ def collate(rows: list[dict]) -> dict:
     }
 
 
+def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
+                 pad: int) -> tuple[ResponseLogps, ResponseLogps, Trigger]:
+    """The policy's and the cached reference's log-probs of one batch, and its trigger.
+
+    y_gen is scored when the loss penalizes it (with autograd on the rows whose alpha f(r) is
+    not zero) or when it is only tracked (``track_gen``: no autograd, for the dynamics figure)."""
+    rows = batch["rows"]
+    prompts = [row["prompt_ids"] for row in rows]
+    pairs = [[row["chosen_ids"], row["rejected_ids"]] for row in rows]
+    with_gen = cfg.needs_gen or track_gen
+    gens = [row["gen_ids"] for row in rows] if with_gen else None
+    responses = [[*pair, gen] for pair, gen in zip(pairs, gens)] if with_gen else pairs
+    check_inputs(prompts, responses)
+    shared = can_share_prompt(model, prompts, responses)
+    scorer = ResponseScorer(model, prompts, pad, share_prompt=shared)
+    pair = scorer.score(list(range(len(rows))), pairs)
+    lengths = {"chosen_len": pair.lengths[:, 0], "rejected_len": pair.lengths[:, 1]}
+    reference = ResponseLogps(chosen=batch["ref_chosen"], rejected=batch["ref_rejected"], **lengths)
+    trig = trigger(ResponseLogps(chosen=pair.sums[:, 0], rejected=pair.sums[:, 1], **lengths), reference, cfg)
+    if not with_gen:
+        return as_response_logps(pair), reference, trig
+    needs_grad = trig.penalized(cfg).tolist() if cfg.needs_gen else [False] * len(rows)
+    token_level = cfg.name == "unll" and cfg.unll_level == "token"
+    gen_sums, gen_tokens, gen_mask = gated_logps(scorer, gens, needs_grad, token_level)
+    both = ResponseBatchLogps(
+        sums=torch.cat([pair.sums, gen_sums.unsqueeze(1)], dim=1),
+        lengths=torch.tensor([[len(r) for r in group] for group in responses], dtype=torch.long, device=scorer.device),
+        token_logps=gen_tokens, token_mask=gen_mask, token_logps_for=2 if token_level else None,
+    )
+    policy = as_response_logps(both)
+    reference.gen, reference.gen_len = batch["ref_gen"], policy.gen_len
+    return policy, reference, trig
+
+
 class NonFiniteLossError(FloatingPointError):
     pass
 
@@ -89,22 +123,18 @@ class NonFiniteLossError(FloatingPointError):
 class PreferenceTrainer(Trainer):
     """``Trainer`` whose loss is :func:`dppo.losses.preference_loss`; logs every loss part."""
 
-    def __init__(self, *args, loss_config: LossConfig, pad_token_id: int, experiment: str,
-                 track_gen: bool = True, on_nonfinite: str = "stop", probe: list[dict] | None = None,
-                 probe_every: int = 1, **kwargs):
+    def __init__(self, *args, experiment: Experiment, pad_token_id: int, probe: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.experiment = experiment
+        self.loss_config = experiment.loss
+        # DPO does not need y_gen; tracking its log-prob (no grad) shows the penalties' effect
+        # against a baseline in the dynamics figure.
+        self.track_gen = experiment.track_gen
+        self.pad_token_id = pad_token_id
         # Fixed rows whose log-probs are logged every `probe_every` steps: batch means mix
         # different rows (and, with length grouping, different lengths) at every step, so only
         # a fixed set shows how the likelihood of y_w, y_l and y_gen moves (3D-properties).
         self.probe = probe or []
-        self.probe_every = probe_every
-        self.loss_config = loss_config
-        self.pad_token_id = pad_token_id
-        self.experiment = experiment
-        # DPO does not need y_gen; tracking its log-prob (no grad) shows the penalties' effect
-        # against a baseline in the dynamics figure.
-        self.track_gen = track_gen
-        self.on_nonfinite = on_nonfinite
         self._parts = defaultdict(list)
         self.skipped_steps = 0
 
@@ -116,45 +146,15 @@ class PreferenceTrainer(Trainer):
             return length_grouped_sampler(dataset.rows, batch, with_gen=self.loss_config.needs_gen)
         return super()._get_train_sampler(train_dataset)
 
-    def _forward(self, model, batch) -> ResponseLogps:
-        cfg = self.loss_config
-        prompts = [row["prompt_ids"] for row in batch["rows"]]
-        token_level_unll = cfg.name == "unll" and cfg.unll_level == "token"
-        pairs = _responses(batch, with_gen=False)
-        if not (cfg.needs_gen or self.track_gen):
-            return as_response_logps(response_logps(model, prompts, pairs, self.pad_token_id))
-        if cfg.needs_gen:
-            gate = lambda pair: self._penalty_weighted(pair, batch)  # noqa: E731
-        else:  # y_gen only tracked (no grad): it shows the penalties' effect against a baseline
-            gate = lambda pair: torch.zeros(len(prompts), dtype=torch.bool)  # noqa: E731
-        return as_response_logps(pair_and_gen_logps(
-            model, prompts, pairs, [row["gen_ids"] for row in batch["rows"]], self.pad_token_id,
-            gen_needs_grad=gate, gen_token_logps=token_level_unll,
-        ))
-
-    def _penalty_weighted(self, pair: ResponseBatchLogps, batch: dict) -> torch.Tensor:
-        """Rows whose y_gen penalty weight alpha f(r) is not zero; the others give y_gen no
-        gradient. r depends on y_w and y_l only (the same trigger as the loss)."""
-        cfg = self.loss_config
-        lengths = {"chosen_len": pair.lengths[:, 0], "rejected_len": pair.lengths[:, 1]}
-        policy = ResponseLogps(chosen=pair.sums[:, 0], rejected=pair.sums[:, 1], **lengths)
-        reference = ResponseLogps(chosen=batch["ref_chosen"], rejected=batch["ref_rejected"], **lengths)
-        return cfg.alpha * weighting(cfg.f)(trigger(policy, reference, cfg), cfg.zeta) != 0
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        policy = self._forward(model, inputs)
-        lengths = {"chosen_len": policy.chosen_len, "rejected_len": policy.rejected_len}
-        reference = ResponseLogps(
-            chosen=inputs["ref_chosen"], rejected=inputs["ref_rejected"], **lengths,
-            gen=inputs["ref_gen"] if policy.gen is not None else None, gen_len=policy.gen_len,
-        )
-        loss, parts = preference_loss(policy, reference, self.loss_config)
+        policy, reference, trig = policy_logps(model, inputs, self.loss_config, self.track_gen, self.pad_token_id)
+        loss, parts = preference_loss(policy, reference, self.loss_config, trig)
         if not torch.isfinite(loss):
             message = (
-                f"non-finite loss at step {self.state.global_step} of experiment {self.experiment!r}: "
+                f"non-finite loss at step {self.state.global_step} of experiment {self.experiment.name!r}: "
                 + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
             )
-            if self.on_nonfinite == "stop":
+            if self.experiment.on_nonfinite == "stop":
                 raise NonFiniteLossError(message)
             log.warning("%s; skipping the batch", message)
             self.skipped_steps += 1
@@ -169,8 +169,8 @@ class PreferenceTrainer(Trainer):
             for key, values in self._parts.items():
                 logs[key if key != "loss" else "loss_parts_mean"] = float(np.mean(values))
             self._parts.clear()
-            step = self.state.global_step
-            if self.probe and (step == 1 or step % self.probe_every == 0 or step == self.state.max_steps):
+            step, every = self.state.global_step, self.experiment.probe_every
+            if self.probe and (step == 1 or step % every == 0 or step == self.state.max_steps):
                 logs.update(self.probe_logps())
         super().log(logs, start_time)
 
@@ -200,88 +200,37 @@ class FiniteGradientGuard(TrainerCallback):
                 )
 
 
-def train_preference(
-    init_dir: str | Path,
-    rows: pd.DataFrame,
-    out_dir: str | Path,
-    metrics_file: str | Path,
-    loss_config: LossConfig,
-    opt: OptimConfig,
-    checkpoint_dir: str | Path,
-    experiment: str,
-    track_gen: bool = True,
-    on_nonfinite: str = "stop",
-    trust_remote_code: bool = False,
-    probe_rows: pd.DataFrame | None = None,
-    probe_every: int = 1,
-) -> None:
-    loss_config.validate()
-    torch.manual_seed(opt.seed)
+def train_preference(experiment: Experiment, init_dir: str | Path, rows: pd.DataFrame, paths: RunPaths,
+                     probe_rows: pd.DataFrame | None = None, trust_remote_code: bool = False) -> None:
+    """Train ``experiment`` from the model in ``init_dir`` on ``rows`` (prepared preference rows
+    joined with y_gen and the reference log-probs, :func:`load_training_rows`)."""
+    torch.manual_seed(experiment.optim.seed)
     tokenizer = load_tokenizer(init_dir, trust_remote_code)
     model = load_causal_lm(init_dir, trust_remote_code)
-    pad = pad_token_id(tokenizer)
     records = preference_records(rows.to_dict("records"))
+    record = {"stage": "preference", "experiment": experiment.name, "settings": experiment.to_dict(),
+              "rows": len(records), "init": str(init_dir), "init_sha256": weights_digest(init_dir)}
     fit_and_save(
-        PreferenceTrainer, model=model, tokenizer=tokenizer, rows=records, collator=collate, opt=opt,
-        checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,
-        extra={"stage": "preference", "experiment": experiment, "loss": asdict(loss_config), "rows": len(records),
-               "init": str(init_dir), "init_sha256": weights_digest(init_dir)},
-        callbacks=[FiniteGradientGuard(experiment)],
-        loss_config=loss_config, pad_token_id=pad, experiment=experiment,
-        track_gen=track_gen, on_nonfinite=on_nonfinite, probe_every=probe_every,
+        PreferenceTrainer, model=model, tokenizer=tokenizer, rows=records, collator=collate, opt=experiment.optim,
+        paths=paths, record=record, callbacks=[FiniteGradientGuard(experiment.name)],
+        experiment=experiment, pad_token_id=pad_token_id(tokenizer),
         probe=preference_records(probe_rows.to_dict("records")) if probe_rows is not None else None,
     )
 
 
-def experiment_job(spec: dict, init_dir: str, train_file: str, ygen_file: str, ref_file: str, out_dir: str,
-                   metrics_file: str, checkpoint_dir: str, subset_seed: int = 0, trust_remote_code: bool = False) -> None:
-    """One experiment of the config grid (``spec`` = its expanded entry), from file paths only,
-    so :func:`dppo.launch.run_job` can run it in-process or under torchrun."""
-    from dppo.config import loss_config, optim_config
-
+def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: str, ref_file: str,
+                   paths: dict, subset_seed: int, trust_remote_code: bool) -> None:
+    """One experiment of the grid (``experiment``: :meth:`Experiment.to_dict`), from file paths
+    only, so :func:`dppo.launch.run_job` can run it in-process or under torchrun."""
+    experiment = Experiment.from_dict(experiment)
     all_rows = load_training_rows(train_file, ygen_file, ref_file)
     try:
-        rows = all_rows.iloc[subset_indices(len(all_rows), spec.get("n_train"), subset_seed)]
+        rows = all_rows.iloc[subset_indices(len(all_rows), experiment.n_train, subset_seed)]
     except ValueError as err:
-        raise ValueError(f"experiments.{spec['name']}.n_train: {err}") from None
+        raise ValueError(f"experiments.{experiment.name}.n_train: {err}") from None
     # The first rows of the same permutation: one probe set shared by every experiment, and
     # inside every subset of at least that size.
-    n_probe = min(spec.get("probe_rows", 0), len(rows))
+    n_probe = min(experiment.probe_rows, len(rows))
     probe = all_rows.iloc[subset_indices(len(all_rows), n_probe, subset_seed)] if n_probe else None
-    log.info("experiment %s: %d training rows, spec %s", spec["name"], len(rows), spec)
-    train_preference(
-        init_dir=init_dir, rows=rows, out_dir=out_dir, metrics_file=metrics_file, loss_config=loss_config(spec),
-        opt=optim_config(spec), checkpoint_dir=checkpoint_dir, experiment=spec["name"],
-        track_gen=spec.get("track_gen", True), on_nonfinite=spec.get("on_nonfinite", "stop"),
-        trust_remote_code=trust_remote_code, probe_rows=probe, probe_every=spec.get("probe_every", 1),
-    )
-
-
-@torch.no_grad()
-def cache_reference_logps(model_dir, pref_file, ygen_file, out_file, batch_size: int = 32,
-                          trust_remote_code: bool = False) -> pd.DataFrame:
-    """log pi_ref of y_w, y_l and y_gen for every preference training row, computed once."""
-    model = load_causal_lm(model_dir, trust_remote_code).eval()
-    if torch.cuda.is_available():
-        model = model.cuda()
-    tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    pad = pad_token_id(tokenizer)
-    rows = pd.read_parquet(pref_file)
-    ygen = pd.read_parquet(ygen_file)
-    sums = []
-    # Length-sorted batches waste little compute on padding; results go back in row order.
-    order = np.argsort([len(p) for p in rows["prompt_ids"]], kind="stable")
-    for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs"):
-        idx = order[start : start + batch_size]
-        prompts = [ids(rows["prompt_ids"].iloc[i]) for i in idx]
-        responses = [
-            [ids(rows["chosen_ids"].iloc[i]), ids(rows["rejected_ids"].iloc[i]), ids(ygen["gen_ids"].iloc[i])]
-            for i in idx
-        ]
-        sums.append((idx, response_logps(model, prompts, responses, pad).sums.float().cpu().numpy()))
-    values = np.zeros((len(rows), 3))
-    for idx, block in sums:
-        values[idx] = block
-    out = pd.DataFrame({"prompt_id": rows["prompt_id"], **{c: values[:, k] for k, c in enumerate(REF_COLUMNS)}})
-    write_parquet(out_file, out)
-    return out
+    log.info("experiment %s: %d training rows, settings %s", experiment.name, len(rows), experiment.to_dict())
+    train_preference(experiment, init_dir, rows, RunPaths(**paths), probe, trust_remote_code)

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from dppo.io import check_safetensors, load_tokenizer
+from dppo.io import check_safetensors, load_pretrained, load_tokenizer, pad_token_id, write_parquet
+from dppo.settings import RewardSettings
 
 log = logging.getLogger(__name__)
 
-VALID_BACKENDS = ("programmatic", "seqcls", "nemotron")
-VALID_ENGINES = ("transformers", "vllm")
 # Token whose logit is the Nemotron reward (model card: ``response_token_ids['scores'][0][0][0]``).
 NEMOTRON_REWARD_TOKEN_ID = 0
 
@@ -60,42 +58,6 @@ class ProgrammaticReward(RewardBackend):
         from dppo import synthetic
 
         return [float(synthetic.reward(p, r)) for p, r in zip(prompts, responses)]
-
-
-@dataclass(frozen=True)
-class ModelRewardOptions:
-    """Config of a model-based backend (``seqcls`` / ``nemotron``)."""
-
-    model: str
-    engine: str = "transformers"
-    batch_size: int = 8
-    # Longer chats keep their LAST max_length tokens (the response end is what the RM reads).
-    max_length: int | None = None
-    device: str = "auto"  # transformers: "auto" = cuda when available, else cpu
-    device_map: str | None = None  # transformers: e.g. "auto" to shard a 70B model over the visible GPUs
-    dtype: str = "auto"  # "auto" = the checkpoint's dtype; or float32 / bfloat16 / float16
-    trust_remote_code: bool = False
-    tensor_parallel_size: int = 1  # vllm
-    gpu_memory_utilization: float = 0.9  # vllm
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.engine not in VALID_ENGINES:
-            raise ValueError(f"reward engine {self.engine!r} is not one of {list(VALID_ENGINES)}")
-        if self.batch_size < 1:
-            raise ValueError(f"reward batch_size must be >= 1, got {self.batch_size}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"reward max_length must be >= 2 or null, got {self.max_length}")
-
-    @classmethod
-    def from_dict(cls, backend: str, options: dict[str, Any]) -> "ModelRewardOptions":
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for reward backend {backend!r}; valid: {valid}")
-        if not options.get("model"):
-            raise ValueError(f"reward backend {backend!r} needs option 'model' (a local directory or hub id)")
-        return cls(**options)
 
 
 def check_safe_checkpoint(model: str) -> None:
@@ -143,7 +105,7 @@ def _torch_dtype(name: str):
 class _ChatModelReward(RewardBackend):
     """Tokenizes chats with the reward model's template; subclasses turn token ids into rewards."""
 
-    def __init__(self, options: ModelRewardOptions):
+    def __init__(self, options: RewardSettings):
         check_safe_checkpoint(options.model)
         self.options = options
         self.tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
@@ -161,17 +123,15 @@ class _HFChatModelReward(_ChatModelReward):
 
     padding_side: str
 
-    def __init__(self, options: ModelRewardOptions):
+    def __init__(self, options: RewardSettings):
         import torch
 
         super().__init__(options)
-        kwargs: dict[str, Any] = dict(
-            use_safetensors=True, trust_remote_code=options.trust_remote_code, dtype=_torch_dtype(options.dtype)
-        )
+        kwargs: dict[str, Any] = dict(dtype=_torch_dtype(options.dtype))
         if options.device_map:
             kwargs["device_map"] = options.device_map
         try:
-            self.model = self.auto_class().from_pretrained(options.model, **kwargs)
+            self.model = load_pretrained(self.auto_class(), options.model, options.trust_remote_code, **kwargs)
         except OSError as err:
             raise OSError(f"cannot load reward model {options.model!r} with safetensors weights: {err}") from err
         if not options.device_map:
@@ -180,9 +140,7 @@ class _HFChatModelReward(_ChatModelReward):
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             self.model.to(device)
         self.model.eval()
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         if self.pad_id is None:
             raise ValueError(f"reward model {options.model!r}: tokenizer has neither a pad nor an eos token")
 
@@ -211,7 +169,7 @@ class _HFChatModelReward(_ChatModelReward):
         rewards = [0.0] * len(ids)
         size = self.options.batch_size
         starts = range(0, len(order), size)
-        for start in tqdm(starts, desc=f"reward ({self.name})", disable=not self.options.show_progress):
+        for start in tqdm(starts, desc=f"reward ({self.name})"):
             chunk = order[start : start + size]
             input_ids, attention_mask = self._pad([ids[i] for i in chunk])
             with torch.inference_mode():
@@ -232,7 +190,7 @@ class SeqClsReward(_HFChatModelReward):
     # non-pad token itself (config.pad_token_id).
     padding_side = "right"
 
-    def __init__(self, options: ModelRewardOptions):
+    def __init__(self, options: RewardSettings):
         super().__init__(options)
         labels = self.model.config.num_labels
         if labels != 1:
@@ -290,7 +248,7 @@ class _VLLMChatModelReward(_ChatModelReward):
     transformers engine and are passed as ``prompt_token_ids`` so both engines score identical inputs.
     Needs vllm >= 0.11.1 (``logprobs_mode``, ``PoolingParams.use_activation``)."""
 
-    def __init__(self, options: ModelRewardOptions, **engine_kwargs):
+    def __init__(self, options: RewardSettings, **engine_kwargs):
         super().__init__(options)
         try:
             from vllm import LLM
@@ -319,14 +277,14 @@ class VLLMSeqClsReward(_VLLMChatModelReward):
 
     name = "seqcls"
 
-    def __init__(self, options: ModelRewardOptions):
+    def __init__(self, options: RewardSettings):
         super().__init__(options, runner="pooling")
 
     def _score_ids(self, ids: list[list[int]]) -> list[float]:
         from vllm import PoolingParams
 
         outputs = self.llm.classify(
-            self._prompts(ids), pooling_params=PoolingParams(use_activation=False), use_tqdm=self.options.show_progress
+            self._prompts(ids), pooling_params=PoolingParams(use_activation=False), use_tqdm=True
         )
         return [float(o.outputs.probs[0]) for o in outputs]
 
@@ -341,7 +299,7 @@ class VLLMNemotronReward(_VLLMChatModelReward):
 
     name = "nemotron"
 
-    def __init__(self, options: ModelRewardOptions):
+    def __init__(self, options: RewardSettings):
         super().__init__(options, logprobs_mode="raw_logits")
 
     def _score_ids(self, ids: list[list[int]]) -> list[float]:
@@ -350,7 +308,7 @@ class VLLMNemotronReward(_VLLMChatModelReward):
         params = SamplingParams(
             max_tokens=1, temperature=0.0, logprobs=1, allowed_token_ids=[NEMOTRON_REWARD_TOKEN_ID], detokenize=False
         )
-        outputs = self.llm.generate(self._prompts(ids), params, use_tqdm=self.options.show_progress)
+        outputs = self.llm.generate(self._prompts(ids), params, use_tqdm=True)
         return [float(o.outputs[0].logprobs[0][NEMOTRON_REWARD_TOKEN_ID].logprob) for o in outputs]
 
 
@@ -362,35 +320,11 @@ _MODEL_BACKENDS = {
 }
 
 
-def get_reward_backend(name: str, **options: Any) -> RewardBackend:
-    """The reward backend ``name`` (one of :data:`VALID_BACKENDS`) configured with ``options``.
-
-    ``programmatic`` takes no options; ``seqcls`` / ``nemotron`` take the fields of
-    :class:`ModelRewardOptions` (``model`` required).
-    """
-    if name not in VALID_BACKENDS:
-        raise ValueError(f"unknown reward backend {name!r}; valid backends: {list(VALID_BACKENDS)}")
-    if name == "programmatic":
-        if options:
-            raise ValueError(f"reward backend 'programmatic' takes no options, got {sorted(options)}")
+def reward_backend(settings: RewardSettings) -> RewardBackend:
+    """The backend the config's ``reward`` section names, with its options."""
+    if settings.backend == "programmatic":
         return ProgrammaticReward()
-    opts = ModelRewardOptions.from_dict(name, options)
-    return _MODEL_BACKENDS[name, opts.engine](opts)
-
-
-def reward_backend_from_config(section: dict[str, Any]) -> RewardBackend:
-    """The backend a config's ``reward`` section names (``backend`` plus its options).
-
-    Unset (null) options take their defaults; ``programmatic`` ignores the model options, so
-    one config section serves every backend.
-    """
-    options = {k: v for k, v in section.items() if k != "backend" and v is not None}
-    name = section.get("backend")
-    if name == "programmatic":
-        if options:
-            log.info("reward backend 'programmatic' ignores options %s", sorted(options))
-        return ProgrammaticReward()
-    return get_reward_backend(name, **options)
+    return _MODEL_BACKENDS[settings.backend, settings.engine](settings)
 
 
 GENERATION_COLUMNS = ("prompt_id", "prompt", "response")
@@ -408,3 +342,14 @@ def score_generations(generations: pd.DataFrame, backend: RewardBackend) -> pd.D
     responses = out["response"].fillna("").astype(str).tolist()
     out["reward"] = pd.Series(backend.score(out["prompt"].astype(str).tolist(), responses), dtype="float64")
     return out
+
+
+def score_file(generations_file, scores_file, settings: RewardSettings) -> pd.DataFrame:
+    """Score one generations parquet into a scores parquet (the ``score`` rule)."""
+    generations = pd.read_parquet(generations_file)
+    log.info("scoring %d responses of %s with %s", len(generations), generations_file, settings)
+    scores = score_generations(generations, reward_backend(settings))
+    write_parquet(scores_file, scores)
+    log.info("wrote %s: mean reward %.4f, %.1f%% negative", scores_file, scores["reward"].mean(),
+             100 * (scores["reward"] < 0).mean())
+    return scores

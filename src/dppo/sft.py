@@ -9,7 +9,8 @@ import torch
 from transformers import Trainer
 
 from dppo.io import load_causal_lm, load_tokenizer, pad_token_id
-from dppo.training import OptimConfig, fit_and_save
+from dppo.settings import OptimSettings
+from dppo.training import RunPaths, fit_and_save
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips
 
@@ -42,18 +43,11 @@ class SFTCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def train_sft(
-    model_dir: str | Path,
-    train_file: str | Path,
-    out_dir: str | Path,
-    metrics_file: str | Path,
-    opt: OptimConfig,
-    checkpoint_dir: str | Path,
-    trust_remote_code: bool = False,
-) -> None:
-    """Fine-tune ``model_dir`` on the prepared SFT split and save to ``out_dir``.
+def train_sft(model_dir: str | Path, train_file: str | Path, paths: RunPaths, opt: OptimSettings,
+              trust_remote_code: bool = False) -> None:
+    """Fine-tune ``model_dir`` on the prepared SFT split and save to ``paths.out_dir``.
 
-    Resumes from the newest checkpoint in ``checkpoint_dir`` when a previous run was killed.
+    Resumes from the newest checkpoint in ``paths.checkpoint_dir`` when a previous run was killed.
     """
     torch.manual_seed(opt.seed)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
@@ -63,13 +57,10 @@ def train_sft(
     pad = pad_token_id(tokenizer)
     fit_and_save(
         Trainer, model=model, tokenizer=tokenizer, rows=rows, collator=SFTCollator(pad), opt=opt,
-        checkpoint_dir=checkpoint_dir, out_dir=out_dir, metrics_file=metrics_file,
-        extra={"stage": "sft", "rows": len(rows)},
+        paths=paths, record={"stage": "sft", "rows": len(rows)},
     )
 
 
-def sft_job(opt: dict, **paths) -> None:
+def sft_job(opt: dict, model_dir: str, train_file: str, paths: dict, trust_remote_code: bool) -> None:
     """:func:`train_sft` from plain arguments (for :func:`dppo.launch.run_job`)."""
-    from dppo.config import optim_config
-
-    train_sft(opt=optim_config(opt), **paths)
+    train_sft(model_dir, train_file, RunPaths(**paths), OptimSettings.from_dict(opt, "sft"), trust_remote_code)

@@ -7,14 +7,14 @@ multi-GPU launches (``accelerate launch`` / ``torchrun``) come from a well-kept 
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import logging
 import math
 import os
 import shutil
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +24,27 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dppo.io import atomic_output_dir, atomic_output_file
-from dppo.specs import OptimConfig  # noqa: F401  (re-exported: dppo.training.OptimConfig)
+from dppo.settings import OptimSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a training job writes: the final model directory and the per-step metrics (the
+    rule's outputs), and the checkpoints a killed run resumes from (not an output: Snakemake
+    deletes a failed job's outputs)."""
+
+    out_dir: str
+    metrics_file: str
+    checkpoint_dir: str
 
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def accumulation_steps(opt: OptimConfig) -> tuple[int, int]:
+def accumulation_steps(opt: OptimSettings) -> tuple[int, int]:
     """(per-device micro batch, gradient-accumulation steps) that keep the effective batch
     equal to ``opt.batch_size`` whatever the number of processes."""
     per_device = math.ceil(opt.batch_size / world_size())
@@ -47,7 +58,7 @@ def accumulation_steps(opt: OptimConfig) -> tuple[int, int]:
     return micro, accum
 
 
-def training_arguments(opt: OptimConfig, checkpoint_dir: str | Path, **overrides) -> TrainingArguments:
+def training_arguments(opt: OptimSettings, checkpoint_dir: str | Path, **overrides) -> TrainingArguments:
     micro, accum = accumulation_steps(opt)
     use_bf16 = opt.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     args = dict(
@@ -191,7 +202,7 @@ class ListDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def run_fingerprint(model, rows: list[dict], opt: OptimConfig, extra: dict) -> str:
+def run_fingerprint(model, rows: list[dict], opt: OptimSettings, extra: dict) -> str:
     """A digest of what a checkpoint must share with this run to be resumed: the settings, the
     training rows and the initial weights. Checkpoints live under ``run-<digest>``, so a rerun
     after a config or data change starts fresh instead of continuing another run's optimizer
@@ -207,16 +218,16 @@ def run_fingerprint(model, rows: list[dict], opt: OptimConfig, extra: dict) -> s
     return digest.hexdigest()[:16]
 
 
-def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, opt: OptimConfig,
-                 checkpoint_dir: str | Path, out_dir: str | Path, metrics_file: str | Path,
-                 extra: dict, callbacks=(), **trainer_kwargs):
+def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, opt: OptimSettings, paths: RunPaths,
+                 record: dict, callbacks=(), **trainer_kwargs):
     """Train with ``trainer_cls`` (a ``Trainer``), resuming from the newest checkpoint of a killed
-    run, then save the model and the per-step metrics atomically and drop the checkpoints.
+    run, then save the model (with ``record`` beside it) and the per-step metrics atomically and
+    drop the checkpoints.
 
     The live metrics log sits beside the checkpoints, not at the declared output, because
     Snakemake deletes a failed job's outputs and the resumed run must keep the earlier steps."""
-    checkpoint_dir = Path(checkpoint_dir)
-    run_dir = checkpoint_dir / f"run-{run_fingerprint(model, rows, opt, extra)}"
+    checkpoint_dir = Path(paths.checkpoint_dir)
+    run_dir = checkpoint_dir / f"run-{run_fingerprint(model, rows, opt, record)}"
     stale = sorted(p.name for p in checkpoint_dir.glob("run-*") if p != run_dir)
     if stale:
         log.warning("ignoring checkpoints of runs with other settings, data or initial weights: %s", stale)
@@ -224,7 +235,7 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     live_metrics = run_dir / "metrics.jsonl"
-    fault = FaultInjection.from_env(extra.get("experiment", extra.get("stage", "")))
+    fault = FaultInjection.from_env(record.get("experiment", record.get("stage", "")))
     terminate = SaveOnTerminate() if world_size() == 1 else None
     callbacks = [*callbacks, *(c for c in (fault, terminate) if c)]  # the fault first: its SIGTERM is seen at once
     trainer = trainer_cls(
@@ -240,9 +251,9 @@ def fit_and_save(trainer_cls, *, model, tokenizer, rows: list[dict], collator, o
         raise TrainingTerminated(f"terminated (SIGTERM) at step {trainer.state.global_step}; checkpoint saved, "
                                  "rerun the job to resume")
     if trainer.is_world_process_zero():  # under torchrun every rank holds the same weights
-        save_final_model(trainer, tokenizer, out_dir, extra={**extra, "steps": trainer.state.global_step,
-                                                              "resumed_from": checkpoint})
-        with atomic_output_file(metrics_file) as tmp:
+        save_final_model(trainer, tokenizer, paths.out_dir, extra={**record, "steps": trainer.state.global_step,
+                                                                    "resumed_from": checkpoint})
+        with atomic_output_file(paths.metrics_file) as tmp:
             shutil.copyfile(live_metrics, tmp)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return trainer

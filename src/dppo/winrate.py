@@ -9,24 +9,17 @@ reported beside it (the poster's "negative rewards decrease" claim).
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dppo.paper import latex_escape
+from dppo.results import EXPERIMENT_COLUMNS, INTEGER_COLUMNS, TABLE_COLUMNS
+from dppo.settings import WinRateSettings
 
 # Bootstrap draws are generated in blocks of at most this many indices (bounded memory).
 _BOOT_BLOCK = 1 << 22
 
-EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "n_train", "seed", "init")
-TABLE_COLUMNS = (
-    *EXPERIMENT_COLUMNS,
-    "win_rate", "ci_low", "ci_high", "n_wins", "n_ties", "n_losses",
-    "mean_reward", "frac_negative", "n_prompts", "mean_reward_reference", "frac_negative_reference",
-)
-INTEGER_COLUMNS = ("n_train", "seed", "n_wins", "n_ties", "n_losses", "n_prompts")
 
 
 def paired_rewards(scores: pd.DataFrame, reference: pd.DataFrame, name: str = "model") -> pd.DataFrame:
@@ -93,7 +86,7 @@ def bootstrap_interval(values: np.ndarray, n_boot: int, seed: int, level: float 
     return float(low), float(high)
 
 
-def compare(scores: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95,
+def compare(scores: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: int, level: float,
             name: str = "model") -> dict[str, float | int]:
     """Win rate of ``scores`` against ``reference`` with its bootstrap interval and reward stats."""
     paired = paired_rewards(scores, reference, name)
@@ -117,8 +110,8 @@ def reward_stats(reward: np.ndarray) -> dict[str, float | int]:
     return {"mean_reward": float(reward.mean()), "frac_negative": float((reward < 0).mean()), "n_prompts": int(reward.size)}
 
 
-def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Mapping], reference: str = "sft",
-                   n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Mapping], reference: str,
+                   settings: WinRateSettings) -> pd.DataFrame:
     """One row per experiment of ``experiments`` (``results/experiments.json``), in that order.
 
     Every row also carries the reference model's mean reward and share of negative rewards
@@ -133,62 +126,17 @@ def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Map
     rows = []
     for exp in experiments:
         row = {col: exp.get(col) for col in EXPERIMENT_COLUMNS}
-        row.update(compare(scores[exp["name"]], ref, n_boot=n_boot, seed=seed, level=level, name=exp["name"]))
+        row.update(compare(scores[exp["name"]], ref, n_boot=settings.n_boot, seed=settings.seed, level=settings.level,
+                           name=exp["name"]))
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     # Nullable integers: an experiment without n_train / seed must not turn 100 into "100.0".
     return table.astype({col: "Int64" for col in INTEGER_COLUMNS})
 
 
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def _number(value, digits: int) -> str:
-    return "--" if _missing(value) else f"{value:.{digits}f}"
 
 
-def _plain(value) -> str:
-    if _missing(value):
-        return "--"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return latex_escape(value)
 
 
-def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model.", label: str = "tab:win-rates",
-                digits: int = 3, reference: str = "sft") -> str:
-    """A booktabs table of :func:`win_rate_table`'s output: a first line for the reference
-    model (its mean reward and share of negative rewards), then the experiments with a
-    ``\\midrule`` between groups."""
-    header = (r"Experiment & Method & $\alpha$ & $n_{\mathrm{train}}$ & Win rate & 95\% CI"
-              r" & Mean reward & Neg.\ share \\")
-    lines = [
-        r"\begin{table}", r"\centering", r"\small",
-        # Typeset into a box first, to shrink it to the line width only if it is wider.
-        r"\setbox0=\hbox{%", r"\begin{tabular}{llrrrcrr}", r"\toprule", header, r"\midrule",
-    ]
-    if len(df):
-        first = df.iloc[0]
-        cells = [r"\texttt{" + latex_escape(reference) + "}", "reference", "--", "--", "--", "--",
-                 _number(first["mean_reward_reference"], digits), _number(first["frac_negative_reference"], digits)]
-        lines += [" & ".join(cells) + r" \\", r"\midrule"]
-    previous_group = None
-    for row in df.to_dict("records"):
-        if previous_group is not None and row.get("group") != previous_group:
-            lines.append(r"\midrule")
-        previous_group = row.get("group")
-        ci = "--" if _missing(row["ci_low"]) else f"[{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
-        cells = [
-            r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row.get("label")), _plain(row.get("alpha")),
-            _plain(row.get("n_train")), _number(row["win_rate"], digits), ci,
-            _number(row["mean_reward"], digits), _number(row["frac_negative"], digits),
-        ]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [
-        r"\bottomrule", r"\end{tabular}}%",
-        # \resizebox needs graphicx; without it the table keeps its natural width.
-        r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi",
-        r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"

@@ -1,60 +1,55 @@
-# Helpers shared by the rule files (the linter wants functions apart from rules).
-import glob
-import os
+# Paths and helpers every rule file uses; defined before the rule files that read them
+# (the linter wants functions apart from rules). Settings come from S (dppo.settings).
 import re
-import shutil
 
-from dppo.config import rule_resources
+# Raw synthetic datasets in the hub layouts (written by make_synthetic where a path is "synthetic").
+SYNTHETIC_DIRS = {"sft": "results/data/raw/smoltalk", "pref": "results/data/raw/ultrafeedback"}
+INIT_MODEL_DIR = "results/models/init" if S.model.is_tiny else S.model.init
+EXPERIMENT_NAMES = list(S.experiments)
+EVAL_MODELS = ["sft", *EXPERIMENT_NAMES]
 
 
 def res(rule_name):
-    """Resources of a rule from the config's `resources` table (default, then the rule's)."""
-    return rule_resources(config, rule_name)
+    """Resources of a rule (dppo.settings.PipelineSettings.resources_for)."""
+    return S.resources_for(rule_name)
 
 
-# --- used by data.smk
-
-def dataset_path(kind):
-    path = config["data"][kind]["path"]
-    return SYNTHETIC_DIRS[kind] if path == "synthetic" else path
+def threads_of(rule_name):
+    return res(rule_name)["cpus_per_task"]
 
 
-def init_model_dir():
-    return "results/models/init" if config["model"]["init"] == "tiny" else config["model"]["init"]
+def one_of(names):
+    """A wildcard constraint matching exactly one of ``names``."""
+    return "|".join(re.escape(n) for n in names)
 
 
-def _local_inputs(kind):
-    """The dataset / tokenizer as rule inputs when this workflow makes them (synthetic, tiny)."""
-    inputs = {}
-    if config["data"][kind]["path"] == "synthetic":
-        inputs["dataset"] = SYNTHETIC_DIRS[kind]
-    return inputs
+def dataset_settings(kind):
+    """The dataset section of ``kind`` with its path resolved ("synthetic" -> the generated files)."""
+    dataset = getattr(S.data, kind)
+    path = SYNTHETIC_DIRS[kind] if dataset.is_synthetic else dataset.path
+    return {**dataset.to_dict(), "path": path}
 
 
+def built_locally(kind):
+    """The raw dataset of ``kind`` as a rule input when this workflow generates it."""
+    return {"dataset": SYNTHETIC_DIRS[kind]} if getattr(S.data, kind).is_synthetic else {}
 
-# --- used by preference.smk
+
+def tiny_model_input():
+    return INIT_MODEL_DIR if S.model.is_tiny else []
+
 
 def experiment_init(name):
-    init = EXPERIMENT_SPECS[name].get("init", "sft")
-    return f"results/models/{init}"
+    return f"results/models/{S.experiments[name].init}"
 
 
-
-# --- used by paper.smk
-
-def _paper_runs(groups):
-    """Names of the grid's experiments in the given groups (evaluated at DAG time)."""
-    return [e["name"] for e in globals().get("EXPERIMENTS", []) if e["group"] in groups]
+def experiments_in(groups):
+    """Names of the grid's experiments in the given figure groups."""
+    return [name for name, e in S.experiments.items() if e.group in groups]
 
 
-def _paper_figure(fig):
+def figure_outputs(fig):
     return {
         "pdf": f"paper/figures/{fig}.pdf",
-        "png": report(f"paper/figures/{fig}.png", caption=f"../report/{fig}.rst",
-                      category="Figures"),
+        "png": report(f"paper/figures/{fig}.png", caption=f"../report/{fig}.rst", category="Figures"),
     }
-
-
-def _paper_toy_inputs(wildcards):
-    """The toy section's generated files (tables, figures) when toy.smk is included."""
-    return [p for p in globals().get("TOY_OUTPUTS", []) if str(p).startswith("paper/")]

@@ -1,7 +1,5 @@
 # Stage 1: datasets (the synthetic task where a path is "synthetic"), the initial model, and
-# prepare_sft / prepare_pref (filter, chat template, tokenize, cut at the percentile).
-
-SYNTHETIC_DIRS = {"sft": "results/data/raw/smoltalk", "pref": "results/data/raw/ultrafeedback"}
+# prepare_data for sft / pref (filter, chat template, tokenize, cut at the percentile).
 
 
 rule make_synthetic:
@@ -9,9 +7,10 @@ rule make_synthetic:
         smoltalk=directory(SYNTHETIC_DIRS["sft"]),
         ultrafeedback=directory(SYNTHETIC_DIRS["pref"]),
     params:
-        spec=config.get("synthetic", {}),
+        task=S.synthetic.to_dict(),
     log:
         "logs/make_synthetic/make_synthetic.log",
+    threads: threads_of("make_synthetic")
     resources:
         **res("make_synthetic"),
     conda:
@@ -24,9 +23,10 @@ rule init_model:
     output:
         model=directory("results/models/init"),
     params:
-        spec=config.get("tiny_model", {}),
+        spec=S.tiny_model.to_dict(),
     log:
         "logs/init_model/init_model.log",
+    threads: threads_of("init_model")
     resources:
         **res("init_model"),
     conda:
@@ -37,8 +37,8 @@ rule init_model:
 
 rule prepare_data:
     input:
-        unpack(lambda wc: _local_inputs(wc.kind)),
-        model=lambda wc: init_model_dir() if config["model"]["init"] == "tiny" else [],
+        unpack(lambda wc: built_locally(wc.kind)),
+        model=tiny_model_input(),
     output:
         train="results/data/{kind}/train.parquet",
         test="results/data/{kind}/test.parquet",
@@ -47,13 +47,12 @@ rule prepare_data:
     wildcard_constraints:
         kind="sft|pref",
     params:
-        kind=lambda wc: wc.kind,
-        tokenizer=init_model_dir(),
-        dataset=lambda wc: {**config["data"][wc.kind], "path": dataset_path(wc.kind)},
-        percentile=config["data"]["max_len_percentile"],
-        overlong=config["data"].get("overlong", "truncate"),
+        tokenizer=INIT_MODEL_DIR,
+        dataset=lambda wc: dataset_settings(wc.kind),
+        data=S.data.to_dict(),
     log:
         "logs/prepare_data/{kind}.log",
+    threads: threads_of("prepare_data")
     resources:
         **res("prepare_data"),
     conda:

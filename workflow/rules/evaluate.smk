@@ -1,14 +1,12 @@
 # Stages 6-8: every model answers the held-out prompts, a reward backend scores the answers,
 # and win rates against the SFT model go into one table.
 
-EVAL_MODELS = ["sft", *EXPERIMENT_SPECS]
-
 
 rule experiments_table:
     output:
         "results/experiments.json",
     params:
-        experiments=EXPERIMENTS,
+        experiments=[e.to_dict() for e in S.experiments.values()],
     log:
         "logs/experiments_table/experiments_table.log",
     localrule: True
@@ -26,13 +24,14 @@ rule generate_eval:
     output:
         generations="results/generations/{model}.parquet",
     wildcard_constraints:
-        model="|".join(re.escape(m) for m in EVAL_MODELS),
+        model=one_of(EVAL_MODELS),
     params:
-        generation={**config.get("generation", {}), "trust_remote_code": config["model"].get("trust_remote_code", False)},
-        max_prompts=config["data"]["pref"].get("max_eval_prompts"),
+        generation=S.generation.to_dict(),
+        trust_remote_code=S.model.trust_remote_code,
+        max_prompts=S.data.pref.max_eval_prompts,
     log:
         "logs/generate_eval/{model}.log",
-    threads: lambda wc: res("generate_eval").get("cpus_per_task", 1)
+    threads: threads_of("generate_eval")
     resources:
         **res("generate_eval"),
     benchmark:
@@ -49,12 +48,12 @@ rule score:
     output:
         scores="results/scores/{model}.parquet",
     wildcard_constraints:
-        model="|".join(re.escape(m) for m in EVAL_MODELS),
+        model=one_of(EVAL_MODELS),
     params:
-        reward=config["reward"],
+        reward=S.reward.to_dict(),
     log:
         "logs/score/{model}.log",
-    threads: lambda wc: res("score").get("cpus_per_task", 1)
+    threads: threads_of("score")
     resources:
         **res("score"),
     conda:
@@ -71,10 +70,10 @@ rule win_rate:
         csv="results/tables/win_rates.csv",
         tex="paper/tables/win_rates.tex",
     params:
-        n_boot=config.get("win_rate", {}).get("n_boot", 1000),
-        seed=config.get("win_rate", {}).get("seed", 0),
+        win_rate=S.win_rate.to_dict(),
     log:
         "logs/win_rate/win_rate.log",
+    threads: threads_of("win_rate")
     resources:
         **res("win_rate"),
     conda:

@@ -1,18 +1,17 @@
-# Figures, generated LaTeX macros and the paper PDF (DESIGN stage 9).
+# Figures, generated LaTeX macros and the paper PDF (docs/design.md, stage 9).
 #
 # Inputs are score, metric, statistics and table files only: restyling never retrains.
-# Expects from the including Snakefile: EXPERIMENTS, the expanded grid (the list written to
-# results/experiments.json); TOY_OUTPUTS (toy.smk) when the toy section is built.
 import glob
 import os
 import shutil
 
 PAPER_SRC = os.path.join(workflow.basedir, "paper")
-PAPER_FIGURES = ["hparam_search", "paradigms", "reward_hist", "data_efficiency",
-                 "dynamics", "length_dist"]
+PAPER_FIGURES = ["hparam_search", "paradigms", "reward_hist", "data_efficiency", "dynamics", "length_dist"]
 WIN_RATES_CSV = "results/tables/win_rates.csv"
 DATA_STATS = {key: f"results/data/{key}/stats.json" for key in ("sft", "pref")}
 DATA_LENGTHS = {key: f"results/data/{key}/lengths.parquet" for key in ("sft", "pref")}
+# The runs a figure may pick from (its script picks with dppo.claims.pick_runs).
+PICKABLE_RUNS = experiments_in(("main", "alpha_sweep"))
 # No TeX -> the PDF rule only writes paper/build.log saying how to install it, so
 # `snakemake all` never fails for want of TeX; once TeX is installed paper/main.pdf is
 # missing and the rule reruns.
@@ -37,8 +36,7 @@ rule paper_macros:
     log:
         "logs/paper_macros/paper_macros.log",
     params:
-        # Words describing the set-up (macro name -> text), e.g. setupModel: "a tiny Llama".
-        setup=config.get("paper", {}).get("setup", {}),
+        setup=S.paper.setup,
     threads: 1
     resources:
         **res("paper_macros"),
@@ -52,7 +50,7 @@ rule fig_hparam_search:
     input:
         win_rates=WIN_RATES_CSV,
     output:
-        **_paper_figure("hparam_search"),
+        **figure_outputs("hparam_search"),
     log:
         "logs/fig_hparam_search/fig_hparam_search.log",
     threads: 1
@@ -68,7 +66,7 @@ rule fig_paradigms:
     input:
         win_rates=WIN_RATES_CSV,
     output:
-        **_paper_figure("paradigms"),
+        **figure_outputs("paradigms"),
     log:
         "logs/fig_paradigms/fig_paradigms.log",
     threads: 1
@@ -82,14 +80,13 @@ rule fig_paradigms:
 
 rule fig_reward_hist:
     # The best penalty variant is known only from the win rates, so every candidate's
-    # scores are inputs; the script picks (dppo.plotting.pick_runs).
+    # scores are inputs; the script picks (dppo.claims.pick_runs).
     input:
         win_rates=WIN_RATES_CSV,
         sft="results/scores/sft.parquet",
-        scores=lambda wc: expand("results/scores/{name}.parquet",
-                                 name=_paper_runs(("main", "alpha_sweep"))),
+        scores=expand("results/scores/{name}.parquet", name=PICKABLE_RUNS),
     output:
-        **_paper_figure("reward_hist"),
+        **figure_outputs("reward_hist"),
     log:
         "logs/fig_reward_hist/fig_reward_hist.log",
     threads: 1
@@ -106,7 +103,7 @@ rule fig_data_efficiency:
         win_rates=WIN_RATES_CSV,
         pref_stats=DATA_STATS["pref"],
     output:
-        **_paper_figure("data_efficiency"),
+        **figure_outputs("data_efficiency"),
     log:
         "logs/fig_data_efficiency/fig_data_efficiency.log",
     threads: 1
@@ -121,10 +118,9 @@ rule fig_data_efficiency:
 rule fig_dynamics:
     input:
         win_rates=WIN_RATES_CSV,
-        metrics=lambda wc: expand("results/metrics/{name}.jsonl",
-                                  name=_paper_runs(("main", "alpha_sweep"))),
+        metrics=expand("results/metrics/{name}.jsonl", name=PICKABLE_RUNS),
     output:
-        **_paper_figure("dynamics"),
+        **figure_outputs("dynamics"),
     log:
         "logs/fig_dynamics/fig_dynamics.log",
     threads: 1
@@ -143,7 +139,7 @@ rule fig_length_dist:
         sft_lengths=DATA_LENGTHS["sft"],
         pref_lengths=DATA_LENGTHS["pref"],
     output:
-        **_paper_figure("length_dist"),
+        **figure_outputs("length_dist"),
     log:
         "logs/fig_length_dist/fig_length_dist.log",
     threads: 1
@@ -165,14 +161,14 @@ rule paper_pdf:
         win_rates_tex="paper/tables/win_rates.tex",
         figures=expand("paper/figures/{fig}.pdf", fig=PAPER_FIGURES),
         sections=sorted(glob.glob(f"{PAPER_SRC}/sections/*.tex")),
-        toy=_paper_toy_inputs,
+        toy=[p for p in TOY_OUTPUTS if p.startswith("paper/")],
     output:
         **PAPER_PDF_OUTPUTS,
     log:
         "logs/paper_pdf/paper_pdf.log",
     params:
         build_dir="results/paper_build",
-        src_dir=lambda wc, input: os.path.dirname(input.tex),
+        src_dir=PAPER_SRC,
     threads: 1
     resources:
         **res("paper_pdf"),

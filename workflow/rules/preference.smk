@@ -9,10 +9,11 @@ rule pregenerate:
     output:
         ygen="results/ygen/train.parquet",
     params:
-        generation=config.get("generation", {}),
+        generation=S.generation.to_dict(),
+        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/pregenerate/pregenerate.log",
-    threads: lambda wc: res("pregenerate").get("cpus_per_task", 1)
+    threads: threads_of("pregenerate")
     resources:
         **res("pregenerate"),
     benchmark:
@@ -31,11 +32,11 @@ rule ref_logps:
     output:
         ref="results/ref_logps/train.parquet",
     params:
-        batch_size=config.get("generation", {}).get("batch_size", 64),
-        trust_remote_code=config["model"].get("trust_remote_code", False),
+        batch_size=S.generation.batch_size,
+        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/ref_logps/ref_logps.log",
-    threads: lambda wc: res("ref_logps").get("cpus_per_task", 1)
+    threads: threads_of("ref_logps")
     resources:
         **res("ref_logps"),
     benchmark:
@@ -56,16 +57,16 @@ rule train_preference:
         model=directory("results/models/{name}"),
         metrics="results/metrics/{name}.jsonl",
     wildcard_constraints:
-        name="|".join(re.escape(n) for n in EXPERIMENT_SPECS),
+        name=one_of(EXPERIMENT_NAMES),
     params:
-        # The whole expanded spec: changing any of its values reruns this experiment only.
-        spec=lambda wc: EXPERIMENT_SPECS[wc.name],
-        subset_seed=config["data"].get("subset_seed", 0),
+        # The whole experiment: changing any of its values reruns this experiment only.
+        experiment=lambda wc: S.experiments[wc.name].to_dict(),
+        subset_seed=S.data.subset_seed,
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.name}",
-        trust_remote_code=config["model"].get("trust_remote_code", False),
+        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/train_preference/{name}.log",
-    threads: lambda wc: res("train_preference").get("cpus_per_task", 1)
+    threads: threads_of("train_preference")
     resources:
         **res("train_preference"),
     benchmark:

@@ -3,20 +3,20 @@
 
 rule sft:
     input:
-        model=lambda wc: init_model_dir() if config["model"]["init"] == "tiny" else [],
+        model=tiny_model_input(),
         train="results/data/sft/train.parquet",
     output:
         model=directory("results/models/sft"),
         metrics="results/metrics/sft.jsonl",
     params:
-        init=init_model_dir(),
-        opt=config.get("sft", {}),
+        init=INIT_MODEL_DIR,
+        opt=S.sft.to_dict(),
         # Not an output: Snakemake would delete it with a failed job, and a rerun resumes from it.
         checkpoint_dir="results/checkpoints/sft",
-        trust_remote_code=config["model"].get("trust_remote_code", False),
+        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/sft/sft.log",
-    threads: lambda wc: res("sft").get("cpus_per_task", 1)
+    threads: threads_of("sft")
     resources:
         **res("sft"),
     benchmark:

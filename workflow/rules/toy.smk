@@ -1,8 +1,8 @@
-# The 3D-properties toy model (DESIGN stage 10): 4 prompts x 10 responses, 3-layer MLP, on CPU.
+# The 3D-properties toy model (docs/design.md, stage 10): 4 prompts x 10 responses, 3-layer MLP, on CPU.
 #
-# One rule trains every scenario x seed x loss of config["toy"]; the figure and table rules
-# read only its records, so restyling never retrains. The including Snakefile adds
-# TOY_OUTPUTS to `rule all` (paper.smk picks up its paper/ files).
+# One rule trains every scenario x seed x loss of the `toy` section; the figure and table rules
+# read only its records, so restyling never retrains. A config without a `toy` section (a quick
+# smoke run) builds no toy outputs.
 
 TOY_RUNS = "results/toy/runs.parquet"
 TOY_FIGURES = ["toy_dynamics", "toy_gradients", "toy_grid"]
@@ -12,13 +12,12 @@ TOY_TABLES = {
     "tex": "paper/tables/toy_final.tex",
     "macros": "paper/tables/toy_macros.tex",
 }
-# A config without a `toy` section (e.g. a quick smoke run) builds no toy outputs.
 TOY_OUTPUTS = (
-    [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png")]
-    + list(TOY_TABLES.values())
-    if "toy" in config
+    [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png")] + list(TOY_TABLES.values())
+    if S.toy is not None
     else []
 )
+TOY = S.toy.to_dict() if S.toy is not None else {}
 
 
 rule toy_run:
@@ -26,7 +25,7 @@ rule toy_run:
         runs=TOY_RUNS,
         step1="results/toy/step1.parquet",
     params:
-        toy=config.get("toy", {}),
+        toy=TOY,
     log:
         "logs/toy/toy_run.log",
     threads: 1
@@ -38,59 +37,22 @@ rule toy_run:
         "../scripts/toy_run.py"
 
 
-rule toy_fig_dynamics:
+rule toy_figure:
     input:
         runs=TOY_RUNS,
     output:
-        pdf="paper/figures/toy_dynamics.pdf",
-        png="paper/figures/toy_dynamics.png",
+        pdf="paper/figures/toy_{figure}.pdf",
+        png="paper/figures/toy_{figure}.png",
+    wildcard_constraints:
+        figure="dynamics|gradients|grid",
     params:
-        figure="dynamics",
-        loss=config.get("toy", {}).get("dynamics_loss", "dpo"),
+        figure=lambda wc: wc.figure,
+        loss=S.toy.dynamics_loss if S.toy is not None else None,
     log:
-        "logs/toy/toy_fig_dynamics.log",
+        "logs/toy/toy_fig_{figure}.log",
     threads: 1
     resources:
-        **res("toy_fig_dynamics"),
-    conda:
-        "../../envs/plot.yaml"
-    script:
-        "../scripts/toy_figure.py"
-
-
-rule toy_fig_gradients:
-    input:
-        runs=TOY_RUNS,
-    output:
-        pdf="paper/figures/toy_gradients.pdf",
-        png="paper/figures/toy_gradients.png",
-    params:
-        figure="gradients",
-        loss=config.get("toy", {}).get("dynamics_loss", "dpo"),
-    log:
-        "logs/toy/toy_fig_gradients.log",
-    threads: 1
-    resources:
-        **res("toy_fig_gradients"),
-    conda:
-        "../../envs/plot.yaml"
-    script:
-        "../scripts/toy_figure.py"
-
-
-rule toy_fig_grid:
-    input:
-        runs=TOY_RUNS,
-    output:
-        pdf="paper/figures/toy_grid.pdf",
-        png="paper/figures/toy_grid.png",
-    params:
-        figure="grid",
-    log:
-        "logs/toy/toy_fig_grid.log",
-    threads: 1
-    resources:
-        **res("toy_fig_grid"),
+        **res("toy_figure"),
     conda:
         "../../envs/plot.yaml"
     script:
@@ -103,8 +65,7 @@ rule toy_tables:
     output:
         **TOY_TABLES,
     params:
-        toy=config.get("toy", {}),
-        loss=config.get("toy", {}).get("dynamics_loss", "dpo"),
+        toy=TOY,
     log:
         "logs/toy/toy_tables.log",
     threads: 1

@@ -1,15 +1,19 @@
-"""Build paper/main.pdf when TeX is installed; otherwise say how to install it."""
-import shutil
+"""Build paper/main.pdf when TeX is installed; otherwise say how to install it (dppo.pdf)."""
 import sys
+from pathlib import Path
 
-from dppo.paper import build_pdf, stage_sources
+from dppo.pdf import build_pdf, stage_sources
+from dppo.stage import stage
 
-# The repository's LaTeX sources and this run's generated figures/tables meet in one tree.
-tex_dir = stage_sources(snakemake.params.src_dir, "paper", f"{snakemake.params.build_dir}/src")
-# The transcript goes to the rule's log first, so it survives a failed LaTeX run.
-built = build_pdf(tex_dir=tex_dir, pdf_out=snakemake.output.get("pdf", "paper/main.pdf"),
-                  log_path=snakemake.log[0], build_dir=snakemake.params.build_dir)
-shutil.copyfile(snakemake.log[0], snakemake.output.status)
-if not built:
-    with open(snakemake.log[0]) as fh:
-        print(fh.read(), file=sys.stderr)  # shown in the snakemake output, not only in a file
+with stage(snakemake):
+    status = Path(snakemake.output.status)
+    # The repository's LaTeX sources and this run's generated figures/tables meet in one tree.
+    tex_dir = stage_sources(snakemake.params.src_dir, "paper", f"{snakemake.params.build_dir}/src")
+    try:
+        built = build_pdf(tex_dir=tex_dir, pdf_out=snakemake.output.get("pdf", "paper/main.pdf"), log_path=status,
+                          build_dir=snakemake.params.build_dir)
+    except RuntimeError:
+        print(status.read_text())  # into the rule's log: Snakemake deletes a failed job's outputs
+        raise
+    if not built:  # shown in the snakemake output, not only in a file
+        print(status.read_text(), file=sys.__stderr__)

@@ -1,10 +1,8 @@
-"""Figure 'hparam_search' from the win-rate table (Snakemake script; logic in dppo.plotting)."""
-import logging
+"""Figure 'hparam_search' from the win-rate table (logic in dppo.plotting)."""
+from dppo.io import save_figure
+from dppo.plotting import fig_hparam_search
+from dppo.results import read_win_rates
+from dppo.stage import stage
 
-from dppo.plotting import fig_hparam_search, read_win_rates, save_figure
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-win_rates = read_win_rates(snakemake.input.win_rates)
-logging.info("%d experiments in %s", len(win_rates), snakemake.input.win_rates)
-save_figure(fig_hparam_search(win_rates), snakemake.output.pdf, snakemake.output.png)
-logging.info("wrote %s and %s", snakemake.output.pdf, snakemake.output.png)
+with stage(snakemake):
+    save_figure(fig_hparam_search(read_win_rates(snakemake.input.win_rates)), *snakemake.output)

@@ -1,10 +1,8 @@
-"""Figure 'paradigms' from the win-rate table (Snakemake script; logic in dppo.plotting)."""
-import logging
+"""Figure 'paradigms' from the win-rate table (logic in dppo.plotting)."""
+from dppo.io import save_figure
+from dppo.plotting import fig_paradigms
+from dppo.results import read_win_rates
+from dppo.stage import stage
 
-from dppo.plotting import fig_paradigms, read_win_rates, save_figure
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-win_rates = read_win_rates(snakemake.input.win_rates)
-logging.info("%d experiments in %s", len(win_rates), snakemake.input.win_rates)
-save_figure(fig_paradigms(win_rates), snakemake.output.pdf, snakemake.output.png)
-logging.info("wrote %s and %s", snakemake.output.pdf, snakemake.output.png)
+with stage(snakemake):
+    save_figure(fig_paradigms(read_win_rates(snakemake.input.win_rates)), *snakemake.output)

@@ -1,6 +1,8 @@
 """Write the embedded default's synthetic datasets in the hub schemas (logic in dppo.synthetic)."""
+from dppo.settings import TaskSpec
 from dppo.stage import stage
-from dppo.synthetic import TaskSpec, write_datasets
+from dppo.synthetic import write_datasets
 
 with stage(snakemake):
-    write_datasets(TaskSpec(**snakemake.params.spec), snakemake.output.smoltalk, snakemake.output.ultrafeedback)
+    write_datasets(TaskSpec.from_dict(snakemake.params.task, "synthetic"), snakemake.output.smoltalk,
+                   snakemake.output.ultrafeedback)

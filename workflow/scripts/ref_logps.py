@@ -1,8 +1,7 @@
-"""Reference log-probs of y_w, y_l and y_gen for every training row, computed once."""
-from dppo.preference import cache_reference_logps
+"""Reference log-probs of y_w, y_l and y_gen for every training row, computed once (dppo.reference)."""
+from dppo.reference import cache_reference_logps
 from dppo.stage import stage
 
 with stage(snakemake):
-    cache_reference_logps(snakemake.input.model, snakemake.input.train, snakemake.input.ygen,
-                          snakemake.output.ref, batch_size=snakemake.params.batch_size,
-                          trust_remote_code=snakemake.params.trust_remote_code)
+    cache_reference_logps(snakemake.input.model, snakemake.input.train, snakemake.input.ygen, snakemake.output.ref,
+                          batch_size=snakemake.params.batch_size, trust_remote_code=snakemake.params.trust_remote_code)

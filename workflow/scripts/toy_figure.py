@@ -1,20 +1,15 @@
-"""One toy figure (params.figure: dynamics, gradients or grid) from the per-step records."""
-import logging
-
+"""One toy figure (wildcard figure: dynamics, gradients or grid) from the per-step records."""
 import pandas as pd
 
-from dppo import toy_plots
+from dppo.io import save_figure
+from dppo.stage import stage
+from dppo.toy import plots
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-runs = pd.read_parquet(snakemake.input.runs)
-figure = snakemake.params.figure
-if figure == "dynamics":
-    fig = toy_plots.plot_dynamics(runs, loss=snakemake.params.loss)
-elif figure == "gradients":
-    fig = toy_plots.plot_gradients(runs, loss=snakemake.params.loss)
-elif figure == "grid":
-    fig = toy_plots.plot_grid(runs)
-else:
-    raise ValueError(f"unknown toy figure {figure!r}")
-toy_plots.save_figure(fig, snakemake.output.pdf, snakemake.output.png)
-logging.info("wrote %s and %s", snakemake.output.pdf, snakemake.output.png)
+with stage(snakemake):
+    runs = pd.read_parquet(snakemake.input.runs)
+    figure = snakemake.params.figure
+    if figure == "grid":
+        fig = plots.plot_grid(runs)
+    else:
+        fig = {"dynamics": plots.plot_dynamics, "gradients": plots.plot_gradients}[figure](runs, loss=snakemake.params.loss)
+    save_figure(fig, *snakemake.output)

@@ -1,10 +1,9 @@
 """Figures of the 3D-properties toy model. Inputs are the per-step records of
-:func:`dppo.toy.run_all` only, so restyling never retrains."""
+:func:`dppo.toy.training.run_all` only, so restyling never retrains."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -14,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from dppo.toy import SCENARIOS  # noqa: E402
+from dppo.toy.model import SCENARIOS  # noqa: E402
 
 CURVES = (  # (column, legend label, colour)
     ("p_chosen", r"optimal $\pi(y^*|x)$", "tab:green"),
@@ -118,11 +117,3 @@ def plot_grid(runs: pd.DataFrame, losses: Sequence[str] | None = None) -> plt.Fi
     fig.legend(handles, labels, loc="lower center", ncol=len(CURVES), frameon=False, fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
-
-
-def save_figure(fig: plt.Figure, *paths: str | Path) -> None:
-    """Write the same figure to every path (PDF is vector; PNG at 200 dpi)."""
-    for path in paths:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, bbox_inches="tight", dpi=200)
-    plt.close(fig)

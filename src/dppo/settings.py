@@ -1,0 +1,570 @@
+"""Every setting of a run, as frozen dataclasses: the one home of every default.
+
+The Snakefile builds one :class:`PipelineSettings` from the config at start-up
+(:func:`dppo.config.load_settings`); a value the config leaves out takes the default written
+here, and nowhere else (the schema declares none, rules use none: ``tests/test_settings.py``
+checks both). Rules hand a section or one experiment to its job as a plain dict
+(``to_dict()``); the job parses it back once (``from_dict``), so a job sees exactly what the
+planner saw.
+
+Every class checks its own values when built (finite numbers, ranges, names), so a bad value
+stops the run before any job, with a message naming the config key. This module imports
+neither torch nor transformers: a dry run plans the paper's grid without them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+LOSS_NAMES = ("dpo", "minll", "unll", "conll", "ipo", "slic", "flex_dpo", "dpo_sft")
+PENALIZED_LOSSES = ("minll", "unll", "conll")  # the DPPO losses: they penalize y_gen
+WEIGHTING_NAMES = ("linear", "quadratic", "sqrt", "expectile")
+R_MODES = ("policy", "implicit")
+UNLL_LEVELS = ("token", "sequence")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+GROUPS = ("main", "alpha_sweep", "data_efficiency", "chained", "3d_variants")
+GENERATION_BACKENDS = ("transformers", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+REWARD_BACKENDS = ("programmatic", "seqcls", "nemotron")
+REWARD_ENGINES = ("transformers", "vllm")
+# An experiment's loss is named by this config key (LossSettings.name in code).
+LOSS_KEY = "loss"
+
+
+class ConfigError(ValueError):
+    """A config value that stops the run before any job starts; the message names the key."""
+
+
+class FieldError(ValueError):
+    """A bad value of one field; :func:`parse` turns it into a ConfigError naming the key."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_number(name: str, value, *, minimum=None, above=None, maximum=None, optional=False) -> None:
+    """A finite number (NaN and infinities are refused) within the given bounds."""
+    if value is None and optional:
+        return
+    if not _is_number(value) or not math.isfinite(value):
+        raise FieldError(name, f"must be a finite number, got {value!r}")
+    if minimum is not None and not value >= minimum:
+        raise FieldError(name, f"must be >= {minimum}, got {value!r}")
+    if above is not None and not value > above:
+        raise FieldError(name, f"must be > {above}, got {value!r}")
+    if maximum is not None and not value <= maximum:
+        raise FieldError(name, f"must be <= {maximum}, got {value!r}")
+
+
+def check_int(name: str, value, *, minimum=None, optional=False) -> None:
+    if value is None and optional:
+        return
+    if not _is_int(value):
+        raise FieldError(name, f"must be a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise FieldError(name, f"must be >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise FieldError(name, f"{value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise FieldError(name, f"must be true or false, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def parse(cls, values: Mapping[str, Any] | None, where: str):
+    """``cls`` built from a config mapping (unknown keys refused), errors naming ``where.key``."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(field_names(cls)))
+    if unknown:
+        raise ConfigError(f"config key {where}: unknown key(s) {unknown}; valid: {sorted(field_names(cls))}")
+    try:
+        return cls(**values)
+    except FieldError as err:
+        raise ConfigError(f"config key {where}.{err.name}: {err.message}") from None
+
+
+def plain(value):
+    """JSON-ready copy: dataclasses become dicts, tuples lists."""
+    if hasattr(value, "__dataclass_fields__"):
+        value = asdict(value)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+class Section:
+    """``from_dict`` / ``to_dict`` for the plain sections (flat fields only)."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, where: str | None = None):
+        return parse(cls, values, where or cls.__name__)
+
+    def to_dict(self) -> dict:
+        return plain(self)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class LossSettings(Section):
+    """A preference loss and its hyper-parameters (dppo.losses reads them; docs/design.md
+    gives the formulas). ``name`` is the config key ``loss``."""
+
+    name: str = "dpo"
+    f: str = "linear"  # weighting f(r) of the DPPO penalty
+    alpha: float = 0.1  # penalty strength
+    beta: float = 0.1
+    zeta: float = 0.5  # expectile asymmetry: |zeta - 1{r<0}| r^2
+    r_mode: str = "policy"  # trigger r: policy log-ratio of y_w vs y_l, or the implicit reward margin
+    unll_level: str = "token"  # unlikelihood over y_gen's tokens, or of the whole sequence
+    beta_w: float | None = None  # flex_dpo: beta of the chosen side (None: beta)
+    beta_l: float | None = None  # flex_dpo: beta of the rejected side (None: beta)
+    tau: float = 0.1  # ipo
+    slic_delta: float = 1.0
+    slic_lambda: float = 0.1
+    sft_lambda: float = 0.1  # dpo_sft
+
+    def __post_init__(self):
+        check_choice(LOSS_KEY, self.name, LOSS_NAMES)
+        check_choice("f", self.f, WEIGHTING_NAMES)
+        check_choice("r_mode", self.r_mode, R_MODES)
+        check_choice("unll_level", self.unll_level, UNLL_LEVELS)
+        for name in ("alpha", "slic_lambda", "sft_lambda"):
+            check_number(name, getattr(self, name), minimum=0)
+        for name in ("beta", "tau"):
+            check_number(name, getattr(self, name), above=0)
+        for name in ("beta_w", "beta_l"):
+            check_number(name, getattr(self, name), above=0, optional=True)
+        check_number("zeta", self.zeta, minimum=0, maximum=1)
+        check_number("slic_delta", self.slic_delta)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "LossSettings":
+        values = dict(values or {})
+        if LOSS_KEY in values:
+            values["name"] = values.pop(LOSS_KEY)
+        elif "name" in values:  # `name` is the code's word; the config's is `loss`
+            raise ConfigError(f"config key {where or 'loss'}.name: name the loss with `{LOSS_KEY}:`")
+        return parse(cls, values, where or "loss")
+
+    def to_dict(self) -> dict:
+        values = plain(self)
+        return {LOSS_KEY: values.pop("name"), **values}
+
+    @property
+    def needs_gen(self) -> bool:
+        """True when the loss penalizes y_gen, so training must score y_gen too."""
+        return self.name in PENALIZED_LOSSES
+
+    @property
+    def beta_chosen(self) -> float:
+        return self.beta if self.beta_w is None else self.beta_w
+
+    @property
+    def beta_rejected(self) -> float:
+        return self.beta if self.beta_l is None else self.beta_l
+
+
+LOSS_CONFIG_KEYS = tuple(LOSS_KEY if name == "name" else name for name in field_names(LossSettings))
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+@dataclass(frozen=True)
+class OptimSettings(Section):
+    """Optimisation settings shared by SFT and preference training."""
+
+    lr: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 32  # effective batch size, whatever the device count
+    micro_batch_size: int | None = None  # per device; None: the whole batch at once
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    save_steps: int = 100  # checkpoint every N optimizer steps (a killed job resumes there)
+    seed: int = 0
+    bf16: bool = True  # used only where a GPU supports it
+    gradient_checkpointing: bool = False
+    # batch rows of similar length (less padding): which rows share a batch changes, not a batch's loss
+    group_by_length: bool = False
+
+    def __post_init__(self):
+        check_number("lr", self.lr, above=0)
+        check_number("epochs", self.epochs, above=0)
+        check_int("max_steps", self.max_steps)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("micro_batch_size", self.micro_batch_size, minimum=1, optional=True)
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise FieldError("micro_batch_size", f"{self.micro_batch_size} does not divide batch_size {self.batch_size}")
+        check_number("warmup_ratio", self.warmup_ratio, minimum=0, maximum=1)
+        check_number("weight_decay", self.weight_decay, minimum=0)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_number("max_grad_norm", self.max_grad_norm, above=0)
+        check_int("save_steps", self.save_steps, minimum=1)
+        check_int("seed", self.seed)
+        for name in ("bf16", "gradient_checkpointing", "group_by_length"):
+            check_bool(name, getattr(self, name))
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One preference-training run of the grid: its loss, its optimisation and where it starts.
+
+    In the config an experiment is one flat mapping (``loss: unll``, ``alpha: 0.1``, ``lr: ...``,
+    ``n_train: ...``); :meth:`from_flat` sorts the keys into the three parts.
+    """
+
+    name: str
+    loss: LossSettings = LossSettings()
+    optim: OptimSettings = OptimSettings()
+    label: str = ""  # "" -> the loss name (and f for the penalties)
+    group: str = "main"  # which figure panel it belongs to
+    init: str = "sft"  # "sft" or the name of the experiment whose model it starts from
+    n_train: int | None = None  # training rows (a fixed nested subset); None: every row
+    track_gen: bool = True  # log y_gen's log-prob (no grad) even when the loss does not use it
+    probe_rows: int = 64  # fixed training rows whose log-probs are logged (dynamics figure)
+    probe_every: int = 1  # ... every N optimizer steps
+    on_nonfinite: str = "stop"  # a non-finite loss: stop the job, or skip the batch
+
+    def __post_init__(self):
+        check_choice("group", self.group, GROUPS)
+        check_int("n_train", self.n_train, minimum=1, optional=True)
+        check_bool("track_gen", self.track_gen)
+        check_int("probe_rows", self.probe_rows, minimum=0)
+        check_int("probe_every", self.probe_every, minimum=1)
+        check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        if not isinstance(self.init, str) or not self.init:
+            raise FieldError("init", f"must name 'sft' or an experiment, got {self.init!r}")
+        if not self.label:
+            loss = self.loss
+            object.__setattr__(self, "label", f"{loss.name} ({loss.f})" if loss.needs_gen else loss.name)
+
+    RUN_KEYS = ("label", "group", "init", "n_train", "track_gen", "probe_rows", "probe_every", "on_nonfinite")
+
+    @classmethod
+    def from_flat(cls, name: str, values: Mapping[str, Any], where: str) -> "Experiment":
+        """From one flat config mapping (loss, optimisation and run keys side by side)."""
+        values = dict(values)
+        optim_keys = set(field_names(OptimSettings))
+        unknown = sorted(set(values) - set(LOSS_CONFIG_KEYS) - optim_keys - set(cls.RUN_KEYS))
+        if unknown:
+            raise ConfigError(f"config key {where}: unknown key(s) {unknown}")
+        loss = LossSettings.from_dict({k: v for k, v in values.items() if k in LOSS_CONFIG_KEYS}, where)
+        optim = OptimSettings.from_dict({k: v for k, v in values.items() if k in optim_keys}, where)
+        run = {k: v for k, v in values.items() if k in cls.RUN_KEYS}
+        try:
+            return cls(name=name, loss=loss, optim=optim, **run)
+        except FieldError as err:
+            raise ConfigError(f"config key {where}.{err.name}: {err.message}") from None
+
+    def to_dict(self) -> dict:
+        """The flat form: what ``results/experiments.json`` lists and a job receives."""
+        run = {key: plain(getattr(self, key)) for key in self.RUN_KEYS}
+        return {"name": self.name, **self.loss.to_dict(), **self.optim.to_dict(), **run}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Experiment":
+        values = dict(values)
+        name = values.pop("name")
+        return cls.from_flat(name, values, f"experiments.{name}")
+
+
+# ----------------------------------------------------------------------------- other stages
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    init: str = "tiny"  # "tiny" (built from `tiny_model`) or a hub id / local path of a causal LM
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.init, str) or not self.init:
+            raise FieldError("init", f"must be 'tiny' or a model id / path, got {self.init!r}")
+        check_bool("trust_remote_code", self.trust_remote_code)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.init == "tiny"
+
+
+@dataclass(frozen=True)
+class TinyModelSpec(Section):
+    """Architecture of the embedded default's model (config key ``tiny_model``)."""
+
+    hidden_size: int = 96
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 3  # head size 32, the smallest vLLM's CPU attention takes
+    num_key_value_heads: int = 1
+    intermediate_size: int = 192
+    max_position_embeddings: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TaskSpec(Section):
+    """Sizes and noise levels of the synthetic task (config key ``synthetic``)."""
+
+    seed: int = 0
+    n_sft_train: int = 3000
+    n_sft_test: int = 200
+    n_pref_train: int = 1200
+    n_pref_test: int = 200
+    min_items: int = 2
+    max_items: int = 24
+    # Item counts follow min_items + Geometric(p): most lists are short, a few are long, so the
+    # p95 length cut truncates a real tail.
+    length_geometric_p: float = 0.22
+    flawed_demo_rate: float = 0.35
+    # Share of demonstrations that stop one item short: above 0.5 the SFT model's greedy
+    # answer stops early too, a systematic flaw (the kind SFT data carries) that preference
+    # pairs (complete answers preferred) can teach away, and a bad y_gen to penalize.
+    truncated_demo_rate: float = 0.6
+
+
+@dataclass(frozen=True)
+class DatasetSettings(Section):
+    path: str = "synthetic"  # hub id, local directory in the hub layout, or "synthetic"
+    train_split: str = "train"
+    test_split: str = "test"
+    name: str | None = None  # dataset config name (smoltalk needs "all")
+    max_train_rows: int | None = None
+    max_test_rows: int | None = None
+    max_eval_prompts: int | None = None  # held-out prompts every model answers (None: all)
+
+    def __post_init__(self):
+        for name in ("max_train_rows", "max_test_rows", "max_eval_prompts"):
+            check_int(name, getattr(self, name), minimum=1, optional=True)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.path == "synthetic"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    sft: DatasetSettings = DatasetSettings()
+    pref: DatasetSettings = DatasetSettings(train_split="train_prefs", test_split="test_prefs")
+    max_len_percentile: float = 95.0  # cut at this percentile of the TRAIN split's token lengths
+    overlong: str = "truncate"  # truncate | drop rows longer than the cut-off
+    subset_seed: int = 0  # fixes which rows an n_train subset takes (subsets are nested)
+
+    def __post_init__(self):
+        check_number("max_len_percentile", self.max_len_percentile, above=0, maximum=100)
+        check_choice("overlong", self.overlong, ("truncate", "drop"))
+        check_int("subset_seed", self.subset_seed)
+
+    @classmethod
+    def from_dict(cls, values, where: str = "data") -> "DataSettings":
+        values = dict(values or {})
+        for kind in ("sft", "pref"):
+            if kind in values:
+                base = getattr(cls, kind)  # the dataclass default of that dataset
+                values[kind] = parse(DatasetSettings, {**asdict(base), **dict(values[kind] or {})}, f"{where}.{kind}")
+        return parse(cls, values, where)
+
+    def to_dict(self) -> dict:
+        return plain(self)
+
+
+@dataclass(frozen=True)
+class GenerationSettings(Section):
+    """Greedy generation (y_gen and the evaluation answers) and the batch size of every
+    inference pass (the reference log-probs too)."""
+
+    backend: str = "transformers"  # transformers | vllm (runs in its own environment)
+    vllm_python: str = ".venv-vllm/bin/python"
+    batch_size: int = 64
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on CPU
+    max_new_tokens: int | None = None  # None: the data's cut-off
+    device: str | None = None  # None: cuda when available
+    vllm_options: dict = field(default_factory=dict)  # extra vllm.LLM arguments
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, GENERATION_BACKENDS)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_int("max_new_tokens", self.max_new_tokens, minimum=1, optional=True)
+        if not isinstance(self.vllm_options, Mapping):
+            raise FieldError("vllm_options", f"must be a mapping, got {self.vllm_options!r}")
+
+
+@dataclass(frozen=True)
+class RewardSettings(Section):
+    """The reward backend and, for the model backends (seqcls, nemotron), its options."""
+
+    backend: str = "programmatic"  # programmatic | seqcls | nemotron
+    model: str | None = None  # local directory or hub id (the model backends)
+    engine: str = "transformers"  # transformers | vllm
+    batch_size: int = 8
+    # Longer chats keep their LAST max_length tokens (the response end is what the RM reads).
+    max_length: int | None = None
+    device: str = "auto"  # transformers: "auto" = cuda when available, else cpu
+    device_map: str | None = None  # transformers: e.g. "auto" to shard a 70B model over the GPUs
+    dtype: str = "auto"  # "auto" = the checkpoint's dtype; or float32 / bfloat16 / float16
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, REWARD_BACKENDS)
+        check_choice("engine", self.engine, REWARD_ENGINES)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("max_length", self.max_length, minimum=2, optional=True)
+        check_int("tensor_parallel_size", self.tensor_parallel_size, minimum=1)
+        check_number("gpu_memory_utilization", self.gpu_memory_utilization, above=0, maximum=1)
+        if self.backend != "programmatic" and not self.model:
+            raise FieldError("model", f"reward backend {self.backend!r} needs a model (a local directory or hub id)")
+
+
+@dataclass(frozen=True)
+class WinRateSettings(Section):
+    n_boot: int = 1000  # bootstrap resamples of the prompts
+    seed: int = 0
+    level: float = 0.95  # confidence level of the intervals
+
+    def __post_init__(self):
+        check_int("n_boot", self.n_boot, minimum=10)
+        check_int("seed", self.seed)
+        check_number("level", self.level, above=0, maximum=0.999)
+
+
+@dataclass(frozen=True)
+class InitialLevels(Section):
+    """Toy step-1 target probabilities, per prompt: the optimal response gets ``chosen_*``, each
+    of the four rejected responses ``rejected_*``, the rest is spread evenly over the others."""
+
+    chosen_on: float = 0.3
+    chosen_off: float = 0.03
+    rejected_on: float = 0.1
+    rejected_off: float = 0.01
+
+    def __post_init__(self):
+        for name in field_names(InitialLevels):
+            check_number(name, getattr(self, name), above=0, maximum=1)
+
+
+@dataclass(frozen=True)
+class ToySettings:
+    """The 3D-properties toy model (config key ``toy``); ``losses`` maps a label to its loss."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    hidden: int = 64
+    sft_steps: int = 1000
+    sft_lr: float = 1e-2
+    steps: int = 600
+    lr: float = 1e-3
+    pairs_per_prompt: int = 8
+    initial: InitialLevels = InitialLevels()
+    losses: Mapping[str, LossSettings] = field(default_factory=lambda: {"dpo": LossSettings()})
+    dynamics_loss: str = "dpo"  # the label of the loss the dynamics and gradient figures show
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise FieldError("seeds", "name at least one seed")
+        for seed in self.seeds:
+            check_int("seeds", seed)
+        for name in ("hidden", "sft_steps", "steps", "pairs_per_prompt"):
+            check_int(name, getattr(self, name), minimum=1)
+        for name in ("sft_lr", "lr"):
+            check_number(name, getattr(self, name), above=0)
+        if not self.losses:
+            raise FieldError("losses", "name at least one loss to train")
+        if self.dynamics_loss not in self.losses:
+            raise FieldError("dynamics_loss", f"{self.dynamics_loss!r} is not a label of toy.losses ({', '.join(self.losses)})")
+
+    @classmethod
+    def from_dict(cls, values, where: str = "toy") -> "ToySettings":
+        values = dict(values or {})
+        if "seeds" in values:
+            values["seeds"] = tuple(values["seeds"])
+        if "initial" in values:
+            values["initial"] = InitialLevels.from_dict(values["initial"], f"{where}.initial")
+        if "losses" in values:
+            values["losses"] = {label: LossSettings.from_dict(spec, f"{where}.losses.{label}")
+                                for label, spec in dict(values["losses"] or {}).items()}
+        return parse(cls, values, where)
+
+    def to_dict(self) -> dict:
+        values = plain(self)
+        values["losses"] = {label: loss.to_dict() for label, loss in self.losses.items()}
+        return values
+
+
+@dataclass(frozen=True)
+class PaperSettings(Section):
+    # Words describing the set-up (macro name -> text), e.g. setupModel: "a tiny Llama".
+    setup: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resources(Section):
+    """One rule's resources (SLURM): the config's ``resources.default`` then the rule's entry."""
+
+    gpu: int = 0
+    cpus_per_task: int = 1
+    mem_mb: int = 4000
+    runtime: int = 30  # minutes
+    gpu_model: str | None = None
+    slurm_extra: str | None = None
+
+    def to_dict(self) -> dict:
+        # The executor plugin reads a key's presence: an unset optional key is left out.
+        return {k: v for k, v in plain(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The whole config, parsed and checked once (:func:`dppo.config.load_settings`)."""
+
+    model: ModelSettings
+    tiny_model: TinyModelSpec
+    synthetic: TaskSpec
+    data: DataSettings
+    sft: OptimSettings
+    generation: GenerationSettings
+    experiments: Mapping[str, Experiment]
+    reward: RewardSettings
+    win_rate: WinRateSettings
+    toy: ToySettings | None
+    paper: PaperSettings
+    resources: Mapping[str, Mapping[str, Any]]  # rule name -> the config's entry ("default" too)
+
+    def resources_for(self, rule: str) -> dict:
+        """Resources of ``rule``: the defaults here, ``resources.default``, then the rule's own."""
+        table = self.resources
+        return Resources(**{**table.get("default", {}), **table.get(rule, {})}).to_dict()
