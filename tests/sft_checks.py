@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import torch
 
-from dppo.sft import IGNORE_INDEX
+from dppo.batching import pad_sequences
+from dppo.sft import SFTTask
 
 
-def positions_with_gradient(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which positions the SFT loss sends gradient through, and which it should.
+def masked_reference_loss(model, rows: list[dict], pad: int) -> torch.Tensor:
+    """The SFT loss computed independently: the model's full logits over right-padded
+    prompt + response sequences, cross-entropy only where the next token is a response token
+    (the prompt and the padding masked), averaged over those tokens."""
+    sequences = [r["prompt_ids"] + r["response_ids"] for r in rows]
+    input_ids, attention_mask = pad_sequences(sequences, pad)
+    labels = torch.full_like(input_ids, -100)
+    for i, r in enumerate(rows):
+        start = len(r["prompt_ids"])
+        labels[i, start : start + len(r["response_ids"])] = torch.tensor(r["response_ids"])
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100)
 
-    Returns (gets_gradient, predicts_response), both bool (batch, length): the gradient of the
-    model's own shifted causal-LM loss (the one the Trainer uses) w.r.t. each position's logits
-    is nonzero, and position t predicts a response token (labels[t + 1] is not masked).
-    """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits.retain_grad()
-    loss = model.loss_function(logits, batch["labels"], vocab_size=model.config.vocab_size)
-    loss.backward()
-    gets_gradient = logits.grad.norm(dim=-1) > 0
-    predicts_response = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    predicts_response[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
-    return gets_gradient, predicts_response
+
+def check_sft_loss_masks_the_prompt(model, rows: list[dict], pad: int) -> None:
+    """SFTTask's loss and gradient equal the independent masked computation; changing a prompt
+    token's own prediction target changes nothing (the prompt carries no loss)."""
+    task = SFTTask(rows, pad)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss, _ = task.loss(model, rows)
+    grads = torch.autograd.grad(loss, params)
+    expected = masked_reference_loss(model, rows, pad)
+    expected_grads = torch.autograd.grad(expected, params)
+    assert torch.allclose(loss, expected, atol=1e-5, rtol=1e-5), (float(loss), float(expected))
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-3)
+    assert task.weight(rows) == sum(len(r["response_ids"]) for r in rows)

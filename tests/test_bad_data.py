@@ -121,7 +121,7 @@ def prepared(bad_hubs, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     splits = {"sft": ("train", "test"), "pref": ("train_prefs", "test_prefs")}
     stats = {
-        kind: data.prepare(kind, str(bad_hubs[kind]), str(tiny_model_dir), out / kind, *splits[kind], percentile=95)
+        kind: data.prepare(kind, str(bad_hubs[kind]), str(tiny_model_dir), out / kind, *splits[kind], percentile=95, overlong="truncate")
         for kind in ("sft", "pref")
     }
     stats["out"] = out
@@ -202,7 +202,7 @@ GOOD_ROWS = [r for r, _ in GOOD_SFT]
 def test_unusable_datasets_stop_with_a_clear_message(tmp_path, tiny_model_dir, case, make, message):
     hub = make(tmp_path / "hub")
     with pytest.raises(data.DataError, match=message):
-        data.prepare("sft", str(hub), str(tiny_model_dir), tmp_path / "out", "train", "test")
+        data.prepare("sft", str(hub), str(tiny_model_dir), tmp_path / "out", "train", "test", percentile=95, overlong="truncate")
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 

@@ -93,7 +93,7 @@ def test_prepare_sft_counts_skips_and_truncates_at_the_percentile(tmp_path, tiny
         good[0],  # duplicate
     ]
     root = _write_hub(tmp_path / "hub", {"train": good + bad, "test": good[:5]})
-    stats = data.prepare("sft", str(root), str(tiny_model_dir), tmp_path / "out", "train", "test", percentile=90)
+    stats = data.prepare("sft", str(root), str(tiny_model_dir), tmp_path / "out", "train", "test", percentile=90, overlong="truncate")
 
     # prompt = im_start user copy : + n items + im_end im_start assistant = n + 7; response = n + 1
     lengths = [2 * n + 8 for n in range(1, 21)]
@@ -133,15 +133,15 @@ def test_synthetic_datasets_load_in_the_hub_schemas(tmp_path, tiny_model_dir):
     # ground truth prefers chosen in every pair
     assert all(r["score_chosen"] > r["score_rejected"] for r in pref)
 
-    stats = data.prepare("pref", str(tmp_path / "uf"), str(tiny_model_dir), tmp_path / "pref", "train_prefs", "test_prefs")
+    stats = data.prepare("pref", str(tmp_path / "uf"), str(tiny_model_dir), tmp_path / "pref", "train_prefs", "test_prefs", percentile=95, overlong="truncate")
     assert stats.rows_kept["train"] + sum(stats.dropped["train"].values()) == 200
     assert 0 < stats.rows_truncated["train"] <= 0.1 * 200
 
 
 def test_missing_path_and_split_fail_clearly(tmp_path, tiny_model_dir):
     with pytest.raises(data.DataError, match="does not exist"):
-        data.prepare("sft", str(tmp_path / "nowhere"), str(tiny_model_dir), tmp_path / "o", "train", "test")
+        data.prepare("sft", str(tmp_path / "nowhere"), str(tiny_model_dir), tmp_path / "o", "train", "test", percentile=95, overlong="truncate")
     root = _write_hub(tmp_path / "hub", {"train": [_sft_row("copy : a", "a")]})
     with pytest.raises(data.DataError, match="split 'test'"):
-        data.prepare("sft", str(root), str(tiny_model_dir), tmp_path / "o", "train", "test")
+        data.prepare("sft", str(root), str(tiny_model_dir), tmp_path / "o", "train", "test", percentile=95, overlong="truncate")
     assert not (tmp_path / "o").exists()  # nothing half-written

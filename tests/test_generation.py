@@ -14,7 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dppo import generation, synthetic
-from dppo.generation import cut_after_eos, generate_greedy, left_pad, length_sorted_batches, special_token_ids
+from dppo.batching import pad_sequences
+from dppo.generation import cut_after_eos, generate_greedy, length_sorted_batches, special_token_ids
+from dppo.settings import FieldError, GenerationSettings
 from dppo.tiny_model import TinyModelSpec, save_tiny_model
 
 MAX_NEW_TOKENS = 8
@@ -122,23 +124,23 @@ def test_reference_outputs_are_non_trivial(model_dir, prompts, reference):
 
 
 def test_greedy_equals_argmax_of_forward_loop(model_dir, prompts, reference):
-    assert generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, batch_size=7) == reference
+    assert generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(batch_size=7)) == reference
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 def test_batching_and_left_padding_do_not_change_outputs(model_dir, prompts, reference, batch_size):
-    assert generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, batch_size=batch_size) == reference
+    assert generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(batch_size=batch_size)) == reference
 
 
 def test_output_order_follows_input_order(model_dir, prompts, reference):
     permutation = np.random.default_rng(3).permutation(len(prompts))
-    shuffled = generate_greedy(model_dir, [prompts[i] for i in permutation], MAX_NEW_TOKENS, batch_size=5)
+    shuffled = generate_greedy(model_dir, [prompts[i] for i in permutation], MAX_NEW_TOKENS, GenerationSettings(batch_size=5))
     assert shuffled == [reference[i] for i in permutation]
 
 
 def test_eos_is_kept_once_at_the_end_and_long_answers_fill_max_new_tokens(model_dir, prompts):
     eos_ids, _ = special_token_ids(model_dir)
-    outputs = generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, batch_size=23)
+    outputs = generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(batch_size=23))
     for ids in outputs:
         n_eos = sum(t in eos_ids for t in ids)
         if n_eos:
@@ -148,7 +150,7 @@ def test_eos_is_kept_once_at_the_end_and_long_answers_fill_max_new_tokens(model_
 
 
 def test_max_new_tokens_truncates_to_a_prefix(model_dir, prompts, reference):
-    short = generate_greedy(model_dir, prompts, 3, batch_size=8)
+    short = generate_greedy(model_dir, prompts, 3, GenerationSettings(batch_size=8))
     assert all(len(s) <= 3 for s in short)
     # Greedy decoding is prefix-consistent: a shorter budget cuts the same answer.
     assert short == [r[:3] for r in reference]
@@ -167,11 +169,12 @@ def test_command_line_writes_generated_ids_beside_input_columns(model_dir, promp
     src, dst = tmp_path / "prompts.parquet", tmp_path / "out" / "generated.parquet"
     pd.DataFrame({"prompt_id": [f"p{i}" for i in range(len(prompts))], "prompt_ids": prompts}).to_parquet(src)
     argv = ["--model-dir", str(model_dir), "--input", str(src), "--output", str(dst)]
-    assert generation.main([*argv, "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "6"]) == 0
+    settings = json.dumps(GenerationSettings(batch_size=6).to_dict())
+    assert generation.main([*argv, "--max-new-tokens", str(MAX_NEW_TOKENS), "--settings", settings]) == 0
     table = pd.read_parquet(dst)
     assert list(table["prompt_id"]) == [f"p{i}" for i in range(len(prompts))]
     assert [list(ids) for ids in table["generated_ids"]] == reference
-    assert not (dst.parent / "generated.parquet.partial").exists()
+    assert [p.name for p in dst.parent.iterdir()] == ["generated.parquet"]  # written atomically, nothing left
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -185,7 +188,7 @@ def test_cut_after_eos():
 
 
 def test_left_pad_aligns_prompt_ends():
-    input_ids, attention_mask = left_pad([[4, 5, 6], [7]], pad_id=0)
+    input_ids, attention_mask = pad_sequences([[4, 5, 6], [7]], 0, side="left")
     assert input_ids.tolist() == [[4, 5, 6], [0, 0, 7]]
     assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
@@ -213,14 +216,22 @@ def test_special_token_ids_prefer_generation_config(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"backend": "beam"}, "backend: 'beam' is not one of"), ({"dtype": "int8"}, "dtype"),
+     ({"batch_size": 0}, "batch_size")],
+)
+def test_bad_settings_fail_with_a_clear_message(kwargs, message):
+    with pytest.raises(FieldError, match=message):
+        GenerationSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"backend": "beam"}, ValueError, "unknown generation backend"),
         ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
-        ({"dtype": "int8"}, ValueError, "dtype"),
         ({"prompt_ids": [[4, 5], []]}, ValueError, "prompt 1 is empty"),
-        ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"backend": "vllm", "vllm_python": "/nonexistent/bin/python"}, FileNotFoundError, "vllm_python"),
+        ({"settings": GenerationSettings(backend="vllm", vllm_python="/nonexistent/bin/python")}, FileNotFoundError,
+         "vllm_python"),
     ],
 )
 def test_bad_arguments_fail_with_a_clear_message(model_dir, kwargs, error, message):
@@ -242,4 +253,4 @@ def test_vllm_missing_from_this_interpreter_says_how_to_install(model_dir):
     else:
         pytest.skip("vllm is importable here")
     with pytest.raises(ImportError, match="vllm_env.sh"):
-        generate_greedy(model_dir, [[4, 5]], 2, backend="vllm", vllm_python=sys.executable)
+        generate_greedy(model_dir, [[4, 5]], 2, GenerationSettings(backend="vllm", vllm_python=sys.executable))

@@ -13,8 +13,11 @@ from dppo.losses import (
     WEIGHTINGS,
     ResponseLogps,
     get_loss,
+    gradient_weights,
     log1mexp,
+    loss_terms,
     preference_loss,
+    unlikelihood_term,
     weighting,
 )
 from dppo.settings import FieldError, LossSettings
@@ -372,7 +375,7 @@ def test_extreme_log_probs_give_finite_loss_and_gradient(name, scale):
                     tensor.grad = None
 
 
-@pytest.mark.parametrize("level", ("token", "sequence"))
+@pytest.mark.parametrize("level", ("token_sum", "token_mean", "sequence"))
 def test_unlikelihood_at_probability_one_is_finite_and_still_pushes_down(level):
     # A y_gen token (or sequence) of probability 1 exactly: the clamp keeps -log(1-p) finite
     # and the straight-through gradient still lowers it.
@@ -503,3 +506,54 @@ def test_penalized_loss_without_gen_is_rejected():
     no_tokens = dataclasses.replace(policy, gen_token_logps=None, gen_token_mask=None)
     with pytest.raises(ValueError, match="gen_token_logps"):
         preference_loss(no_tokens, reference, LossSettings(name="unll", alpha=1.0))
+
+
+def test_token_mean_unlikelihood_is_the_token_sum_over_the_length():
+    policy, reference = hand_batch()
+    terms = loss_terms(policy, reference, LossSettings(name="unll", alpha=1.0))
+    total = unlikelihood_term(terms, LossSettings(name="unll", unll_level="token_sum"))
+    mean = unlikelihood_term(terms, LossSettings(name="unll", unll_level="token_mean"))
+    by_hand = [sum(-math.log1p(-math.exp(t)) for t in row) for row in GEN_TOKEN_ROWS]
+    assert total.tolist() == pytest.approx(by_hand)
+    assert mean.tolist() == pytest.approx([v / len(row) for v, row in zip(by_hand, GEN_TOKEN_ROWS)])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [LossSettings(name="minll", f="linear", alpha=0.3), LossSettings(name="conll", f="sqrt", alpha=0.7),
+     LossSettings(name="unll", f="linear", alpha=0.5, unll_level="sequence"),
+     LossSettings(name="unll", f="quadratic", alpha=0.5, unll_level="token_sum"),
+     LossSettings(name="unll", f="linear", alpha=0.5, unll_level="token_mean")],
+    ids=lambda c: f"{c.name}-{c.unll_level}",
+)
+def test_gradient_weights_equal_autograd(cfg):
+    """The logged per-token gradient weights equal |d term / d log p_t| averaged over the
+    response's tokens, by autograd: the DPO term's on y_w, the penalty's on y_gen."""
+    policy, reference = hand_batch(requires_grad=True)
+    # Per-token log-probs of y_w: spread each row's sum over two tokens so d/d(token) is defined.
+    w_tokens = torch.stack([policy.chosen.detach() / 2] * 2, dim=1).requires_grad_(True)
+    gen_tokens = policy.gen_token_logps.detach().clone().requires_grad_(True)
+    mask = policy.gen_token_mask
+    gen_sum = torch.where(mask, gen_tokens, torch.zeros_like(gen_tokens)).sum(-1)
+    policy = dataclasses.replace(policy, chosen=w_tokens.sum(-1), gen=gen_sum, gen_token_logps=gen_tokens)
+    terms = loss_terms(policy, reference, cfg)
+    dpo_weight, penalty_weight = gradient_weights(terms, cfg)
+    dpo_rows = -torch.nn.functional.logsigmoid(cfg.beta * terms.d_chosen - cfg.beta * terms.d_rejected)
+    grad_w, = torch.autograd.grad(dpo_rows.sum(), [w_tokens])
+    assert dpo_weight.tolist() == pytest.approx(grad_w.abs().mean(-1).tolist(), rel=1e-6)
+    rows, penalty = get_loss(cfg.name)(terms, cfg)
+    # conll's penalty is its whole loss minus DPO; its y_gen gradient is that of the whole loss
+    target = rows if cfg.name == "conll" else penalty
+    grad_gen, = torch.autograd.grad(target.sum(), [gen_tokens])
+    n_tokens = mask.sum(-1)
+    expected = (grad_gen.abs() * mask).sum(-1) / n_tokens
+    assert penalty_weight.tolist() == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-12)
+    assert (penalty_weight > 0).any()
+
+
+def test_penalized_losses_log_their_gradient_weights():
+    policy, reference = hand_batch()
+    _, parts = preference_loss(policy, reference, LossSettings(name="unll", alpha=1.0))
+    assert {"grad_weight_dpo", "grad_weight_penalty", "grad_weight_penalty_fired", "grad_weight_dpo_fired"} <= set(parts)
+    _, dpo_parts = preference_loss(policy, reference, LossSettings(name="dpo"))
+    assert "grad_weight_penalty" not in dpo_parts

@@ -9,15 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 from test_logprobs import param_grads, tiny_causal_lm, unbatched_sums, unbatched_token_logps
-from torch.utils.data import RandomSampler
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from dppo.batching import length_grouped_sampler, packed_lengths, padding_fraction
+from dppo.batching import packed_lengths, padding_fraction
 from dppo.logprobs import ResponseScorer, as_response_logps, can_share_prompt, gated_logps, response_logps
 from dppo.losses import ResponseLogps, preference_loss
-from dppo.preference import PreferenceTrainer, collate, policy_logps
+from dppo.preference import PreferenceTask, collate, policy_logps
 from dppo.settings import Experiment, LossSettings, OptimSettings
-from dppo.training import ListDataset, training_arguments
+from dppo.trainer import batch_order
 
 PAD = 0
 # Every prompt has >= 2 tokens (a cached prefix); uneven prompt and response lengths, K = 3.
@@ -30,7 +28,7 @@ RESPONSES = [
 REF = torch.tensor([[-40.0, -52.0, -20.0], [-61.0, -18.0, -95.0], [-70.0, -41.0, -55.0]])
 LOSSES = [
     LossSettings(name="dpo"),
-    LossSettings(name="unll", f="linear", alpha=0.3, unll_level="token"),
+    LossSettings(name="unll", f="linear", alpha=0.3, unll_level="token_sum"),
     LossSettings(name="minll", f="quadratic", alpha=0.2),
     LossSettings(name="conll", f="sqrt", alpha=0.5),
 ]
@@ -92,7 +90,7 @@ def test_shared_prompt_gradients_match(model, padding_side):
 
 
 def loss_and_parts(model, loss_config: LossSettings, share_prompt: bool):
-    token_level = loss_config.name == "unll" and loss_config.unll_level == "token"
+    token_level = loss_config.token_level
     policy = as_response_logps(response_logps(
         model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2 if token_level else None, share_prompt=share_prompt,
     ))
@@ -147,23 +145,18 @@ def records():
     ]
 
 
-def make_trainer(model, tmp_path, loss_config, group_by_length=False, rows=None, batch_size=3, track_gen=False):
-    optim = OptimSettings(batch_size=batch_size, group_by_length=group_by_length)
-    args = training_arguments(optim, tmp_path, disable_tqdm=True)
-    experiment = Experiment(name="perf", loss=loss_config, optim=optim, track_gen=track_gen)
-    return PreferenceTrainer(
-        model=model, args=args, train_dataset=ListDataset(rows or records()), data_collator=collate,
-        experiment=experiment, pad_token_id=PAD,
-    )
+def make_task(loss_config, rows=None, track_gen=False):
+    experiment = Experiment(name="perf", loss=loss_config, track_gen=track_gen)
+    return PreferenceTask(experiment, rows or records(), PAD, probe=[])
 
 
 @pytest.mark.parametrize("loss_config", LOSSES, ids=lambda c: c.name)
-def test_trainer_loss_and_gradient_equal_the_concatenated_computation(tmp_path, loss_config):
+def test_task_loss_and_gradient_equal_the_concatenated_computation(loss_config):
     model = tiny_causal_lm("llama")
-    trainer = make_trainer(model, tmp_path, loss_config)
+    task = make_task(loss_config)
     with count_forwards(model) as counter:
-        loss = trainer.compute_loss(model, collate(records()))
-    expected, parts = loss_and_parts(model, loss_config, share_prompt=False)
+        loss, parts = task.loss(model, records())
+    expected, expected_parts = loss_and_parts(model, loss_config, share_prompt=False)
     if loss_config.needs_gen:
         # prompts, pair, then y_gen with and without autograd: on this batch f(r) is zero on
         # some rows (r > 0) and not on others
@@ -171,7 +164,7 @@ def test_trainer_loss_and_gradient_equal_the_concatenated_computation(tmp_path, 
     else:
         assert counter.calls == 2  # prompts once, then the pair
     assert torch.allclose(loss, expected, atol=1e-6, rtol=1e-5)
-    assert trainer._parts["loss"] == pytest.approx([expected.item()], rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     got = param_grads(model, loss)
     assert torch.allclose(got, param_grads(model, expected), atol=1e-6, rtol=1e-4)
 
@@ -217,9 +210,9 @@ def test_gated_gen_logps_without_a_shared_prompt(model):
         assert any(g is not None and g.abs().max() > 0 for g in grads) == weighted
 
 
-def test_tracked_gen_runs_on_the_shared_prompts_without_autograd(tmp_path):
+def test_tracked_gen_runs_on_the_shared_prompts_without_autograd():
     model = tiny_causal_lm("llama")
-    trainer = make_trainer(model, tmp_path, LOSSES[0], track_gen=True)
+    task = make_task(LOSSES[0], track_gen=True)
     batch = collate(records())
     with count_forwards(model) as counter:
         policy, _, _ = policy_logps(model, batch, LOSSES[0], track_gen=True, pad=PAD)
@@ -228,7 +221,7 @@ def test_tracked_gen_runs_on_the_shared_prompts_without_autograd(tmp_path):
     assert torch.allclose(policy.gen, full[:, 2], atol=1e-5, rtol=0)
     grads = torch.autograd.grad(policy.gen.sum(), list(model.parameters()), allow_unused=True)
     assert all(g is None or not g.any() for g in grads)
-    loss = trainer.compute_loss(model, batch)
+    loss, _ = task.loss(model, records())
     assert torch.allclose(loss, loss_and_parts(model, LOSSES[0], share_prompt=False)[0], atol=1e-6, rtol=1e-5)
 
 
@@ -278,27 +271,21 @@ def test_packed_lengths_and_padding_fraction_by_hand():
 
 def test_length_grouped_batches_are_a_permutation_with_less_padding():
     rows, batch = synthetic_records(400), 8
-    torch.manual_seed(0)
-    order = list(length_grouped_sampler(rows, batch, with_gen=True))
+    opt = OptimSettings(batch_size=batch, group_by_length=True, seed=0)
+    lengths = packed_lengths(rows, with_gen=True)
+    order = batch_order(len(rows), opt, epoch=0, lengths=lengths)
     assert sorted(order) == list(range(len(rows)))
     grouped = [order[i : i + batch] for i in range(0, len(order), batch)]
-    shuffled = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    shuffled = batch_order(len(rows), replace(opt, group_by_length=False), epoch=0, lengths=None)
     random_batches = [shuffled[i : i + batch] for i in range(0, len(shuffled), batch)]
-    grouped_pad = padding_fraction(rows, grouped, with_gen=True)
-    random_pad = padding_fraction(rows, random_batches, with_gen=True)
-    assert grouped_pad < 0.75 * random_pad
-    # seeded like the Trainer seeds it: the same order again
-    torch.manual_seed(0)
-    assert list(length_grouped_sampler(rows, batch, with_gen=True)) == order
+    assert padding_fraction(rows, grouped, with_gen=True) < 0.75 * padding_fraction(rows, random_batches, with_gen=True)
+    # a function of (seed, epoch) only: the same order again, another epoch or seed another one
+    assert batch_order(len(rows), opt, epoch=0, lengths=lengths) == order
+    assert batch_order(len(rows), opt, epoch=1, lengths=lengths) != order
+    assert batch_order(len(rows), replace(opt, seed=1), epoch=0, lengths=lengths) != order
 
 
-def test_trainer_sampler_hook(tmp_path):
-    model = tiny_causal_lm("llama")
+def test_the_task_groups_by_the_widths_its_forward_packs():
     rows = synthetic_records(40)
-    unll = replace(LOSSES[1])
-    sampler = make_trainer(model, tmp_path, unll, group_by_length=True, rows=rows, batch_size=4)._get_train_sampler()
-    assert isinstance(sampler, LengthGroupedSampler) and sampler.batch_size == 4
-    assert sampler.lengths == packed_lengths(rows, with_gen=True)  # unll forwards y_gen
-    dpo = make_trainer(model, tmp_path, LOSSES[0], group_by_length=True, rows=rows, batch_size=4)
-    assert dpo._get_train_sampler().lengths == packed_lengths(rows, with_gen=False)
-    assert isinstance(make_trainer(model, tmp_path, LOSSES[0], rows=rows)._get_train_sampler(), RandomSampler)
+    assert make_task(LOSSES[1], rows).lengths() == packed_lengths(rows, with_gen=True)  # unll forwards y_gen
+    assert make_task(LOSSES[0], rows).lengths() == packed_lengths(rows, with_gen=False)

@@ -12,9 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dppo.logprobs import response_logps
-from dppo.losses import LossConfig
-from dppo.preference import REF_COLUMNS, cache_reference_logps, load_training_rows, subset_indices, train_preference
-from dppo.training import OptimConfig
+from dppo.preference import experiment_job
+from dppo.reference import cache_reference_logps
+from dppo.rows import REF_COLUMNS, subset_indices
+from dppo.settings import Experiment, LossSettings, OptimSettings
 
 
 @pytest.fixture()
@@ -29,6 +30,7 @@ def pref_files(tmp_path):
         "rejected_ids": [rng.integers(4, 20, size=1 + i % 5).tolist() + [3] for i in range(n)],
     })
     ygen = pd.DataFrame({"prompt_id": pref["prompt_id"], "gen_ids": [rng.integers(4, 20, size=1 + i % 2).tolist() + [3] for i in range(n)]})
+    ygen["gen"] = ["x"] * n
     pref.to_parquet(tmp_path / "pref.parquet")
     ygen.to_parquet(tmp_path / "ygen.parquet")
     return tmp_path / "pref.parquet", tmp_path / "ygen.parquet"
@@ -56,24 +58,31 @@ def test_subsets_are_nested_and_bounded():
         subset_indices(100, 101, seed=0)
 
 
-def test_training_logs_every_loss_part_per_step(tiny_model_dir, pref_files, tmp_path):
+def test_training_logs_every_loss_part_per_step_and_seed(tiny_model_dir, pref_files, tmp_path):
     pref_file, ygen_file = pref_files
-    cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet")
-    rows = load_training_rows(pref_file, ygen_file, tmp_path / "ref.parquet")
-    train_preference(tiny_model_dir, rows, tmp_path / "model", tmp_path / "m.jsonl",
-                     LossConfig(name="unll", alpha=0.5, f="sqrt"), OptimConfig(lr=1e-3, epochs=2, batch_size=4),
-                     tmp_path / "ckpt", experiment="unll-test", probe_rows=rows.iloc[:3], probe_every=4)
+    cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet", batch_size=4)
+    experiment = Experiment(name="unll-test", loss=LossSettings(name="unll", alpha=0.5, f="sqrt"),
+                            optim=OptimSettings(lr=1e-3, epochs=2, batch_size=4), seeds=(0, 1), probe_rows=3,
+                            probe_every=4)
+    experiment_job(experiment.to_dict(), str(tiny_model_dir), str(pref_file), str(ygen_file), str(tmp_path / "ref.parquet"),
+                   out_dir=str(tmp_path / "model"), metrics_file=str(tmp_path / "m.jsonl"),
+                   checkpoint_dir=str(tmp_path / "ckpt"), subset_seed=0, trust_remote_code=False)
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 7))
+    assert [(r["seed"], r["step"]) for r in records] == [(s, k) for s in (0, 1) for k in range(1, 7)]
     for key in ("loss", "dpo", "penalty", "reward_chosen", "reward_rejected", "reward_gen", "margin", "r", "f_r",
-                "frac_r_neg", "reward_acc", "logp_chosen", "logp_rejected", "logp_gen", "grad_norm", "lr"):
+                "frac_r_neg", "reward_acc", "logp_chosen", "logp_rejected", "logp_gen", "grad_norm", "lr",
+                "grad_weight_dpo", "grad_weight_penalty"):
         assert all(np.isfinite(r[key]) for r in records), key
     # the first step starts at the reference: implicit rewards are zero, the DPO loss is log 2
-    assert records[0]["dpo"] == pytest.approx(np.log(2), abs=1e-5)
-    assert records[0]["margin"] == pytest.approx(0.0, abs=1e-5)
+    first = [r for r in records if r["step"] == 1]
+    assert all(r["dpo"] == pytest.approx(np.log(2), abs=1e-5) for r in first)
+    assert all(r["margin"] == pytest.approx(0.0, abs=1e-5) for r in first)
     # the fixed probe rows are scored at step 1, every 4th step and the last step
-    probed = [r["step"] for r in records if "probe_logp_chosen" in r]
+    probed = [r["step"] for r in records if "probe_logp_chosen" in r and r["seed"] == 0]
     assert probed == [1, 4, 6]
-    assert all(np.isfinite(r[f"probe_logp_{k}"]) for r in records if "probe_logp_chosen" in r for k in ("chosen", "rejected", "gen"))
-    saved = json.loads((tmp_path / "model" / "dppo_training.json").read_text())
-    assert saved["loss"]["name"] == "unll" and saved["steps"] == 6
+    # the seeds differ in batch order, so their runs differ
+    assert [r["loss"] for r in records if r["seed"] == 0] != [r["loss"] for r in records if r["seed"] == 1]
+    for seed in (0, 1):
+        saved = json.loads((tmp_path / "model" / f"seed-{seed}" / "dppo_training.json").read_text())
+        assert saved["settings"]["loss"] == "unll" and saved["steps"] == 6 and saved["seed"] == seed
+    assert not (tmp_path / "ckpt").exists()

@@ -12,10 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from dppo import synthetic
 from dppo.io import UnsafeCheckpointError
-from dppo.rewards import (
-    VALID_BACKENDS, ProgrammaticReward, SeqClsReward, get_reward_backend, reward_backend_from_config,
-    score_generations,
-)
+from dppo.rewards import ProgrammaticReward, SeqClsReward, reward_backend, score_files, score_generations
+from dppo.settings import ConfigError, RewardSettings
 from dppo.tiny_model import build_tokenizer
 
 # Different lengths so a batch needs padding.
@@ -65,33 +63,29 @@ def _independent_ids(tokenizer, prompt, response) -> torch.Tensor:
     return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
 
 
-def test_unknown_backend_lists_valid_ones():
-    with pytest.raises(ValueError, match="programmatic.*seqcls.*nemotron"):
-        get_reward_backend("gpt4-judge")
-    assert VALID_BACKENDS == ("programmatic", "seqcls", "nemotron")
+def get_reward_backend(backend: str, **options):
+    return reward_backend(RewardSettings(backend=backend, **options))
 
 
-def test_unknown_option_and_missing_model_are_named(seqcls_dir):
-    with pytest.raises(ValueError, match="batchsize"):
-        get_reward_backend("seqcls", model=str(seqcls_dir), batchsize=4)
-    with pytest.raises(ValueError, match="'model'"):
-        get_reward_backend("nemotron")
-    with pytest.raises(ValueError, match="engine"):
-        get_reward_backend("seqcls", model=str(seqcls_dir), engine="tgi")
-    with pytest.raises(ValueError, match="takes no options"):
-        get_reward_backend("programmatic", model="x")
+def test_bad_settings_name_the_key(seqcls_dir):
+    with pytest.raises(ConfigError, match="reward.backend: 'gpt4-judge' is not one of: programmatic, seqcls, nemotron"):
+        RewardSettings.from_dict({"backend": "gpt4-judge"}, "reward")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['batchsize'\]"):
+        RewardSettings.from_dict({"backend": "seqcls", "model": str(seqcls_dir), "batchsize": 4}, "reward")
+    with pytest.raises(ConfigError, match="reward.model: reward backend 'nemotron' needs a model"):
+        RewardSettings.from_dict({"backend": "nemotron"}, "reward")
+    with pytest.raises(ConfigError, match="reward.engine"):
+        RewardSettings.from_dict({"backend": "seqcls", "model": str(seqcls_dir), "engine": "tgi"}, "reward")
 
 
 def test_backend_from_config_section(seqcls_dir):
     # The embedded default's section: model options are present but null or irrelevant.
     section = {"backend": "programmatic", "model": None, "engine": "transformers", "batch_size": 64,
                "tensor_parallel_size": 1}
-    assert isinstance(reward_backend_from_config(section), ProgrammaticReward)
-    backend = reward_backend_from_config({**section, "backend": "seqcls", "model": str(seqcls_dir), "max_length": None})
+    assert isinstance(reward_backend(RewardSettings.from_dict(section)), ProgrammaticReward)
+    backend = reward_backend(RewardSettings.from_dict({**section, "backend": "seqcls", "model": str(seqcls_dir)}))
     assert isinstance(backend, SeqClsReward)
     assert (backend.options.batch_size, backend.options.max_length) == (64, None)
-    with pytest.raises(ValueError, match="unknown reward backend 'nemo'"):
-        reward_backend_from_config({"backend": "nemo"})
 
 
 def test_programmatic_matches_hand_computed_ground_truth():
@@ -111,9 +105,9 @@ def test_seqcls_reward_equals_manual_score_head(seqcls_dir, tokenizer):
         for p, r in zip(PROMPTS, RESPONSES):
             hidden = model.model(_independent_ids(tokenizer, p, r)).last_hidden_state[0, -1]
             expected.append(float(hidden @ model.score.weight[0]))
-    one = get_reward_backend("seqcls", model=str(seqcls_dir), batch_size=1, device="cpu", show_progress=False)
+    one = get_reward_backend("seqcls", model=str(seqcls_dir), batch_size=1, device="cpu")
     assert one.score(PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-5)
-    batched = get_reward_backend("seqcls", model=str(seqcls_dir), batch_size=4, device="cpu", show_progress=False)
+    batched = get_reward_backend("seqcls", model=str(seqcls_dir), batch_size=4, device="cpu")
     assert batched.score(PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-5)
     assert len(set(round(x, 4) for x in expected)) == len(expected)  # distinct: order is really checked
 
@@ -122,15 +116,15 @@ def test_nemotron_reward_is_logit_of_token_zero_at_first_generated_position(caus
     model = LlamaForCausalLM.from_pretrained(causal_dir).eval()
     with torch.no_grad():
         expected = [float(model(_independent_ids(tokenizer, p, r)).logits[0, -1, 0]) for p, r in zip(PROMPTS, RESPONSES)]
-    one = get_reward_backend("nemotron", model=str(causal_dir), batch_size=1, device="cpu", show_progress=False)
+    one = get_reward_backend("nemotron", model=str(causal_dir), batch_size=1, device="cpu")
     assert one.score(PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-5)
     # Left padding inside one batch of 3 + 1 must not move any reward.
-    batched = get_reward_backend("nemotron", model=str(causal_dir), batch_size=3, device="cpu", show_progress=False)
+    batched = get_reward_backend("nemotron", model=str(causal_dir), batch_size=3, device="cpu")
     assert batched.score(PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-5)
 
 
 def test_max_length_keeps_the_end_of_the_chat(causal_dir, tokenizer):
-    backend = get_reward_backend("nemotron", model=str(causal_dir), max_length=6, device="cpu", show_progress=False)
+    backend = get_reward_backend("nemotron", model=str(causal_dir), max_length=6, device="cpu")
     ids = _independent_ids(tokenizer, PROMPTS[2], RESPONSES[2])[:, -6:]
     model = LlamaForCausalLM.from_pretrained(causal_dir).eval()
     with torch.no_grad():
@@ -166,12 +160,36 @@ def test_vllm_engine_without_vllm_says_so(causal_dir):
 
 
 def test_score_generations_keeps_rows_and_order():
-    generations = pd.DataFrame(
-        {"prompt_id": ["b", "a"], "prompt": ["rsort : a b", "unique : c c"], "response": ["b a", None], "extra": [1, 2]}
-    )
+    generations = pd.DataFrame({"seed": 0, "prompt_id": ["b", "a"], "prompt": ["rsort : a b", "unique : c c"],
+                                "response": ["b a", None], "extra": [1, 2]})
     scores = score_generations(generations, get_reward_backend("programmatic"))
-    assert list(scores.columns) == ["prompt_id", "prompt", "response", "reward"]
+    assert list(scores.columns) == ["seed", "prompt_id", "prompt", "response", "reward"]
     assert scores["prompt_id"].tolist() == ["b", "a"]
     assert scores["reward"].tolist() == pytest.approx([1.0, -2.0])  # a missing response scores as ""
     with pytest.raises(ValueError, match="repeats prompt_id 'b'"):
         score_generations(pd.concat([generations, generations]), get_reward_backend("programmatic"))
+
+
+def test_one_scoring_pass_loads_the_reward_model_once_and_rescores_only_what_changed(tmp_path):
+    loads = []
+
+    def counting_backend(settings):
+        loads.append(settings.backend)
+        return reward_backend(settings)
+
+    def generations(name, response):
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"seed": [0, 1], "prompt_id": ["a", "a"], "prompt": ["sort : b a"] * 2,
+                      "response": [response, "a b"]}).to_parquet(path)
+        return str(path), str(tmp_path / f"{name}.scores.parquet")
+
+    pairs = [generations(name, "a b") for name in ("sft", "dpo", "unll")]
+    settings, cache = RewardSettings(), tmp_path / "cache"
+    assert score_files(pairs, settings, cache, counting_backend) == 3 and loads == ["programmatic"]
+    first = {out: pd.read_parquet(out) for _, out in pairs}
+    assert score_files(pairs, settings, cache, counting_backend) == 0 and len(loads) == 1  # all cached: no load
+    pairs[2] = generations("unll", "b a")  # one experiment's answers change
+    assert score_files(pairs, settings, cache, counting_backend) == 1 and len(loads) == 2
+    assert pd.read_parquet(pairs[2][1])["reward"].tolist() == pytest.approx([-1.0, 1.0])
+    for _, out in pairs[:2]:
+        pd.testing.assert_frame_equal(pd.read_parquet(out), first[out])

@@ -1,46 +1,38 @@
-"""SFT: the prompt is masked (no loss, no gradient), padding is masked, training runs."""
+"""SFT: the loss is the token-mean NLL of the responses with the prompt masked, and training
+runs, logs every step and saves a loadable model."""
 
 from __future__ import annotations
 
 import json
 
 import pandas as pd
-import torch
 from transformers import AutoModelForCausalLM
 
-from dppo.sft import IGNORE_INDEX, SFTCollator, sft_example, train_sft
-from dppo.training import OptimConfig
-from sft_checks import positions_with_gradient
+from dppo.sft import sft_rows, train_sft
+from dppo.settings import OptimSettings
+from sft_checks import check_sft_loss_masks_the_prompt
+
+ROWS = [{"prompt_ids": [2, 24, 21, 23, 5, 3, 2, 25], "response_ids": [5, 3]},
+        {"prompt_ids": [2, 24], "response_ids": [6, 7, 3]},
+        {"prompt_ids": [2, 24, 20], "response_ids": [9]}]
 
 
-def test_sft_example_masks_exactly_the_prompt():
-    ex = sft_example([5, 6, 7], [8, 9])
-    assert ex["input_ids"] == [5, 6, 7, 8, 9]
-    assert ex["labels"] == [IGNORE_INDEX] * 3 + [8, 9]
-
-
-def test_collator_pads_right_and_masks_padding():
-    batch = SFTCollator(pad_token_id=0)([sft_example([5, 6], [7]), sft_example([5], [6, 7, 8])])
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [5, 6, 7, 8]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7, IGNORE_INDEX], [IGNORE_INDEX, 6, 7, 8]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
-
-
-def test_masked_positions_get_no_gradient(tiny_model_dir):
+def test_the_loss_is_the_masked_token_mean_nll(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    batch = SFTCollator(pad_token_id=0)([sft_example([2, 24, 21, 23, 5, 3, 2, 25], [5, 3]), sft_example([2, 24], [6, 7, 3])])
-    gets_gradient, predicts_response = positions_with_gradient(model, batch)
-    # position t predicts token t+1: it carries gradient iff labels[t+1] is a response token
-    assert torch.equal(gets_gradient, predicts_response)
-    assert int(predicts_response.sum()) == 5  # 2 + 3 response tokens
+    check_sft_loss_masks_the_prompt(model, ROWS, pad=0)
+
+
+def test_sft_rows_are_plain_int_lists():
+    frame = pd.DataFrame({"prompt_ids": [[1, 2]], "response_ids": [[3]]})
+    assert sft_rows(frame) == [{"prompt_ids": [1, 2], "response_ids": [3]}]
 
 
 def test_train_sft_saves_a_loadable_model_and_per_step_metrics(tmp_path, tiny_model_dir):
-    rows = [sft_example([2, 24, 20, 23, 4 + i % 5, 3, 2, 25], [4 + i % 5, 3]) for i in range(16)]
+    prompts = [[2, 24, 20, 23, 4 + i % 5, 3, 2, 25] for i in range(16)]
     train = tmp_path / "train.parquet"
-    pd.DataFrame({"prompt_ids": [r["input_ids"][:8] for r in rows], "response_ids": [r["input_ids"][8:] for r in rows]}).to_parquet(train)
+    pd.DataFrame({"prompt_ids": prompts, "response_ids": [[4 + i % 5, 3] for i in range(16)]}).to_parquet(train)
     out, metrics = tmp_path / "model", tmp_path / "metrics.jsonl"
-    train_sft(tiny_model_dir, train, out, metrics, OptimConfig(lr=1e-2, epochs=2, batch_size=4), tmp_path / "ckpt")
+    train_sft(tiny_model_dir, train, out, metrics, tmp_path / "ckpt", OptimSettings(lr=1e-2, epochs=2, batch_size=4))
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9))
     assert records[-1]["loss"] < records[0]["loss"]

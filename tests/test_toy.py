@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pandas as pd
@@ -11,6 +13,7 @@ import torch
 from dppo import settings as st
 from dppo.io import save_figure
 from dppo.latex import latex_number, macro_name
+from dppo.losses import preference_loss
 from dppo.settings import LossSettings
 from dppo.toy import model as tm
 from dppo.toy import summary as ts
@@ -72,11 +75,11 @@ def test_policy_is_a_three_layer_mlp_over_ten_responses():
 @pytest.mark.parametrize("number, greedy", [(1, [0, 1, 2, 3]), (3, [0, 1, 2, 3])])
 def test_step1_reaches_the_target_and_y_gen_is_its_argmax(number, greedy):
     target = tm.initial_distribution(tm.SCENARIOS[number - 1], st.InitialLevels())
-    policy = tm.build_policy(hidden=16, seed=0)
-    kl = tm.fit_distribution(policy, target, steps=300, lr=1e-2)
-    assert kl < 1e-4
+    policy = tm.StackedPolicy.stack([tm.build_policy(hidden=16, seed=0)])
+    kl = tm.fit_distribution(policy, target[None], steps=300, lr=1e-2)
+    assert kl.shape == (1,) and float(kl[0]) < 1e-4
     with torch.no_grad():
-        logp = policy()
+        logp = policy()[0]
     assert logp.exp().numpy() == pytest.approx(target.numpy(), abs=5e-3)
     # In scenarios 1 and 3 the optimal response is the most likely one after step 1.
     assert tm.greedy_responses(logp).tolist() == greedy
@@ -99,7 +102,7 @@ def test_pair_logps_are_single_token_log_softmax_entries():
     logp = torch.log_softmax(torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1)
     pairs = tm.make_preference_pairs(2, seed=0)
     y_gen = torch.tensor([9, 8, 2, 3])
-    out = tm.pair_logps(logp[pairs.prompt], pairs, y_gen)
+    out = tm.pair_logps(logp[pairs.prompt], pairs.chosen, pairs.rejected, y_gen[pairs.prompt])
     for i in range(len(pairs)):
         x = int(pairs.prompt[i])
         assert out.chosen[i] == logp[x, x]
@@ -113,12 +116,20 @@ def test_pair_logps_are_single_token_log_softmax_entries():
 def test_distribution_summary_by_hand():
     probs = torch.full((4, 10), 0.05, dtype=torch.float64)
     probs[:, 0] = 0.55  # response 0: optimal for prompt 0, "other chosen" for prompts 1..3
-    summary = tm.distribution_summary(probs.log())
+    summary = {k: float(v) for k, v in tm.distribution_summary(probs.log()).items()}
     assert summary["p_chosen"] == pytest.approx((0.55 + 3 * 0.05) / 4)
     assert summary["p_rejected"] == pytest.approx(0.2)
     assert summary["p_unseen"] == pytest.approx(0.1)
     assert summary["p_other_chosen"] == pytest.approx((3 * 0.05 + 3 * (0.55 + 0.1)) / 4)
     assert summary["p_outside"] == pytest.approx(1 - summary["p_chosen"] - 0.2)
+
+
+def _train_one(policy, reference_logp, pairs, y_gen, loss_cfg, steps, lr) -> pd.DataFrame:
+    """Step 2 of a single run through the batched trainer."""
+    return tt.train_runs(
+        tm.StackedPolicy.stack([policy]), reference_logp[None], tm.PreferencePairs.stack([pairs]),
+        y_gen[None], [loss_cfg], steps=steps, lr=lr,
+    )
 
 
 def test_recorded_gradients_match_the_dpo_formula_at_the_reference():
@@ -129,10 +140,10 @@ def test_recorded_gradients_match_the_dpo_formula_at_the_reference():
         reference_logp = policy().clone()
     pairs = tm.make_preference_pairs(3, seed=0)
     beta = 0.2
-    records = tt.train_on_pairs(
+    records = _train_one(
         policy, reference_logp, pairs, tm.greedy_responses(reference_logp),
         LossSettings(name="dpo", beta=beta), steps=2, lr=1e-2,
-    )
+    ).to_dict("records")
     probs = reference_logp.exp()
     expected_w = (beta / 2 / probs[pairs.prompt, pairs.chosen]).mean()
     expected_l = (beta / 2 / probs[pairs.prompt, pairs.rejected]).mean()
@@ -144,16 +155,215 @@ def test_recorded_gradients_match_the_dpo_formula_at_the_reference():
     assert records[1]["p_rejected"] < records[0]["p_rejected"]
 
 
+def test_stacked_policy_is_the_seeded_policies_side_by_side():
+    policies = [tm.build_policy(hidden=8, seed=seed) for seed in (3, 1, 3)]
+    stacked = tm.StackedPolicy.stack(policies)
+    assert stacked.n_runs == 3
+    logp = stacked()
+    assert logp.shape == (3, 4, 10) and logp.dtype == torch.float64
+    for run, policy in enumerate(policies):
+        assert torch.equal(logp[run], policy())
+    assert torch.equal(logp[0], logp[2]) and not torch.equal(logp[0], logp[1])
+    copies = stacked.select(torch.tensor([1, 1, 0]))
+    assert torch.equal(copies()[0], logp[1]) and torch.equal(copies()[2], logp[0])
+    with torch.no_grad():
+        copies.weights[0][0] += 1.0  # a copy shares no storage with its source
+    assert torch.equal(stacked()[1], logp[1])
+
+
+def test_low_rank_output_layer_shares_a_rank_k_map():
+    policy = tm.build_policy(hidden=8, seed=0, output_rank=2)
+    linears = [m for m in policy.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features, m.bias is not None) for m in linears] == [
+        (4, 8, True), (8, 8, True), (8, 2, False), (2, 10, True)]
+    # the first three layers are drawn as in the full model: same seed, same weights
+    full = tm.build_policy(hidden=8, seed=0)
+    assert torch.equal(full.net[0].weight, policy.net[0].weight) and torch.equal(full.net[2].weight, policy.net[2].weight)
+    stacked = tm.StackedPolicy.stack([policy, tm.build_policy(hidden=8, seed=1, output_rank=2)])
+    assert torch.allclose(stacked()[0], policy(), rtol=0, atol=1e-14)
+    weight, bias = stacked.output_layer()
+    assert weight.shape == (2, 10, 2) and bias.shape == (2, 10)
+
+
+def _reference_fit(policy, target, steps, lr):
+    """The per-run step 1 as it was before batching: one policy, its own Adam."""
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (target * (target.log() - policy())).sum(-1).mean().backward()
+        optimizer.step()
+
+
+def _reference_train(policy, reference_logp, pairs, y_gen, loss_cfg, steps, lr):
+    """The per-run step 2 as it was before batching (dppo.losses.preference_loss on one run's
+    pairs, one Adam per run), parts kept in float64."""
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    params = list(policy.parameters())
+    gen = y_gen[pairs.prompt]
+    reference = tm.pair_logps(reference_logp[pairs.prompt], pairs.chosen, pairs.rejected, gen)
+    rows = torch.arange(len(pairs))
+    records = []
+    for step in range(steps + 1):
+        logp = policy()
+        logp_rows = logp[pairs.prompt]
+        loss, parts = preference_loss(tm.pair_logps(logp_rows, pairs.chosen, pairs.rejected, gen), reference, loss_cfg)
+        grad_rows, *param_grads = torch.autograd.grad(loss, [logp_rows, *params])
+        dloss_dprob = len(pairs) * grad_rows / logp_rows.detach().exp()
+        record = {"step": step, "loss_value": float(loss.detach())}
+        record.update({f"part_{k}": float(v) for k, v in parts.items() if k != "loss"})
+        record.update({k: float(v) for k, v in tm.distribution_summary(logp).items()})
+        record["grad_chosen"] = float(dloss_dprob[rows, pairs.chosen].abs().mean())
+        record["grad_rejected"] = float(dloss_dprob[rows, pairs.rejected].abs().mean())
+        finite = (
+            bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in param_grads)
+            and float(logp.detach().min()) > tm.UNDERFLOW_LOGP
+        )
+        record["diverged"] = not finite
+        records.append(record)
+        if step == steps or not finite:
+            break
+        for parameter, grad in zip(params, param_grads):
+            parameter.grad = grad
+        optimizer.step()
+    return records
+
+
+def _reference_run_all(settings, scenarios):
+    frames = []
+    for scenario in scenarios:
+        for seed in settings.seeds:
+            reference = tm.build_policy(settings.hidden, seed)
+            _reference_fit(reference, tm.initial_distribution(scenario, settings.initial), settings.sft_steps, settings.sft_lr)
+            with torch.no_grad():
+                reference_logp = reference()
+            pairs = tm.make_preference_pairs(settings.pairs_per_prompt, seed)
+            for label, cfg in settings.losses.items():
+                records = _reference_train(
+                    copy.deepcopy(reference), reference_logp, pairs, tm.greedy_responses(reference_logp), cfg,
+                    settings.steps, settings.lr,
+                )
+                frames.append(pd.DataFrame.from_records(records).assign(scenario=scenario.number, seed=seed, loss=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+# lr 0.1 makes DPO underflow the rejected probabilities in S1 and minll's penalty run away in S2,
+# at different steps per seed: runs stop at different steps while the others go on.
+DIVERGING = st.ToySettings(
+    seeds=(0, 1), hidden=16, sft_steps=100, steps=60, lr=0.1, pairs_per_prompt=3,
+    losses={
+        "dpo": LossSettings(name="dpo"),
+        "minll": LossSettings(name="minll", alpha=5.0),
+        "slic": LossSettings(name="slic"),
+        "unll": LossSettings(name="unll", alpha=0.5, f="quadratic", unll_level="sequence"),
+    },
+)
+
+
+def test_batched_runs_equal_the_per_run_loop():
+    scenarios = tm.SCENARIOS[:2]
+    runs, step1 = tt.run_all(DIVERGING, scenarios)
+    expected = _reference_run_all(DIVERGING, scenarios)
+    keys = ["scenario", "seed", "loss", "step"]
+    assert runs[keys].equals(expected[keys])  # same runs, same lengths, same order
+    last = runs.groupby(["scenario", "seed", "loss"], sort=False).last()
+    assert last["diverged"].sum() >= 4 and not last["diverged"].all()
+    assert set(last.loc[last["diverged"]].reset_index()["step"]) != {DIVERGING.steps}
+    assert runs.groupby(["scenario", "seed", "loss"])["diverged"].sum().max() == 1  # only the last record
+    pd.testing.assert_frame_equal(runs[expected.columns], expected, check_exact=False, rtol=1e-12, atol=0)
+    assert len(step1) == 4 and step1["step1_kl"].max() < 1e-3
+
+
 def test_same_seed_gives_identical_numbers_and_another_seed_does_not():
-    scenario = tm.SCENARIOS[1]
-    first, step1 = tt.run_scenario(scenario, seed=0, settings=SMALL)
-    again, step1_again = tt.run_scenario(scenario, seed=0, settings=SMALL)
+    first, step1 = tt.run_all(SMALL, tm.SCENARIOS[1:2])
+    again, step1_again = tt.run_all(SMALL, tm.SCENARIOS[1:2])
     pd.testing.assert_frame_equal(first, again, check_exact=True)
-    assert step1 == step1_again
-    other, _ = tt.run_scenario(scenario, seed=1, settings=SMALL)
+    pd.testing.assert_frame_equal(step1, step1_again, check_exact=True)
+    other, _ = tt.run_all(dataclasses.replace(SMALL, seeds=(1,)), tm.SCENARIOS[1:2])
     assert not first["p_chosen"].equals(other["p_chosen"])
     assert set(first["loss"]) == {"dpo", "minll"}
     assert len(first) == 2 * (SMALL.steps + 1)
+    # a run's numbers do not depend on which other runs share its batch
+    both, _ = tt.run_all(dataclasses.replace(SMALL, seeds=(1, 0)), tm.SCENARIOS[1:2])
+    pd.testing.assert_frame_equal(both[both["seed"] == 0].reset_index(drop=True), first, check_exact=True)
+
+
+def test_a_runaway_penalty_is_stopped_and_flagged():
+    # Scenario 2 (chosen less likely than rejected, so r < 0 and the minll penalty fires) with a
+    # large alpha and step size: minll's alpha f(r) log pi(y_gen) is unbounded below and log pi
+    # of y_gen underflows float64 within a few dozen steps; DPO on the same set-up does not.
+    settings = dataclasses.replace(
+        DIVERGING, seeds=(0,), sft_steps=300,
+        losses={"minll": LossSettings(name="minll", alpha=5.0), "dpo": LossSettings(name="dpo")},
+    )
+    runs, _ = tt.run_all(settings, tm.SCENARIOS[1:2])
+    runaway, dpo = runs[runs["loss"] == "minll"], runs[runs["loss"] == "dpo"]
+    assert len(runaway) < 61 and runaway["diverged"].iloc[-1] and not runaway["diverged"].iloc[:-1].any()
+    assert runaway["part_logp_gen"].iloc[-1] < runaway["part_logp_gen"].iloc[0] - 100
+    assert len(dpo) == 61 and not dpo["diverged"].any()
+
+
+def test_a_stopped_run_is_not_updated_again():
+    # two copies of one set-up, one with a runaway penalty: it stops, and its parameters then
+    # stay as they were while the other run's go on changing.
+    policy = tm.build_policy(16, seed=0)
+    stacked = tm.StackedPolicy.stack([policy, policy])
+    tm.fit_distribution(stacked, tm.initial_distribution(tm.SCENARIOS[1], st.InitialLevels())[None].expand(2, -1, -1), 300, 1e-2)
+    with torch.no_grad():
+        reference_logp = stacked()
+    pairs = tm.PreferencePairs.stack([tm.make_preference_pairs(3, seed=0)] * 2)
+    losses = [LossSettings(name="minll", alpha=5.0), LossSettings(name="dpo")]
+    runs = tt.train_runs(stacked, reference_logp, pairs, tm.greedy_responses(reference_logp), losses, steps=60, lr=0.1)
+    stopped = runs[runs["run"] == 0]
+    assert stopped["diverged"].iloc[-1] and len(stopped) < 61
+    assert len(runs[runs["run"] == 1]) == 61
+    with torch.no_grad():
+        final = stacked()
+    # the stopped run's final parameters are those of its last (diverged) record
+    assert float(tm.distribution_summary(final)["p_chosen"][0]) == stopped["p_chosen"].iloc[-1]
+    assert float(tm.distribution_summary(final)["p_chosen"][1]) != runs[runs["run"] == 1]["p_chosen"].iloc[-2]
+
+
+def test_unseen_output_rows_get_no_gradient_from_a_margin_only_loss():
+    # One-token responses: dL/dlogits = c (e_l - e_w) when L depends on log pi(y_w) - log pi(y_l)
+    # only, so responses 8, 9 (in no pair) keep their output-layer rows; a lone log pi(y_w) term
+    # (slic) or unequal flex betas move them.
+    settings = dataclasses.replace(
+        SMALL, seeds=(0,), steps=15,
+        losses={
+            "dpo": LossSettings(name="dpo"),
+            "ipo": LossSettings(name="ipo"),
+            "flex_equal": LossSettings(name="flex_dpo", beta_w=0.1, beta_l=0.1),
+            "flex": LossSettings(name="flex_dpo", beta_w=0.1, beta_l=0.05),
+            "slic": LossSettings(name="slic"),
+            "dpo_sft": LossSettings(name="dpo_sft"),
+        },
+    )
+    runs, _ = tt.run_all(settings, tm.SCENARIOS[:1])
+    change = runs.groupby("loss")[["out_change_unseen", "out_change_rejected", "out_change_chosen"]].max()
+    for loss in ("dpo", "ipo", "flex_equal"):
+        # zero up to float rounding, which Adam's division by sqrt(v) + eps scales up
+        assert change.loc[loss, "out_change_unseen"] < ts.FIXED_RATIO * change.loc[loss, "out_change_rejected"]
+    for loss in ("flex", "slic", "dpo_sft"):
+        assert change.loc[loss, "out_change_unseen"] > 1e-3
+    assert (change["out_change_chosen"] > 1e-3).all()
+    assert runs.groupby("loss")["out_change_unseen"].first().eq(0).all()  # step 0 is the start
+    rows = ts.output_row_table(runs, settings.losses)
+    assert rows.set_index("loss")["predicted_fixed"].to_dict() == {
+        "dpo": True, "ipo": True, "flex_equal": True, "flex": False, "slic": False, "dpo_sft": False}
+    assert (rows["predicted_fixed"] == rows["unseen_fixed"]).all()
+
+
+def test_margin_only_losses():
+    assert ts.margin_only(LossSettings(name="dpo"), f_r_positive=True)
+    assert ts.margin_only(LossSettings(name="ipo"), f_r_positive=True)
+    assert not ts.margin_only(LossSettings(name="slic"), f_r_positive=False)
+    assert not ts.margin_only(LossSettings(name="dpo_sft"), f_r_positive=False)
+    assert ts.margin_only(LossSettings(name="flex_dpo", beta=0.2, beta_w=0.2), f_r_positive=False)
+    assert not ts.margin_only(LossSettings(name="flex_dpo", beta_w=0.2, beta_l=0.1), f_r_positive=False)
+    for name in ("minll", "unll", "conll"):  # dpo while the penalty is off
+        assert ts.margin_only(LossSettings(name=name), f_r_positive=False)
+        assert not ts.margin_only(LossSettings(name=name), f_r_positive=True)
+    assert ts.OUTPUT_ROWS == tuple(tt.OUTPUT_ROWS)
 
 
 def test_settings_from_config_name_the_bad_key():
@@ -239,28 +449,6 @@ def test_latex_outputs():
     assert r"1 & dpo & 0.80 $\pm$ 0.10 & 0.55 $\pm$ 0.05 & \ensuremath{5.5\times 10^{-9}} $\pm$ 0.00" in tex
 
 
-def test_a_runaway_penalty_is_stopped_and_flagged():
-    # Scenario 2 (chosen less likely than rejected, so r < 0 and the minll penalty fires) with a
-    # large alpha and step size: minll's alpha f(r) log pi(y_gen) is unbounded below and log pi
-    # of y_gen underflows float64 within a few dozen steps; DPO on the same set-up does not.
-    def run(loss_cfg):
-        policy = tm.build_policy(16, seed=0)
-        tm.fit_distribution(policy, tm.initial_distribution(tm.SCENARIOS[1], st.InitialLevels()), 300, 1e-2)
-        with torch.no_grad():
-            reference_logp = policy()
-        return tt.train_on_pairs(
-            policy, reference_logp, tm.make_preference_pairs(3, seed=0),
-            tm.greedy_responses(reference_logp), loss_cfg, steps=60, lr=0.1,
-        )
-
-    runaway = run(LossSettings(name="minll", alpha=5.0))
-    assert len(runaway) < 61 and runaway[-1]["diverged"]
-    assert not any(r["diverged"] for r in runaway[:-1])
-    assert runaway[-1]["part_logp_gen"] < runaway[0]["part_logp_gen"] - 100
-    dpo = run(LossSettings(name="dpo"))
-    assert len(dpo) == 61 and not any(r["diverged"] for r in dpo)
-
-
 def test_seed_band_is_mean_and_sd_over_seeds():
     from dppo.toy import plots as toy_plots
 
@@ -304,7 +492,7 @@ def test_toy_rules_build_every_output(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config.yaml",
-         "--cores", "2", "--quiet", "toy"], cwd=tmp_path, capture_output=True, text=True,
+         "--cores", "2", "--quiet", "all", "toy"], cwd=tmp_path, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = pd.read_parquet(tmp_path / "results/toy/runs.parquet")

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from dppo import synthetic
 from dppo.generation import generate_greedy, special_token_ids
+from dppo.settings import GenerationSettings
 from dppo.tiny_model import save_tiny_model
 
 VLLM_PYTHON = Path(os.environ.get("DPPO_VLLM_PYTHON", Path(__file__).parents[1] / ".venv-vllm" / "bin" / "python"))
@@ -38,9 +39,9 @@ def test_vllm_and_transformers_greedy_ids_are_identical(tmp_path):
     eos_ids, _ = special_token_ids(model_dir)
     assert min(argmax_loop(model, eos_ids, p, MAX_NEW_TOKENS)[1] for p in prompts) > 1e-3
 
-    expected = generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, backend="transformers", batch_size=16)
+    expected = generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(batch_size=16))
     got = generate_greedy(
-        model_dir, prompts, MAX_NEW_TOKENS, backend="vllm", batch_size=16, vllm_python=VLLM_PYTHON
+        model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(backend="vllm", batch_size=16, vllm_python=VLLM_PYTHON)
     )
     assert got == expected
     # Both EOS-ended and max-length answers were compared.

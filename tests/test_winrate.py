@@ -1,4 +1,5 @@
-"""Win rate, bootstrap interval and LaTeX table against hand computations and a slow reference loop."""
+"""Win rates over seeds, paired differences, bootstrap intervals, MDE and the LaTeX table,
+against hand computations and a slow reference loop."""
 
 from __future__ import annotations
 
@@ -7,41 +8,100 @@ import pandas as pd
 import pytest
 
 from dppo import winrate
+from dppo.results import latex_table, win_rate_table
+from dppo.settings import WinRateSettings
 from dppo.winrate import (
-    bootstrap_interval, bootstrap_means, compare, latex_table, paired_rewards, win_rate_table,
+    MDE_Z,
+    against_sft,
+    bootstrap_interval,
+    bootstrap_means,
+    difference,
+    paired_differences,
+    per_prompt,
+    per_seed_scores,
 )
 
+SETTINGS = WinRateSettings(n_boot=400, seed=0, level=0.95, baseline="dpo")
 
-def _scores(ids, rewards) -> pd.DataFrame:
-    return pd.DataFrame({"prompt_id": ids, "prompt": [f"q{i}" for i in ids], "response": "r", "reward": rewards})
+
+def _scores(ids, rewards, seed=0) -> pd.DataFrame:
+    return pd.DataFrame({"seed": seed, "prompt_id": ids, "prompt": [f"q{i}" for i in ids], "response": "r",
+                         "reward": rewards})
 
 
 SFT = _scores(["a", "b", "c", "d"], [1.0, 1.0, 3.0, 0.0])
 # Rows in another order than the reference: the join must pair by prompt_id.
-MODEL = _scores(["d", "c", "b", "a"], [2.0, 2.0, 1.0, 3.0])  # a: win, b: tie, c: loss, d: win
+DPO = _scores(["d", "c", "b", "a"], [2.0, 2.0, 1.0, 3.0])  # a: win, b: tie, c: loss, d: win
+# Two seeds: seed 0 a, b lose, c, d tie; seed 1 wins everywhere.
+UNLL = pd.concat([_scores(["a", "b", "c", "d"], [-1.0, -1.0, 3.0, 0.0], seed=0),
+                  _scores(["a", "b", "c", "d"], [2.0, 2.0, 4.0, 1.0], seed=1)])
+SCORES = {"sft": SFT, "dpo": DPO, "unll": UNLL}
 
 
-def test_hand_computed_win_rate_with_ties():
-    result = compare(MODEL, SFT, n_boot=200, seed=0)
-    assert result["win_rate"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
-    assert (result["n_wins"], result["n_ties"], result["n_losses"]) == (2, 1, 1)
-    assert result["mean_reward"] == pytest.approx(2.0)
-    assert result["mean_reward_reference"] == pytest.approx(1.25)
-    assert result["n_prompts"] == 4
+def test_per_prompt_values_are_seed_means():
+    prompts = per_prompt(per_seed_scores(SCORES)).set_index(["name", "prompt_id"])
+    assert prompts.loc[("dpo", "a"), "win"] == 1.0 and prompts.loc[("dpo", "b"), "win"] == 0.5
+    assert prompts.loc[("unll", "a"), "win"] == pytest.approx(0.5)  # lose (seed 0), win (seed 1)
+    assert prompts.loc[("unll", "c"), "win"] == pytest.approx(0.75)  # tie, win
+    assert prompts.loc[("unll", "a"), "negative"] == pytest.approx(0.5)  # -1 then 2; 0 is not negative
+    assert prompts.loc[("unll", "d"), "reward"] == pytest.approx(0.5)
+    assert prompts.loc[("unll", "a"), "n_seeds"] == 2
 
 
-def test_share_of_negative_rewards():
-    model = _scores(["a", "b", "c", "d"], [-1.0, 0.0, -0.5, 2.0])
-    assert compare(model, SFT, n_boot=10, seed=0)["frac_negative"] == pytest.approx(0.5)  # 0 is not negative
+def test_against_sft_by_hand():
+    long = per_seed_scores(SCORES)
+    table = against_sft(long, per_prompt(long), ["dpo", "unll"], SETTINGS).set_index("name")
+    assert table.loc["dpo", "win_rate"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert (table.loc["dpo", "n_wins"], table.loc["dpo", "n_ties"], table.loc["dpo", "n_losses"]) == (2, 1, 1)
+    # unll: seed 0 (0 + 0 + .5 + .5)/4 = 0.25, seed 1 4/4 = 1 -> 0.625 over prompts of seed means.
+    assert table.loc["unll", "win_rate"] == pytest.approx(0.625)
+    assert table.loc["unll", "win_rate_seed_sd"] == pytest.approx(np.std([0.25, 1.0], ddof=1))
+    assert table.loc["unll", "n_seeds"] == 2 and table.loc["unll", "n_prompts"] == 4
+    assert table.loc["unll", "frac_negative"] == pytest.approx(0.25)
+    assert table.loc["dpo", "mean_reward_reference"] == pytest.approx(1.25)
+    for name in ("dpo", "unll"):
+        row = table.loc[name]
+        assert row["win_rate_low"] <= row["win_rate"] <= row["win_rate_high"]
+
+
+def test_paired_differences_by_hand_and_paired_resampling():
+    prompts = per_prompt(per_seed_scores(SCORES))
+    table = paired_differences(prompts, ["dpo", "unll"], "dpo", SETTINGS).set_index("name")
+    assert table.loc["dpo", "d_win_rate"] == 0 and table.loc["dpo", "d_win_rate_mde"] == 0
+    # per prompt unll - dpo: a .5 - 1, b .5 - .5, c .75 - 0, d .75 - 1
+    assert table.loc["unll", "d_win_rate"] == pytest.approx((-0.5 + 0 + 0.75 - 0.25) / 4)
+    diffs = np.array([-0.5, 0.0, 0.75, -0.25])
+    draws = bootstrap_means(diffs, SETTINGS.n_boot, SETTINGS.seed)
+    assert table.loc["unll", "d_win_rate_mde"] == pytest.approx(MDE_Z * draws.std(ddof=1))
+    one = difference(prompts, "unll", "dpo", "win", SETTINGS)
+    assert one["diff"] == pytest.approx(table.loc["unll", "d_win_rate"])
+    assert (one["low"], one["high"]) == pytest.approx((table.loc["unll", "d_win_rate_low"],
+                                                       table.loc["unll", "d_win_rate_high"]))
+
+
+def test_paired_intervals_are_narrower_than_unpaired_for_correlated_models():
+    rng = np.random.default_rng(0)
+    n = 400
+    hard = rng.random(n) < 0.5  # prompts both models find hard
+    sft = _scores([f"p{i}" for i in range(n)], np.zeros(n))
+    a = _scores(sft["prompt_id"], np.where(hard, -1.0, 1.0) + (rng.random(n) < 0.1))
+    b = _scores(sft["prompt_id"], np.where(hard, -1.0, 1.0))
+    prompts = per_prompt(per_seed_scores({"sft": sft, "a": a, "b": b}))
+    paired = difference(prompts, "a", "b", "win", SETTINGS)
+    wins = prompts.pivot(index="prompt_id", columns="name", values="win")
+    unpaired = 2 * 1.96 * np.sqrt((wins["a"].var() + wins["b"].var()) / n)  # width were a and b independent
+    assert paired["high"] - paired["low"] < 0.5 * unpaired
 
 
 def test_different_prompt_sets_are_an_error():
-    with pytest.raises(ValueError, match=r"1 only in 'exp'.*1 only in the reference"):
-        paired_rewards(_scores(["a", "b", "c", "e"], [0.0] * 4), SFT, "exp")
+    with pytest.raises(ValueError, match=r"'x' \(seed 0\) and 'sft' scored different prompts: 1 only in 'x'"):
+        per_seed_scores({"sft": SFT, "x": _scores(["a", "b", "c", "e"], [0.0] * 4)})
     with pytest.raises(ValueError, match="repeat prompt_id 'a'"):
-        paired_rewards(_scores(["a", "a", "c", "d"], [0.0] * 4), SFT, "exp")
+        per_seed_scores({"sft": SFT, "x": _scores(["a", "a", "c", "d"], [0.0] * 4)})
     with pytest.raises(ValueError, match="missing rewards"):
-        paired_rewards(_scores(["a", "b", "c", "d"], [0.0, np.nan, 0.0, 0.0]), SFT, "exp")
+        per_seed_scores({"sft": SFT, "x": _scores(["a", "b", "c", "d"], [0.0, np.nan, 0.0, 0.0])})
+    with pytest.raises(ValueError, match="reference model 'sft'"):
+        per_seed_scores({"x": DPO})
 
 
 def test_interval_contains_estimate_and_shrinks_with_n():
@@ -49,7 +109,7 @@ def test_interval_contains_estimate_and_shrinks_with_n():
     widths = []
     for repeats in (20, 320):
         values = np.tile(pattern, repeats)
-        low, high = bootstrap_interval(values, n_boot=2000, seed=3)
+        low, high = bootstrap_interval(values, n_boot=2000, seed=3, level=0.95)
         assert low < values.mean() < high
         widths.append(high - low)
     # 16x the prompts: the interval narrows about 4x.
@@ -65,7 +125,7 @@ def test_bootstrap_spread_matches_the_standard_error():
 
 def test_seeded_bootstrap_is_deterministic():
     values = np.tile([1.0, 0.0, 0.5], 40)
-    assert bootstrap_interval(values, 500, seed=7) == bootstrap_interval(values, 500, seed=7)
+    assert bootstrap_interval(values, 500, 7, 0.95) == bootstrap_interval(values, 500, 7, 0.95)
     assert not np.array_equal(bootstrap_means(values, 500, seed=7), bootstrap_means(values, 500, seed=8))
 
 
@@ -87,47 +147,39 @@ def test_vectorised_bootstrap_equals_slow_loop_for_any_block_size(monkeypatch):
     np.testing.assert_allclose(bootstrap_means(values, 300, seed=11), expected, rtol=0, atol=1e-12)
     monkeypatch.setattr(winrate, "_BOOT_BLOCK", 5 * 37 + 3)  # 5 replicates per block
     np.testing.assert_allclose(bootstrap_means(values, 300, seed=11), expected, rtol=0, atol=1e-12)
-    low, high = bootstrap_interval(values, 300, seed=11)
+    # columns share their resampled rows: the mean of column differences is the difference of means
+    both = np.stack([values, values[::-1]], axis=1)
+    draws = bootstrap_means(both, 300, seed=11)
+    np.testing.assert_allclose(draws[:, 0], expected, rtol=0, atol=1e-12)
+    low, high = bootstrap_interval(values, 300, 11, 0.95)
     assert (low, high) == pytest.approx(tuple(np.percentile(expected, [2.5, 97.5])))
 
 
 EXPERIMENTS = [
-    {"name": "dpo-n4-s0", "loss": "dpo", "f": None, "alpha": None, "beta": 0.1, "zeta": None, "n_train": 4,
-     "seed": 0, "init": "sft", "group": "main", "label": "DPO"},
-    {"name": "unll-sqrt-a0.1-n4-s0", "loss": "unll", "f": "sqrt", "alpha": 0.1, "beta": 0.1, "zeta": None,
-     "n_train": 4, "seed": 0, "init": "sft", "group": "alpha_sweep", "label": "unll (sqrt) & 50%_x → DPO"},
+    {"name": "dpo", "loss": "dpo", "f": "linear", "alpha": 0.1, "beta": 0.1, "zeta": 0.1, "unll_level": "token_sum",
+     "n_train": None, "seeds": [0], "init": "sft", "group": "main", "label": "DPO"},
+    {"name": "unll", "loss": "unll", "f": "sqrt", "alpha": 0.1, "beta": 0.1, "zeta": 0.1, "unll_level": "token_sum",
+     "n_train": 4, "seeds": [0, 1], "init": "sft", "group": "alpha_sweep", "label": "unll (sqrt) & 50%_x → DPO"},
 ]
 
 
 @pytest.fixture()
 def table():
-    scores = {"sft": SFT, "dpo-n4-s0": MODEL, "unll-sqrt-a0.1-n4-s0": _scores(["a", "b", "c", "d"], [-1.0, -1.0, 3.0, 0.0])}
-    return win_rate_table(scores, EXPERIMENTS, reference="sft", n_boot=300, seed=0)
+    long = per_seed_scores(SCORES)
+    prompts = per_prompt(long)
+    names = [e["name"] for e in EXPERIMENTS]
+    return win_rate_table(EXPERIMENTS, against_sft(long, prompts, names, SETTINGS),
+                          paired_differences(prompts, names, "dpo", SETTINGS))
 
 
 def test_win_rate_table_rows(table):
-    assert table["name"].tolist() == ["dpo-n4-s0", "unll-sqrt-a0.1-n4-s0"]
-    assert table["mean_reward_reference"].tolist() == pytest.approx([1.25, 1.25])
-    assert table["frac_negative_reference"].tolist() == [0.0, 0.0]
-    assert table.loc[0, "win_rate"] == pytest.approx(0.625)
-    # unll: a, b lose; c, d tie -> (0 + 0 + .5 + .5) / 4.
-    assert table.loc[1, "win_rate"] == pytest.approx(0.25)
-    assert table.loc[1, "mean_reward"] == pytest.approx(0.25)
-    assert table.loc[1, "frac_negative"] == pytest.approx(0.5)
-    assert table.loc[1, ["loss", "f", "alpha", "n_train", "group"]].tolist() == ["unll", "sqrt", 0.1, 4, "alpha_sweep"]
-    # Integer columns stay integers in the CSV; DPO's missing f and alpha stay empty.
-    assert table.to_csv(index=False).splitlines()[1].split(",")[3:11] == ["dpo", "", "", "0.1", "", "4", "0", "sft"]
-    assert (table["ci_low"] <= table["win_rate"]).all() and (table["win_rate"] <= table["ci_high"]).all()
-    for col in ("name", "label", "group", "loss", "f", "alpha", "n_train", "seed", "win_rate", "ci_low", "ci_high",
-                "mean_reward", "frac_negative", "n_prompts"):
-        assert col in table.columns
-
-
-def test_win_rate_table_needs_every_experiment():
-    with pytest.raises(ValueError, match=r"experiment\(s\) \['unll-sqrt-a0.1-n4-s0'\]"):
-        win_rate_table({"sft": SFT, "dpo-n4-s0": MODEL}, EXPERIMENTS)
-    with pytest.raises(ValueError, match="reference model 'sft'"):
-        win_rate_table({"dpo-n4-s0": MODEL}, EXPERIMENTS)
+    assert table["name"].tolist() == ["dpo", "unll"]
+    assert table.loc[1, ["loss", "f", "alpha", "n_train", "group", "seeds"]].tolist() == [
+        "unll", "sqrt", 0.1, 4, "alpha_sweep", "0 1"]
+    # Integer columns stay integers in the CSV; a missing n_train stays empty.
+    header, dpo_line = table.to_csv(index=False).splitlines()[:2]
+    assert dict(zip(header.split(","), dpo_line.split(",")))["n_train"] == ""
+    assert table.loc[1, "n_seeds"] == 2
 
 
 def test_latex_table_content(table):
@@ -138,14 +190,8 @@ def test_latex_table_content(table):
     assert r"\toprule" in lines and r"\bottomrule" in lines
     # Under the header, under the reference line, and at the group change main -> alpha_sweep.
     assert lines.count(r"\midrule") == 3
-    assert r"\texttt{sft} & reference & -- & -- & -- & -- & 1.250 & 0.000 \\" in lines
-    unll = next(line for line in lines if "unll" in line)
-    assert unll.startswith(
-        r"\texttt{unll-sqrt-a0.1-n4-s0} & unll (sqrt) \& 50\%\_x $\rightarrow$ DPO & 0.1 & 4 & 0.250 & ["
-    )
-    assert unll.endswith(r" & 0.250 & 0.500 \\")  # mean of (-1, -1, 3, 0); 2 of 4 negative
-    dpo = next(line for line in lines if "dpo-n4-s0" in line)
-    low, high = table.loc[0, ["ci_low", "ci_high"]]
-    assert dpo == rf"\texttt{{dpo-n4-s0}} & DPO & -- & 4 & 0.625 & [{low:.3f}, {high:.3f}] & 2.000 & 0.000 \\"
+    unll = next(line for line in lines if line.startswith(r"\texttt{unll}"))
+    low, high = table.loc[1, ["win_rate_low", "win_rate_high"]]
+    assert unll.startswith(rf"\texttt{{unll}} & 0.1 & 4 & 2 & 0.625 & [{low:.3f}, {high:.3f}] & ")
     assert any(line.startswith(r"\ifdim\wd0>\linewidth\ifdefined\resizebox") for line in lines)  # shrink if too wide
     assert r"\caption{Win rates.}" in lines and r"\label{tab:wr}" in lines

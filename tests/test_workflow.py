@@ -20,6 +20,7 @@ from dppo.config import expand_experiments
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SHIPPED_CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))  # given after config.yaml
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -38,13 +39,23 @@ def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
     return [(rule, output) for rule, output in jobs if rule != "all"]
 
 
-@pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: p.name)
-def test_dry_run_of_every_shipped_config(config, tmp_path):
-    done = snakemake(tmp_path, "all", "-n", "--configfile", str(config))
-    n_experiments = len(expand_experiments(yaml.safe_load(config.read_text())))
+def _merged(paths) -> dict:
+    config: dict = {}
+    for path in paths:
+        for key, value in yaml.safe_load(path.read_text()).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    return config
+
+
+@pytest.mark.parametrize("configs", [[c] for c in SHIPPED_CONFIGS] + [[ROOT / "config.yaml", o] for o in OVERLAYS],
+                         ids=lambda ps: "+".join(p.name for p in ps))
+def test_dry_run_of_every_shipped_config(configs, tmp_path):
+    done = snakemake(tmp_path, "all", "-n", "--configfile", *map(str, configs))
+    n_experiments = len(expand_experiments(_merged(configs)))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout, flags=re.M))
-    assert int(counts["train_preference"]) == n_experiments
-    assert int(counts["generate_eval"]) == int(counts["score"]) == n_experiments + 1  # + the SFT model
+    assert int(counts["train_preference"]) == n_experiments  # one job per experiment, whatever its seeds
+    # one job answers for every model and one scores them all: one reward-model load per pass
+    assert int(counts["generate_eval"]) == int(counts["score"]) == 1
 
 
 def test_lint_is_clean(tmp_path):
@@ -78,30 +89,39 @@ def test_tiny_end_to_end_run_produces_every_result(tiny_run):
     stats = json.loads((tiny_run / "results/data/pref/stats.json").read_text())
     assert stats["cutoff"] > 0 and stats["rows_kept"]["train"] > 0
     table = pd.read_csv(tiny_run / "results/tables/win_rates.csv")
-    assert set(table["name"]) == {"dpo", "unll__f=linear", "conll__alpha=0.5", "dpo_small", "unll_then_dpo", "ipo"}
+    assert set(table["name"]) == {"dpo", "unll", "conll__alpha=0.5", "unll_small", "unll_then_dpo", "ipo"}
     assert table["win_rate"].between(0, 1).all()
-    assert (table["ci_low"] <= table["win_rate"]).all() and (table["win_rate"] <= table["ci_high"]).all()
+    assert (table["win_rate_low"] <= table["win_rate"]).all() and (table["win_rate"] <= table["win_rate_high"]).all()
+    assert table.set_index("name")["n_seeds"].to_dict()["dpo"] == 2
     for name in table["name"]:
         metrics = [json.loads(line) for line in (tiny_run / f"results/metrics/{name}.jsonl").read_text().splitlines()]
-        assert metrics and all(key in metrics[0] for key in ("loss", "dpo", "logp_chosen", "logp_rejected", "grad_norm"))
-    unll_metrics = (tiny_run / "results/metrics/unll__f=linear.jsonl").read_text().splitlines()
+        assert metrics and all(key in metrics[0] for key in ("loss", "dpo", "logp_chosen", "logp_rejected", "grad_norm",
+                                                             "seed"))
+    unll_metrics = (tiny_run / "results/metrics/unll.jsonl").read_text().splitlines()
     assert all(json.loads(line)["logp_gen"] is not None for line in unll_metrics)
-    for fig in ("hparam_search", "paradigms", "reward_hist", "data_efficiency", "dynamics", "length_dist"):
+    assert sorted({json.loads(line)["seed"] for line in unll_metrics}) == [0, 1]
+    for fig in ("hparam_search", "paradigms", "differences", "reward_hist", "data_efficiency", "dynamics", "length_dist"):
         assert (tiny_run / f"paper/figures/{fig}.pdf").stat().st_size > 0
-    assert "\\newcommand" in (tiny_run / "paper/tables/macros.tex").read_text()
+    macros = (tiny_run / "paper/tables/macros.tex").read_text()
+    assert "\\newcommand{\\claimNegativeVerdict}" in macros
+    claims = pd.read_csv(tiny_run / "results/tables/claims.csv")
+    assert set(claims["verdict"]) <= {"holds", "refuted", "inconclusive", "not tested"}
     assert (tiny_run / "paper/build.log").exists()
-    scores = pd.read_parquet(tiny_run / "results/scores/sft.parquet")
-    assert len(scores) == config["data"]["pref"]["max_eval_prompts"]
+    scores = pd.read_parquet(tiny_run / "results/scores/unll.parquet")
+    assert len(scores) == 2 * config["data"]["pref"]["max_eval_prompts"]  # two seeds answer every prompt
+    if shutil.which("latexmk"):
+        assert (tiny_run / "paper/main.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @pytest.mark.slow
 def test_chained_experiment_starts_from_the_named_experiment(tiny_run):
     from dppo.io import weights_digest
 
-    record = json.loads((tiny_run / "results/models/unll_then_dpo/dppo_training.json").read_text())
-    assert record["init"] == "results/models/unll__f=linear"
-    assert record["init_sha256"] == weights_digest(tiny_run / "results/models/unll__f=linear")
-    sft_record = json.loads((tiny_run / "results/models/dpo/dppo_training.json").read_text())
+    for seed in (0, 1):  # seed by seed
+        record = json.loads((tiny_run / f"results/models/unll_then_dpo/seed-{seed}/dppo_training.json").read_text())
+        assert record["init"] == f"results/models/unll/seed-{seed}"
+        assert record["init_sha256"] == weights_digest(tiny_run / f"results/models/unll/seed-{seed}")
+    sft_record = json.loads((tiny_run / "results/models/dpo/seed-0/dppo_training.json").read_text())
     assert sft_record["init_sha256"] == weights_digest(tiny_run / "results/models/sft")
 
 
@@ -111,13 +131,31 @@ def test_changing_one_alpha_reruns_only_that_experiment_and_its_dependents(tiny_
     assert planned_jobs(nothing.stdout) == [], nothing.stdout
 
     config = yaml.safe_load((tiny_run / "tiny.yaml").read_text())
-    config["experiments"]["unll"]["alpha"] = 0.3  # unll__f=linear; unll_then_dpo starts from it
+    config["experiments"]["unll"]["alpha"] = 0.3  # unll; unll_then_dpo starts from it
     changed = tiny_run / "changed.yaml"
     changed.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = planned_jobs(snakemake(tiny_run, "all", "-n", "--configfile", str(changed)).stdout)
     trained = sorted(out for rule, out in jobs if rule == "train_preference")
-    assert trained == ["results/models/unll__f=linear", "results/models/unll_then_dpo"]
-    evaluated = sorted(out for rule, out in jobs if rule in ("generate_eval", "score"))
-    assert all("unll" in out for out in evaluated) and len(evaluated) == 4
+    assert trained == ["results/models/unll", "results/models/unll_then_dpo"]
+    # one answering and one scoring job, for the whole grid; their content caches make them
+    # regenerate and rescore only the changed models (checked below by running them)
+    assert sorted(rule for rule, _ in jobs if rule in ("generate_eval", "score")) == ["generate_eval", "score"]
     upstream = {"make_synthetic", "init_model", "prepare_data", "sft", "pregenerate", "ref_logps"}
     assert not upstream & {rule for rule, _ in jobs}
+
+
+@pytest.mark.slow
+def test_a_changed_experiment_regenerates_and_rescores_only_its_answers(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)  # keeps mtimes and .snakemake: nothing else is stale
+    config = yaml.safe_load((run / "tiny.yaml").read_text())
+    config["experiments"]["unll"]["alpha"] = 0.3
+    (run / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = {name: pd.read_parquet(run / f"results/scores/{name}.parquet") for name in ("sft", "dpo", "ipo")}
+    snakemake(run, "results/tables/win_rates.csv", "--cores", "2", "--configfile", str(run / "changed.yaml"))
+    generated = (run / "logs/generate_eval/generate_eval.log").read_text()
+    assert "generated answers of 2 of 7 models" in generated  # unll and unll_then_dpo
+    scored = (run / "logs/score/score.log").read_text()
+    assert "reward-model loads: 1 (programmatic) for 2 of 7 files" in scored
+    for name, table in before.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(run / f"results/scores/{name}.parquet"), table)

@@ -1,204 +1,205 @@
-"""Which runs the paper compares, and the verdicts on the poster's claims, from the
-win-rate table (:mod:`dppo.results`)."""
+"""Which runs the paper compares, and the verdicts on the poster's four claims.
+
+Every claim is tested the same way: a paired difference between two experiments on the same
+held-out prompts (per prompt, the mean over each experiment's seeds), with its bootstrap
+interval (:func:`dppo.winrate.difference`) and its minimum detectable difference (MDE). A
+claim that one method beats another HOLDS when the interval lies above zero, is REFUTED when
+it lies below zero, and is INCONCLUSIVE when it contains zero. The experiments each claim is
+tested on are named in the config (``claims``), before the results are seen; the one choice
+made after them (the best alpha of a sweep, the best run the chained one is compared with) is
+stated with the claim.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from dppo.latex import NA
-from dppo.settings import PENALIZED_LOSSES as PENALTY_LOSSES
+from dppo.settings import PENALIZED_LOSSES, ClaimsSettings, WinRateSettings
+from dppo.winrate import difference
 
 log = logging.getLogger(__name__)
 
-SEED_KEYS = ("label", "group", "loss", "f", "alpha", "n_train")
-
-
-def aggregate_seeds(win_rates: pd.DataFrame, keys=SEED_KEYS) -> pd.DataFrame:
-    """Mean over seeds of the win rate, its bootstrap interval bounds and the negative share.
-
-    With one seed this is the run's own 95% bootstrap interval over prompts; with several,
-    the seed-averaged interval (the table keeps per-seed rows for anything finer).
-    """
-    keys = [k for k in keys if k in win_rates.columns]
-    values = [c for c in ("win_rate", "ci_low", "ci_high", "frac_negative") if c in win_rates]
-    if win_rates.empty:
-        return pd.DataFrame(columns=[*keys, *values, "n_seeds"])
-    grouped = win_rates.groupby(keys, dropna=False, sort=False)
-    agg = grouped[values].mean()
-    agg["n_seeds"] = grouped.size()
-    return agg.reset_index()
+HOLDS, REFUTED, INCONCLUSIVE, NOT_TESTED = "holds", "refuted", "inconclusive", "not tested"
+CLAIM_COLUMNS = ("claim", "statement", "test", "a", "b", "metric", "diff", "low", "high", "mde", "level", "verdict",
+                 "n_seeds_a", "n_seeds_b", "note")
+STATEMENTS = {
+    "alpha": "The choice of the penalty strength alpha is essential.",
+    "negative": "Negative rewards decrease compared with DPO.",
+    "efficiency": "Unlikelihood on the small subset beats DPO on every row.",
+    "chained": "Unlikelihood on every row, then DPO on the subset, has the highest win rate.",
+}
 
 
 def label_with_alpha(row) -> str:
     """Label plus alpha for penalty losses, since one label (loss, f) may run at several alphas."""
-    if row.get("loss") in PENALTY_LOSSES and pd.notna(row.get("alpha")):
+    if row.get("loss") in PENALIZED_LOSSES and pd.notna(row.get("alpha")):
         return f"{row['label']}, α={row['alpha']:g}"
     return str(row["label"])
 
 
 def best_penalty(win_rates: pd.DataFrame):
-    """Seed-averaged row of the penalty variant (groups main, alpha_sweep) with the highest
-    win rate, or None. Ties keep the first in table order."""
-    penal = win_rates[win_rates["group"].isin(["main", "alpha_sweep"])
-                      & win_rates["loss"].isin(PENALTY_LOSSES)]
-    if penal.empty:
-        return None
-    agg = aggregate_seeds(penal, ("label", "loss", "f", "alpha", "n_train"))
-    return agg.loc[agg["win_rate"].idxmax()]
+    """The penalty variant (groups main, alpha_sweep) with the highest win rate, or None."""
+    penal = win_rates[win_rates["group"].isin(["main", "alpha_sweep"]) & win_rates["loss"].isin(PENALIZED_LOSSES)]
+    return None if penal.empty else penal.loc[penal["win_rate"].idxmax()]
 
 
-def _matching(df: pd.DataFrame, row, keys) -> pd.DataFrame:
-    for key in keys:
-        df = df[(df[key] == row[key]) | (df[key].isna() & pd.isna(row[key]))]
-    return df
-
-
-def pick_runs(win_rates: pd.DataFrame) -> dict[str, dict]:
-    """The runs the reward histogram and the dynamics compare.
-
-    ``dpo``: the main-group DPO run with the most training rows; ``dppo``: the best penalty
-    variant (:func:`best_penalty`). Each value is ``{"name", "label", "win_rate"}`` of its
-    lowest seed; a key is absent when the grid has no such run.
-    """
+def pick_runs(win_rates: pd.DataFrame, baseline: str, dppo: str | None) -> dict[str, dict]:
+    """The runs the reward histogram and the dynamics compare: ``dpo`` (the baseline) and
+    ``dppo`` (the config's pre-registered penalty variant, else the best one). Each value is
+    ``{"name", "label"}``; a key is absent when the grid has no such run."""
     picked: dict[str, dict] = {}
-    if win_rates.empty:
-        return picked
-    main_dpo = win_rates[(win_rates["group"] == "main") & (win_rates["loss"] == "dpo")]
-    if not main_dpo.empty:
-        row = main_dpo.sort_values(["n_train", "seed"], ascending=[False, True],
-                                   na_position="first").iloc[0]  # NaN n_train = all rows
-        picked["dpo"] = {"name": row["name"], "label": row["label"],
-                         "win_rate": float(row["win_rate"])}
-    best = best_penalty(win_rates)
-    if best is not None:
-        same = _matching(win_rates[win_rates["group"].isin(["main", "alpha_sweep"])], best,
-                         ("label", "loss", "f", "alpha", "n_train"))
-        row = same.sort_values("seed").iloc[0]
-        picked["dppo"] = {"name": row["name"], "label": label_with_alpha(row),
-                          "win_rate": float(best["win_rate"])}
+    by_name = win_rates.set_index("name", drop=False)
+    if baseline in by_name.index:
+        picked["dpo"] = {"name": baseline, "label": str(by_name.loc[baseline, "label"])}
+    row = by_name.loc[dppo] if dppo in by_name.index else best_penalty(win_rates)
+    if row is not None:
+        picked["dppo"] = {"name": row["name"], "label": label_with_alpha(row)}
     return picked
 
 
-def picked_files(win_rates: pd.DataFrame, paths) -> dict[str, str]:
+def picked_files(win_rates: pd.DataFrame, paths, baseline: str, dppo: str | None) -> dict[str, str]:
     """Display title -> the file among ``paths`` (one per run, named ``<run>.<ext>``) of each run
-    :func:`pick_runs` picks: "DPO" and the best penalty variant's label. A run the grid lacks
-    is left out."""
+    :func:`pick_runs` picks. A run the grid lacks is left out."""
     files = {Path(p).stem: str(p) for p in paths}
-    runs = pick_runs(win_rates)
     picked = {}
-    for key, title in (("dpo", "DPO"), ("dppo", None)):
-        if key in runs and runs[key]["name"] in files:
-            picked[title or runs[key]["label"]] = files[runs[key]["name"]]
-            log.info("%s: run %s", key, runs[key]["name"])
-        else:
-            log.info("%s: no run in this grid, left out", key)
+    for key, run in pick_runs(win_rates, baseline, dppo).items():
+        if run["name"] in files:
+            picked["DPO" if key == "dpo" else run["label"]] = files[run["name"]]
+            log.info("%s: run %s", key, run["name"])
     return picked
 
 
 def data_efficiency_rows(win_rates: pd.DataFrame, n_full: int | None = None) -> pd.DataFrame:
-    """Win rate per method and training-set size, seed-averaged.
+    """Win rate per method and training-set size.
 
     The data-efficiency group holds the runs on subsets; a method's run on all rows is the
-    main-group run of the same loss (and f, alpha for penalties), whose ``n_train`` is
-    empty and reads as ``n_full`` (the preference rows kept). Columns: ``method`` (loss,
-    and f for penalties), ``label``, ``loss``, ``n_train``, ``win_rate``, ``ci_low``, ``ci_high``.
-    """
-    cols = ["method", "label", "loss", "n_train", "win_rate", "ci_low", "ci_high"]
+    main-group run of the same loss (and f, alpha for penalties), whose ``n_train`` is empty
+    and reads as ``n_full`` (the preference rows kept). Columns: ``method`` (loss, and f for
+    penalties), ``label``, ``loss``, ``n_train``, ``win_rate``, ``win_rate_low``, ``win_rate_high``."""
+    cols = ["method", "label", "loss", "n_train", "win_rate", "win_rate_low", "win_rate_high"]
     eff = win_rates[win_rates["group"] == "data_efficiency"]
     if eff.empty:
         return pd.DataFrame(columns=cols)
     main = win_rates[win_rates["group"] == "main"]
     parts = [eff.assign(method=eff.apply(_method_key, axis=1))]
     for _, run in eff.drop_duplicates(["loss", "f", "alpha"]).iterrows():
-        keys = ("loss", "f", "alpha") if run["loss"] in PENALTY_LOSSES else ("loss",)
-        full = _matching(main, run, keys)
+        keys = ("loss", "f", "alpha") if run["loss"] in PENALIZED_LOSSES else ("loss",)
+        full = main
+        for key in keys:
+            full = full[full[key] == run[key]]
+        full = full[full["n_train"].isna()]
         if len(full):
-            parts.append(full.assign(method=_method_key(run)))
+            parts.append(full.iloc[:1].assign(method=_method_key(run)))
     rows = pd.concat(parts, ignore_index=True)
-    rows["n_train"] = pd.to_numeric(rows["n_train"], errors="coerce").fillna(
-        float("nan") if n_full is None else n_full)
+    rows["n_train"] = pd.to_numeric(rows["n_train"], errors="coerce").astype(float)
+    if n_full is not None:
+        rows["n_train"] = rows["n_train"].fillna(n_full)
     rows = rows.dropna(subset=["n_train"])
     # The full-data run's label ("DPO") names the method better than a subset's.
     names = {m: grp.sort_values("group", key=lambda g: g != "main")["label"].iloc[0]
              for m, grp in rows.groupby("method", sort=False)}
-    agg = aggregate_seeds(rows, ("method", "loss", "n_train"))
-    agg["label"] = agg["method"].map(names)
-    return agg[cols].sort_values(["method", "n_train"], kind="stable").reset_index(drop=True)
+    rows["label"] = rows["method"].map(names)
+    return rows[cols].sort_values(["method", "n_train"], kind="stable").reset_index(drop=True)
 
 
 def _method_key(row) -> str:
-    return f"{row['loss']} ({row['f']})" if row["loss"] in PENALTY_LOSSES else str(row["loss"])
+    return f"{row['loss']} ({row['f']})" if row["loss"] in PENALIZED_LOSSES else str(row["loss"])
 
 
-def claim_verdicts(win_rates: pd.DataFrame, n_full: int | None = None) -> dict[str, dict]:
-    """Test the poster's discussion claims on this run's win-rate table.
+# ----------------------------------------------------------------------------- verdicts
 
-    ``n_full``: the number of preference rows a run without ``n_train`` trains on.
 
-    Returns one entry per claim (``alpha``, ``negative``, ``efficiency``, ``chained``) with
-    ``verdict`` in {"holds", "does not hold", "cannot be tested"} and the numbers used.
-    The criteria are stated with each entry so the paper can print them.
-    """
-    out: dict[str, dict] = {}
-    wr = win_rates
+def better_verdict(low: float, high: float) -> str:
+    """"a beats b": holds above zero, refuted below zero, inconclusive across it."""
+    return HOLDS if low > 0 else REFUTED if high < 0 else INCONCLUSIVE
 
-    # 1. The choice of alpha matters: across the alpha sweep of the best (loss, f), the
-    #    best and worst alpha have non-overlapping 95% intervals.
-    sweep = aggregate_seeds(wr[wr["group"].isin(["alpha_sweep", "main"]) & wr["loss"].isin(PENALTY_LOSSES)],
-                       ("loss", "f", "alpha"))
-    counts = sweep.groupby(["loss", "f"], dropna=False)["alpha"].transform("nunique") if len(sweep) else []
-    sweep = sweep[pd.Series(counts, index=sweep.index) >= 2] if len(sweep) else sweep
-    if sweep.empty:
-        out["alpha"] = {"verdict": "cannot be tested", "spread": math.nan, "loss": NA, "f": NA}
+
+def _seeds(win_rates: pd.DataFrame, name: str) -> int:
+    return int(win_rates.set_index("name").loc[name, "n_seeds"])
+
+
+def _claim(key, test, a, b, metric, result, verdict, level, win_rates, note="") -> dict:
+    return {"claim": key, "statement": STATEMENTS[key], "test": test, "a": a, "b": b, "metric": metric,
+            "diff": result["diff"], "low": result["low"], "high": result["high"], "mde": result["mde"],
+            "level": level, "verdict": verdict, "n_seeds_a": _seeds(win_rates, a), "n_seeds_b": _seeds(win_rates, b),
+            "note": note}
+
+
+def _not_tested(key, why: str) -> dict:
+    return {**{c: None for c in CLAIM_COLUMNS}, "claim": key, "statement": STATEMENTS[key], "test": why,
+            "verdict": NOT_TESTED}
+
+
+def alpha_claim(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSettings,
+                settings: WinRateSettings) -> dict:
+    """Per penalty loss with an alpha sweep (same f and unlikelihood form, at least two alphas):
+    the paired difference in win rate between its best and its worst alpha, at a Bonferroni
+    level over the losses. Holds when one interval lies above zero; refuted when every interval
+    lies within +-margin (no difference that matters); inconclusive otherwise."""
+    sweep = win_rates[win_rates["group"].isin(["main", "alpha_sweep"]) & win_rates["loss"].isin(PENALIZED_LOSSES)]
+    lines = [g for _, g in sweep.groupby(["loss", "f", "unll_level"], dropna=False) if g["alpha"].nunique() >= 2]
+    if not lines:
+        return _not_tested("alpha", "no penalty loss is run at two or more alphas")
+    level = 1 - (1 - settings.level) / len(lines)  # Bonferroni over the lines tested
+    adjusted = WinRateSettings(**{**settings.to_dict(), "level": level})
+    results = []
+    for line in lines:
+        best = line.loc[line["win_rate"].idxmax()]
+        rest = line[line["name"] != best["name"]]
+        worst = rest.loc[rest["win_rate"].idxmin()]
+        results.append((best, worst, difference(prompts, best["name"], worst["name"], "win", adjusted)))
+    best, worst, result = max(results, key=lambda item: item[2]["low"])
+    if result["low"] > 0:
+        verdict = HOLDS
+    elif all(-claims.margin < r["low"] and r["high"] < claims.margin for _, _, r in results):
+        verdict = REFUTED
     else:
-        best = sweep.loc[sweep["win_rate"].idxmax()]
-        line = sweep[(sweep["loss"] == best["loss"]) & (sweep["f"] == best["f"])]
-        worst = line.loc[line["win_rate"].idxmin()]
-        holds = best["ci_low"] > worst["ci_high"]
-        out["alpha"] = {"verdict": "holds" if holds else "does not hold",
-                        "spread": best["win_rate"] - worst["win_rate"],
-                        "best_alpha": best["alpha"], "worst_alpha": worst["alpha"],
-                        "loss": best["loss"], "f": best["f"]}
+        verdict = INCONCLUSIVE
+    test = (f"best minus worst alpha of each penalty loss's sweep, paired difference in win rate against SFT, "
+            f"{100 * level:.1f}% intervals (Bonferroni over {len(lines)} losses); holds if one lies above 0, refuted "
+            f"if all lie within +-{claims.margin:g}")
+    note = "; ".join(f"{b['loss']} ({b['f']}): alpha {b['alpha']:g} vs {w['alpha']:g} {r['diff']:+.3f} "
+                     f"[{r['low']:+.3f}, {r['high']:+.3f}]" for b, w, r in results)
+    return _claim("alpha", test, best["name"], worst["name"], "win", result, verdict, level, win_rates, note)
 
-    # 2. Negative rewards drop compared to DPO: the best penalty variant has a smaller
-    #    share of negative rewards than main DPO.
-    dpo = aggregate_seeds(wr[(wr["group"] == "main") & (wr["loss"] == "dpo")], ("loss",))
-    best = best_penalty(wr)
-    if dpo.empty or best is None:
-        out["negative"] = {"verdict": "cannot be tested", "dpo": math.nan, "best": math.nan}
-    else:
-        d, b = dpo["frac_negative"].iloc[0], best["frac_negative"]
-        out["negative"] = {"verdict": "holds" if b < d else "does not hold", "dpo": d, "best": b,
-                           "label": label_with_alpha(best)}
 
-    # 3. Unlikelihood on the fewest rows beats DPO on the most rows (poster: 8k vs 60k).
-    eff = data_efficiency_rows(wr, n_full)
-    unll, dpo_eff = eff[eff["loss"] == "unll"], eff[eff["loss"] == "dpo"]
-    if unll.empty or dpo_eff.empty:
-        out["efficiency"] = {"verdict": "cannot be tested", "unll": math.nan, "dpo": math.nan,
-                             "unll_n": NA, "dpo_n": NA}
-    else:
-        u = unll.loc[unll["n_train"].idxmin()]
-        d = dpo_eff.loc[dpo_eff["n_train"].idxmax()]
-        out["efficiency"] = {"verdict": "holds" if u["win_rate"] > d["win_rate"] else "does not hold",
-                             "unll": u["win_rate"], "dpo": d["win_rate"],
-                             "unll_n": int(u["n_train"]), "dpo_n": int(d["n_train"])}
+def test_claims(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSettings,
+                settings: WinRateSettings) -> pd.DataFrame:
+    """One row per claim (:data:`CLAIM_COLUMNS`): the test, its numbers and its verdict."""
+    names = set(win_rates["name"])
+    baseline = settings.baseline
+    rows = [alpha_claim(win_rates, prompts, claims, settings)]
 
-    # 4. The chained run (unlikelihood, then DPO) has the highest win rate of all runs.
-    everything = aggregate_seeds(wr, ("label", "group", "loss", "f", "alpha", "n_train"))
-    chained = everything[everything["group"] == "chained"]
-    if chained.empty:
-        out["chained"] = {"verdict": "cannot be tested", "chained": math.nan, "best_other": math.nan}
+    if claims.dppo in names and baseline in names:
+        result = difference(prompts, claims.dppo, baseline, "negative", settings)
+        verdict = better_verdict(-result["high"], -result["low"])  # fewer negatives is better
+        test = ("paired difference in the share of negative rewards (penalty variant minus DPO); holds if the "
+                "interval lies below 0, refuted if above 0")
+        rows.append(_claim("negative", test, claims.dppo, baseline, "negative", result, verdict, settings.level,
+                           win_rates))
     else:
-        c = chained["win_rate"].max()
-        others = everything[everything["group"] != "chained"]["win_rate"]
-        best_other = others.max() if len(others) else math.nan
-        holds = len(others) == 0 or c > best_other
-        out["chained"] = {"verdict": "holds" if holds else "does not hold", "chained": c,
-                          "best_other": best_other,
-                          "label": str(chained.loc[chained["win_rate"].idxmax(), "label"])}
-    return out
+        rows.append(_not_tested("negative", "claims.dppo names no experiment"))
+
+    if claims.small_subset in names and baseline in names:
+        result = difference(prompts, claims.small_subset, baseline, "win", settings)
+        test = ("paired difference in win rate against SFT (unlikelihood on the subset minus DPO on every row); holds "
+                "if the interval lies above 0, refuted if below 0")
+        rows.append(_claim("efficiency", test, claims.small_subset, baseline, "win", result,
+                           better_verdict(result["low"], result["high"]), settings.level, win_rates))
+    else:
+        rows.append(_not_tested("efficiency", "claims.small_subset names no experiment"))
+
+    others = win_rates[win_rates["name"] != claims.chained]
+    if claims.chained in names and len(others):
+        best_other = others.loc[others["win_rate"].idxmax(), "name"]
+        result = difference(prompts, claims.chained, best_other, "win", settings)
+        test = ("paired difference in win rate against SFT (chained run minus the best other run of the grid, "
+                "picked by win rate); holds if the interval lies above 0, refuted if below 0")
+        rows.append(_claim("chained", test, claims.chained, best_other, "win", result,
+                           better_verdict(result["low"], result["high"]), settings.level, win_rates))
+    else:
+        rows.append(_not_tested("chained", "claims.chained names no experiment"))
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from dppo.settings import (
+    ClaimsSettings,
     ConfigError,
     DataSettings,
     Experiment,
@@ -115,6 +116,10 @@ def _check_inits(experiments: Mapping[str, Experiment]) -> None:
             raise ConfigError(f"experiments.{name}.init: {init!r} names no experiment (valid: 'sft' or one of {sorted(experiments)})")
         if init == name:
             raise ConfigError(f"experiments.{name}.init: an experiment cannot start from itself")
+        if init != "sft" and set(experiment.seeds) - set(experiments[init].seeds):
+            missing = sorted(set(experiment.seeds) - set(experiments[init].seeds))
+            raise ConfigError(f"experiments.{name}.seeds: seed(s) {missing} of this chained experiment have no run of "
+                              f"{init!r} to start from (its seeds: {list(experiments[init].seeds)})")
         seen, current = {name}, init
         while current != "sft":
             if current in seen:
@@ -133,6 +138,7 @@ SECTIONS = {
     "generation": GenerationSettings,
     "reward": RewardSettings,
     "win_rate": WinRateSettings,
+    "claims": ClaimsSettings,
     "toy": ToySettings,
     "paper": PaperSettings,
 }
@@ -145,9 +151,15 @@ def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
     resources = {rule: dict(entry or {}) for rule, entry in (config.get("resources") or {}).items()}
     for rule, entry in resources.items():
         parse(Resources, entry, f"resources.{rule}")
+    experiments = expand_experiments(config)
+    named = [("win_rate.baseline", sections["win_rate"].baseline)]
+    named += [(f"claims.{key}", getattr(sections["claims"], key)) for key in ("dppo", "small_subset", "chained")]
+    for key, name in named:
+        if name is not None and name not in experiments:
+            raise ConfigError(f"config key {key}: {name!r} names no experiment (experiments: {', '.join(experiments)})")
     return PipelineSettings(
         **sections,
-        experiments=expand_experiments(config),
+        experiments=experiments,
         toy=ToySettings.from_dict(config["toy"]) if config.get("toy") is not None else None,
         resources=resources,
     )

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from dppo.batching import pad_sequences
 from dppo.io import load_causal_lm, write_parquet
 from dppo.settings import DTYPES, GenerationSettings
 
@@ -112,20 +113,6 @@ def length_sorted_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> 
         yield order[start : start + batch_size]
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
-    """(input_ids, attention_mask) tensors, padded on the LEFT so every prompt ends where
-    generation starts."""
-    import torch
-
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
 def resolve_device(device: str | None) -> str:
     import torch
 
@@ -191,7 +178,7 @@ def _generate_transformers(
     start = time.perf_counter()
     with torch.inference_mode(), tqdm(total=len(prompts), desc="generate (transformers)", unit="prompt") as bar:
         for indices in batches:
-            input_ids, attention_mask = left_pad([prompts[i] for i in indices], pad_id)
+            input_ids, attention_mask = pad_sequences([prompts[i] for i in indices], pad_id, side="left")
             output = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -327,7 +314,7 @@ def generate_greedy(
     model_dir: str | Path,
     prompt_ids: Sequence[Sequence[int]],
     max_new_tokens: int,
-    settings: GenerationSettings,
+    settings: GenerationSettings | None = None,
     trust_remote_code: bool = False,
 ) -> list[list[int]]:
     """Greedy (argmax) continuation of every prompt, in input order.
@@ -344,7 +331,7 @@ def generate_greedy(
     prompts = check_prompts(prompt_ids)
     if not prompts:
         return []
-    s = settings
+    s = settings or GenerationSettings()
     if s.backend == "transformers":
         return _generate_transformers(model_dir, prompts, max_new_tokens, s.batch_size, s.device, s.dtype, trust_remote_code)
     if Path(s.vllm_python).absolute() != Path(sys.executable).absolute():

@@ -26,6 +26,24 @@ def _umask() -> int:
     return mask
 
 
+PARTIAL_MARK = ".tmp-"  # in the names of atomic outputs still being written: .<name>.tmp-XXXX
+
+
+def cleanup_partial_outputs(directory: str | Path, name: str = "*") -> list[Path]:
+    """Remove what a killed writer left in ``directory``: the hidden ``.<name>.tmp-*`` files
+    and directories of :func:`atomic_output_file` / :func:`atomic_output_dir` (never taken as
+    outputs, but they would pile up). ``name`` limits it to one output's leftovers, for a
+    directory other jobs write to at the same time. Returns what was removed."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.glob(f".{name}{PARTIAL_MARK}*"):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path):
     """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``."""

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dppo.batching import PADDING_SIDES, pad_sequences
 from dppo.losses import ResponseLogps
-
-PADDING_SIDES = ("left", "right")
 
 
 @dataclass
@@ -43,18 +42,6 @@ def check_inputs(prompt_ids, responses, padding_side: str = "right") -> None:
                 raise ValueError(f"response {k} of prompt {b} is empty")
 
 
-def _pad(sequences: list[list[int]], pad_token_id: int, padding_side: str) -> tuple[Tensor, Tensor]:
-    """(ids, attention mask) of ``sequences`` padded to the longest one."""
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        start = width - len(seq) if padding_side == "left" else 0
-        input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, start : start + len(seq)] = 1
-    return input_ids, attention_mask
-
-
 def can_share_prompt(model, prompt_ids, responses) -> bool:
     """Whether the shared-prompt forward applies: several responses per prompt, every prompt
     long enough to leave a cached prefix, and no activation checkpointing (a recomputed layer
@@ -72,7 +59,7 @@ def _forward_concatenated(model, prompt_ids, responses, pad_token_id, padding_si
     Returns (logits of the scored positions, their target ids, scored mask (N, L))."""
     sequences = [list(prompt) + list(response) for prompt, group in zip(prompt_ids, responses) for response in group]
     prompt_lens = [len(prompt) for prompt, group in zip(prompt_ids, responses) for _ in group]
-    input_ids, attention_mask = _pad(sequences, pad_token_id, padding_side)
+    input_ids, attention_mask = pad_sequences(sequences, pad_token_id, padding_side)
     scored = torch.zeros(input_ids.shape, dtype=torch.bool)
     width = input_ids.shape[1]
     for row, (seq, prompt_len) in enumerate(zip(sequences, prompt_lens)):
@@ -101,7 +88,7 @@ class EncodedPrompts:
 
 
 def encode_prompts(model, prompt_ids, pad_token_id: int, padding_side: str, device) -> EncodedPrompts:
-    prefix_ids, prefix_mask = _pad([list(p[:-1]) for p in prompt_ids], pad_token_id, padding_side)
+    prefix_ids, prefix_mask = pad_sequences([list(p[:-1]) for p in prompt_ids], pad_token_id, padding_side)
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
     cache = model(
         input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(dim=-1) - 1).clamp(min=0),
@@ -131,7 +118,7 @@ def _forward_continuations(
     )
     prefix_mask = encoded.mask.index_select(0, index).repeat_interleave(num_per_prompt, dim=0)
     continuations = [[encoded.last_tokens[b], *r[:-1]] for b, group in zip(rows, responses) for r in group]
-    cont_ids, cont_mask = (t.to(device) for t in _pad(continuations, pad_token_id, padding_side))
+    cont_ids, cont_mask = (t.to(device) for t in pad_sequences(continuations, pad_token_id, padding_side))
     # The continuation starts at the last prompt token, position len(prompt) - 1.
     positions = prefix_mask.sum(dim=-1, keepdim=True) + (cont_mask.cumsum(dim=-1) - 1).clamp(min=0)
     scored = cont_mask.bool()  # every real continuation position predicts one response token

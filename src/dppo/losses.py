@@ -11,8 +11,9 @@ function.
 
 - ``dpo``      ``-log sigma(beta (D(y_w) - D(y_l)))``
 - ``minll``    ``dpo + alpha f(r) logp_theta(y_gen)``
-- ``unll``     ``dpo - alpha f(r) sum_t log(1 - p_theta(y_gen_t | x, y_gen_<t))``
-               (``unll_level="sequence"``: ``- alpha f(r) log(1 - p_theta(y_gen | x))``)
+- ``unll``     ``dpo + alpha f(r) U(y_gen)``: ``unll_level="sequence"`` U = ``-log(1 - p_theta(y_gen | x))``
+               (the poster's formula), ``token_sum`` U = ``-sum_t log(1 - p_theta(y_gen_t | x, y_gen_<t))``,
+               ``token_mean`` the same divided by the number of y_gen tokens
 - ``conll``    ``-log sigma(beta (D(y_w) - D(y_l)) - alpha beta f(r) D(y_gen))``
 - ``ipo``      ``(D(y_w) - D(y_l) - 1/(2 tau))^2`` on length-averaged log-probs
 - ``slic``     ``max(0, delta - logp_theta(y_w) + logp_theta(y_l)) - lambda logp_theta(y_w)``
@@ -162,22 +163,36 @@ def loss_minll(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     return _plain_dpo(terms, cfg) + penalty, penalty
 
 
-def loss_unll(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
+def _gen_token_logps(terms: LossTerms) -> tuple[Tensor, Tensor]:
+    """y_gen's per-token log-probs with padding replaced (-1: any finite value, never read), and
+    the mask of real tokens."""
+    token_logps, mask = terms.policy.gen_token_logps, terms.policy.gen_token_mask
+    if token_logps is None or mask is None:
+        raise ValueError(
+            "token-level unll needs policy.gen_token_logps and gen_token_mask "
+            "(a single-token response, as in the toy model, is gen.unsqueeze(1))"
+        )
+    mask = mask.bool()
+    # Padding may hold anything (0 = p of 1, even NaN): replace it before the log so that
+    # neither the value nor the gradient sees it.
+    safe = torch.where(mask, _float(token_logps), torch.full_like(_float(token_logps), -1.0))
+    return safe, mask
+
+
+def unlikelihood_term(terms: LossTerms, cfg: LossSettings) -> Tensor:
+    """U(y_gen) per row: ``sequence`` -log(1 - p(y_gen)); ``token_sum`` -sum_t log(1 - p_t);
+    ``token_mean`` the same divided by the number of y_gen tokens."""
     if cfg.unll_level == "sequence":
-        neg_log_1mp = unlikelihood(_float(terms.policy.gen))
-    else:
-        token_logps, mask = terms.policy.gen_token_logps, terms.policy.gen_token_mask
-        if token_logps is None or mask is None:
-            raise ValueError(
-                "unll with unll_level='token' needs policy.gen_token_logps and gen_token_mask "
-                "(a single-token response, as in the toy model, is gen.unsqueeze(1))"
-            )
-        mask = mask.bool()
-        # Padding may hold anything (0 = p of 1, even NaN): replace it before the
-        # log so that neither the value nor the gradient sees it.
-        safe = torch.where(mask, _float(token_logps), torch.full_like(_float(token_logps), -1.0))
-        neg_log_1mp = torch.where(mask, unlikelihood(safe), torch.zeros_like(safe)).sum(dim=-1)
-    penalty = cfg.alpha * terms.f_r * neg_log_1mp
+        return unlikelihood(_float(terms.policy.gen))
+    safe, mask = _gen_token_logps(terms)
+    total = torch.where(mask, unlikelihood(safe), torch.zeros_like(safe)).sum(dim=-1)
+    if cfg.unll_level == "token_mean":
+        return total / mask.sum(dim=-1).clamp(min=1).to(total.dtype)
+    return total
+
+
+def loss_unll(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
+    penalty = cfg.alpha * terms.f_r * unlikelihood_term(terms, cfg)
     return _plain_dpo(terms, cfg) + penalty, penalty
 
 
@@ -215,6 +230,45 @@ def loss_dpo_sft(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     mean_nll = -_float(pol.chosen) / pol.chosen_len.clamp(min=1).to(terms.d_chosen.dtype)
     regularizer = cfg.sft_lambda * mean_nll
     return _plain_dpo(terms, cfg) + regularizer, regularizer
+
+
+# --------------------------------------------------------------- penalty scale
+
+
+def _odds(logp: Tensor) -> Tensor:
+    """p / (1 - p) from log p, with p clamped as :func:`unlikelihood` clamps it."""
+    logp = torch.clamp(logp, max=_UNLL_MAX_LOGP)
+    return torch.exp(logp - log1mexp(logp))
+
+
+def gradient_weights(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
+    """Per row: the DPO term's and the penalty's gradient weight per token, both (B,).
+
+    A term's weight on a response is the mean over the response's tokens of |d term / d log
+    p_t|: the DPO term's on y_w is beta sigma(-beta (D(y_w) - D(y_l))) for every token; the
+    penalty's on y_gen is alpha f(r) for minll, alpha f(r) p/(1-p) for sequence-level unll,
+    alpha f(r) mean_t p_t/(1-p_t) for token_sum (over T for token_mean), and alpha beta f(r)
+    sigma(-z) for conll (z its whole logit). Their ratio says how hard each y_gen token is
+    pushed down against how hard each y_w token is pulled up: alpha is read against it."""
+    with torch.no_grad():
+        logits = cfg.beta * terms.d_chosen - cfg.beta * terms.d_rejected
+        dpo = cfg.beta * torch.sigmoid(-logits)
+        scale = cfg.alpha * terms.f_r
+        if cfg.name == "minll":
+            penalty = scale
+        elif cfg.name == "conll":
+            penalty = scale * cfg.beta * torch.sigmoid(-(logits - scale * cfg.beta * terms.d_gen))
+        elif cfg.name == "unll" and cfg.unll_level == "sequence":
+            penalty = scale * _odds(_float(terms.policy.gen))
+        elif cfg.name == "unll":
+            safe, mask = _gen_token_logps(terms)
+            odds = torch.where(mask, _odds(safe), torch.zeros_like(safe))
+            n_tokens = mask.sum(dim=-1).clamp(min=1).to(odds.dtype)
+            per_token = odds.sum(dim=-1) / n_tokens  # mean over y_gen's tokens
+            penalty = scale * (per_token / n_tokens if cfg.unll_level == "token_mean" else per_token)
+        else:
+            penalty = torch.zeros_like(dpo)
+    return dpo, penalty
 
 
 LOSSES: dict[str, Callable[[LossTerms, LossSettings], tuple[Tensor, Tensor]]] = {
@@ -320,5 +374,13 @@ def preference_loss(
         if terms.d_gen is not None:
             parts["reward_gen"] = (cfg.beta * terms.d_gen).mean()
             parts["logp_gen"] = _float(policy.gen).mean()
+        if cfg.needs_gen:
+            dpo_weight, penalty_weight = gradient_weights(terms, cfg)
+            fired = terms.f_r > 0
+            parts["grad_weight_dpo"] = dpo_weight.mean()
+            parts["grad_weight_penalty"] = penalty_weight.mean()
+            # Rows where the penalty fires only (mean over those rows; 0 when none fires).
+            parts["grad_weight_penalty_fired"] = (penalty_weight * fired).sum() / fired.sum().clamp(min=1)
+            parts["grad_weight_dpo_fired"] = (dpo_weight * fired).sum() / fired.sum().clamp(min=1)
         parts = {key: value.detach() for key, value in parts.items()}
     return loss, parts

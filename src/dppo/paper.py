@@ -1,14 +1,16 @@
-"""The paper's generated numbers: every number and run-dependent word of ``paper/main.tex`` is
-a macro of ``paper/tables/macros.tex``, written here from the win-rate table, the claim
-verdicts (:mod:`dppo.claims`) and the data statistics, so no number is typed by hand."""
+"""The paper's generated text: every number and run-dependent word of ``paper/main.tex`` is a
+macro of ``paper/tables/macros.tex``, written here from the results tables (win rates, the
+claim verdicts, the premise statistics, the penalty scale) and the data statistics, so no
+number, and no verdict, is typed by hand."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import pandas as pd
 
-from dppo.claims import aggregate_seeds, best_penalty, claim_verdicts, label_with_alpha
+from dppo.claims import NOT_TESTED, label_with_alpha
 from dppo.latex import NA, fmt_float, fmt_percent, latex_escape, macro_name
 from dppo.results import train_count
 
@@ -20,16 +22,36 @@ POSTER_NUMBERS = {
     "posterEffDpoRows": "60k",
     "posterWinRateChained": "0.977",
 }
+CLAIM_MACROS = {"alpha": "Alpha", "negative": "Negative", "efficiency": "Efficiency", "chained": "Chained"}
 
 
-def paper_macros(win_rates: pd.DataFrame, data_stats: Mapping[str, Mapping],
+def _signed(value) -> str:
+    return NA if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):+.3f}"
+
+
+def _row(table: pd.DataFrame, name) -> dict | None:
+    rows = table[table["name"] == name]
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def claim_sentence(claim: Mapping, labels: Mapping[str, str]) -> str:
+    """One sentence per claim, from its verdict and numbers."""
+    if claim["verdict"] == NOT_TESTED:
+        return f"Not tested by this configuration ({claim['test']})."
+    metric = "share of negative rewards" if claim["metric"] == "negative" else "win rate against SFT"
+    a, b = labels.get(claim["a"], claim["a"]), labels.get(claim["b"], claim["b"])
+    return (f"{claim['verdict'].capitalize()}: {a} minus {b}, {metric}, {float(claim['diff']):+.3f} "
+            f"[{float(claim['low']):+.3f}, {float(claim['high']):+.3f}] ({100 * float(claim['level']):.1f}% interval; "
+            f"smallest detectable difference {float(claim['mde']):.3f}; {int(claim['n_seeds_a'])} and "
+            f"{int(claim['n_seeds_b'])} seeds).")
+
+
+def paper_macros(win_rates: pd.DataFrame, claims: pd.DataFrame, premise: Mapping, penalty: pd.DataFrame,
+                 data_stats: Mapping[str, Mapping], baseline: str, dppo: str | None,
                  setup: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every number and run-dependent word the paper's text uses, as macro name -> value.
 
-    ``data_stats`` maps a dataset key ("sft", "pref") to its ``stats.json`` content;
-    ``setup`` maps macro names (e.g. ``setupModel``) to free text from the config, escaped.
-    Missing groups give 'n/a' values, never missing macros, so the paper always compiles.
-    """
+    Missing runs give 'n/a' values, never missing macros, so the paper always compiles."""
     m: dict[str, str] = {}
     for key, stats in data_stats.items():
         pre = macro_name(key)
@@ -44,61 +66,51 @@ def paper_macros(win_rates: pd.DataFrame, data_stats: Mapping[str, Mapping],
 
     wr = win_rates
     m["nExperiments"] = str(len(wr))
-    m["nSeeds"] = str(int(wr["seed"].nunique())) if len(wr) else "0"
-    m["nEvalPrompts"] = str(int(wr["n_prompts"].max())) if "n_prompts" in wr and len(wr) else NA
+    m["nRuns"] = str(int(wr["n_seeds"].sum())) if len(wr) else "0"
+    m["nEvalPrompts"] = str(int(wr["n_prompts"].max())) if len(wr) else NA
+    m["fracNegSFT"] = fmt_percent(wr["frac_negative_reference"].iloc[0] if len(wr) else None)
+    base = _row(wr, baseline)
+    m["baselineName"] = latex_escape(baseline)
+    m["betaMain"] = NA if base is None else f"{float(base['beta']):g}"
+    m["nTrainMain"] = str(train_count(data_stats["pref"], "rows_kept")) if "pref" in data_stats else NA
+    m["nSeedsBaseline"] = NA if base is None else str(int(base["n_seeds"]))
+    for prefix, row in (("DPO", base), ("Dppo", _row(wr, dppo))):
+        m[f"winRate{prefix}"] = fmt_float(None if row is None else row["win_rate"])
+        m[f"winRate{prefix}Low"] = fmt_float(None if row is None else row["win_rate_low"])
+        m[f"winRate{prefix}High"] = fmt_float(None if row is None else row["win_rate_high"])
+        m[f"fracNeg{prefix}"] = fmt_percent(None if row is None else row["frac_negative"])
+    dppo_row = _row(wr, dppo)
+    m["dppoLabel"] = latex_escape(label_with_alpha(dppo_row)) if dppo_row else NA
+    m["dppoDiffWin"] = _signed(dppo_row["d_win_rate"] if dppo_row else None)
+    m["dppoDiffWinLow"] = _signed(dppo_row["d_win_rate_low"] if dppo_row else None)
+    m["dppoDiffWinHigh"] = _signed(dppo_row["d_win_rate_high"] if dppo_row else None)
 
-    dpo = aggregate_seeds(wr[(wr["group"] == "main") & (wr["loss"] == "dpo")], ("loss",))
-    beta, n_train = _first(wr, "main", "dpo", "beta"), _first(wr, "main", "dpo", "n_train")
-    m["betaMain"] = NA if beta is None else f"{float(beta):g}"
-    n_full = train_count(data_stats["pref"], "rows_kept") if "pref" in data_stats else None
-    n_train = n_full if n_train is None else n_train
-    m["nTrainMain"] = NA if n_train is None else str(int(n_train))
-    m["winRateDPO"] = fmt_float(dpo["win_rate"].iloc[0] if len(dpo) else None)
-    m["winRateDPOLow"] = fmt_float(dpo["ci_low"].iloc[0] if len(dpo) else None)
-    m["winRateDPOHigh"] = fmt_float(dpo["ci_high"].iloc[0] if len(dpo) else None)
-    sft_neg = wr["frac_negative_reference"].iloc[0] if "frac_negative_reference" in wr and len(wr) else None
-    m["fracNegSFT"] = fmt_percent(sft_neg)
-    m["fracNegDPO"] = fmt_percent(dpo["frac_negative"].iloc[0] if len(dpo) else None)
+    # Power: the comparisons the claims rest on (every run with at least two seeds but the baseline).
+    resting = wr[(wr["n_seeds"] >= 2) & (wr["name"] != baseline)]
+    half = (resting["d_win_rate_high"] - resting["d_win_rate_low"]) / 2
+    m["nSeedsClaims"] = str(int(resting["n_seeds"].min())) if len(resting) else NA
+    m["maxHalfWidth"] = fmt_float(half.max() if len(half) else None)
+    m["maxMde"] = fmt_float(resting["d_win_rate_mde"].max() if len(resting) else None)
+    m["medianMde"] = fmt_float(resting["d_win_rate_mde"].median() if len(resting) else None)
 
-    best = best_penalty(wr)
-    m["bestLabel"] = latex_escape(label_with_alpha(best)) if best is not None else NA
-    m["winRateBest"] = fmt_float(best["win_rate"] if best is not None else None)
-    m["winRateBestLow"] = fmt_float(best["ci_low"] if best is not None else None)
-    m["winRateBestHigh"] = fmt_float(best["ci_high"] if best is not None else None)
-    m["fracNegBest"] = fmt_percent(best["frac_negative"] if best is not None else None)
+    labels = {row["name"]: label_with_alpha(row) for row in wr.to_dict("records")}
+    for claim in claims.to_dict("records"):
+        pre = "claim" + CLAIM_MACROS[claim["claim"]]
+        m[f"{pre}Verdict"] = latex_escape(claim["verdict"])
+        m[f"{pre}Sentence"] = latex_escape(claim_sentence(claim, labels))
 
-    # Per method of the main group (seed mean), e.g. \winRateMainUnllSqrt.
-    main = aggregate_seeds(wr[wr["group"] == "main"], ("label",))
-    for _, row in main.iterrows():
-        # setdefault: two labels differing only in punctuation keep the first's value.
-        m.setdefault(macro_name("winRateMain", row["label"]), fmt_float(row["win_rate"]))
+    for key in ("ygen_wrong", "triggered", "ygen_is_rejected_of_triggered", "ygen_is_rejected", "chosen_wrong",
+                "ygen_at_least_chosen_of_triggered"):
+        m[macro_name("premise", key)] = fmt_percent(premise.get(key))
 
-    verdicts = claim_verdicts(wr, n_full)
-    a, n, e, c = (verdicts[k] for k in ("alpha", "negative", "efficiency", "chained"))
-    m["claimAlphaVerdict"] = a["verdict"]
-    m["alphaSpread"] = fmt_float(a["spread"])
-    m["alphaSweepLoss"] = latex_escape(f"{a['loss']} ({a['f']})") if a["loss"] != NA else NA
-    m["alphaBest"] = f"{a['best_alpha']:g}" if "best_alpha" in a else NA
-    m["alphaWorst"] = f"{a['worst_alpha']:g}" if "worst_alpha" in a else NA
-    m["claimNegVerdict"] = n["verdict"]
-    m["claimEffVerdict"] = e["verdict"]
-    m["effUnllN"] = str(e["unll_n"])
-    m["effDpoN"] = str(e["dpo_n"])
-    m["effUnllWinRate"] = fmt_float(e["unll"])
-    m["effDpoWinRate"] = fmt_float(e["dpo"])
-    m["claimChainedVerdict"] = c["verdict"]
-    m["winRateChained"] = fmt_float(c["chained"])
-    m["winRateBestOther"] = fmt_float(c["best_other"])
-    m["chainedLabel"] = latex_escape(c["label"]) if "label" in c else NA
+    for row in penalty.to_dict("records"):
+        m[macro_name("ratio", row["name"])] = fmt_float(row["ratio_first"], 2)
+    main_ratios = penalty[penalty["name"].isin(wr.loc[wr["group"] == "main", "name"])]
+    for loss in ("minll", "unll", "conll"):
+        rows = main_ratios[(main_ratios["loss"] == loss) & (main_ratios["f"] == "linear")]
+        m[macro_name("ratioLinear", loss)] = fmt_float(rows["ratio_first"].iloc[0] if len(rows) else None, 2)
+
     m.update(POSTER_NUMBERS)
     for name, text in (setup or {}).items():
         m[name] = latex_escape(text)
     return m
-
-
-def _first(wr: pd.DataFrame, group: str, loss: str, column: str):
-    """``column`` of the first row of (group, loss), or None when absent/missing."""
-    rows = wr[(wr["group"] == group) & (wr["loss"] == loss)]
-    if rows.empty or column not in rows or pd.isna(rows[column].iloc[0]):
-        return None
-    return rows[column].iloc[0]

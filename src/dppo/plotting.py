@@ -26,12 +26,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 # Which runs a figure shows is the paper's decision, shared with the macros: dppo.claims.
-from dppo.claims import (  # noqa: E402
-    PENALTY_LOSSES,
-    aggregate_seeds,
-    data_efficiency_rows,
-    label_with_alpha,
-)
+from dppo.claims import data_efficiency_rows, label_with_alpha  # noqa: E402
+from dppo.settings import PENALIZED_LOSSES as PENALTY_LOSSES  # noqa: E402
 
 # Widths of a two-column paper (letter, 0.75 in margins): one column, the full text.
 COLUMN_WIDTH = 3.3
@@ -107,10 +103,10 @@ def _legend_above(fig: Figure, axes, title: str | None = None, ncol: int | None 
                    bbox_to_anchor=(0.5, 1.0), ncol=ncol or len(handles), frameon=False)
 
 
-def _yerr(df: pd.DataFrame) -> np.ndarray:
-    """Asymmetric error bars (2, n) from the interval bounds; never negative."""
-    low = (df["win_rate"] - df["ci_low"]).clip(lower=0).to_numpy()
-    high = (df["ci_high"] - df["win_rate"]).clip(lower=0).to_numpy()
+def _yerr(df: pd.DataFrame, column: str = "win_rate") -> np.ndarray:
+    """Asymmetric error bars (2, n) from the interval bounds of ``column``; never negative."""
+    low = (df[column] - df[f"{column}_low"]).clip(lower=0).to_numpy(dtype=float)
+    high = (df[f"{column}_high"] - df[column]).clip(lower=0).to_numpy(dtype=float)
     return np.vstack([low, high])
 
 
@@ -143,18 +139,19 @@ def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
     win rate is the dashed reference line, 0.5 (parity with SFT) the dotted one.
     """
     apply_style()
-    rows = win_rates[win_rates["group"].isin(["alpha_sweep", "main"])
-                     & win_rates["loss"].isin(PENALTY_LOSSES)]
-    agg = aggregate_seeds(rows, ("loss", "f", "alpha"))
+    agg = win_rates[win_rates["group"].isin(["alpha_sweep", "main"]) & win_rates["loss"].isin(PENALTY_LOSSES)]
     losses = [loss for loss in PENALTY_LOSSES if loss in set(agg["loss"])]
     fig, axes = _panel_row(len(losses))
     if not losses:
         _note(axes[0], "no alpha-sweep runs in this configuration")
         return fig
-    dpo = aggregate_seeds(win_rates[(win_rates["group"] == "main") & (win_rates["loss"] == "dpo")],
-                          ("loss",))
+    dpo = win_rates[(win_rates["group"] == "main") & (win_rates["loss"] == "dpo")]
     for ax, loss in zip(axes, losses):
         sub = agg[agg["loss"] == loss]
+        if "unll_level" in sub:  # one line per f: the main unlikelihood form only
+            levels = sub["unll_level"].dropna()
+            if loss == "unll" and len(levels):
+                sub = sub[sub["unll_level"] == levels.mode().iloc[0]]
         _log_scale_if_wide(ax, sub["alpha"])
         fs = sorted(sub["f"].dropna().unique(), key=_f_sort_key)
         for i, f in enumerate(fs):
@@ -183,8 +180,7 @@ def fig_paradigms(win_rates: pd.DataFrame) -> Figure:
     """One horizontal bar per training paradigm (groups main, chained and the 3D-properties
     regularizers), with 95% CI, in table order from the top."""
     apply_style()
-    rows = win_rates[win_rates["group"].isin(PARADIGM_GROUPS)]
-    agg = aggregate_seeds(rows)
+    agg = win_rates[win_rates["group"].isin(PARADIGM_GROUPS)]
     n = len(agg)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.8 + 0.2 * max(n, 2)))
     if n == 0:
@@ -197,7 +193,7 @@ def fig_paradigms(win_rates: pd.DataFrame) -> Figure:
     colors = [method_color(r["loss"], r["group"]) for _, r in agg.iterrows()]
     ax.barh(y, agg["win_rate"], xerr=_yerr(agg), color=colors, height=0.7,
             error_kw={"elinewidth": 0.8, "capsize": 2})
-    for yi, value, hi in zip(y, agg["win_rate"], agg["ci_high"]):
+    for yi, value, hi in zip(y, agg["win_rate"], agg["win_rate_high"]):
         ax.text(min(max(hi, value) + 0.02, 1.0), yi, f"{value:.2f}", va="center", fontsize=7)
     ax.axvline(0.5, color="0.4", ls=":", lw=0.8)
     ax.set_yticks(y, names)
@@ -253,7 +249,7 @@ def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> F
     apply_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
     agg = data_efficiency_rows(win_rates, n_full)
-    chained = aggregate_seeds(win_rates[win_rates["group"] == "chained"])
+    chained = win_rates[win_rates["group"] == "chained"]
     if agg.empty and chained.empty:
         _note(ax, "no data-efficiency runs in this configuration")
         return fig
@@ -266,7 +262,7 @@ def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> F
     if n_full is not None:
         chained["n_train"] = chained["n_train"].fillna(n_full)
     for _, row in chained.dropna(subset=["n_train"]).iterrows():
-        ax.errorbar([row["n_train"]], [row["win_rate"]], yerr=_yerr(row.to_frame().T),
+        ax.errorbar([row["n_train"]], [row["win_rate"]], yerr=_yerr(row.to_frame().T.astype({"win_rate": float})),
                     marker="*", markersize=9, ls="none", capsize=2,
                     color=METHOD_COLORS["chained"], label=str(row["label"]))
     ax.axhline(0.5, color="0.5", ls=":", lw=0.8)
@@ -278,6 +274,35 @@ def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> F
     ax.set_ylabel("win rate vs SFT")
     fig.tight_layout()
     _legend_above(fig, [ax], ncol=1)
+    return fig
+
+
+def fig_differences(win_rates: pd.DataFrame) -> Figure:
+    """Paired differences from the baseline (DPO), prompt by prompt on the same prompts: the
+    win rate against SFT (left) and the share of negative rewards (right), one row per
+    experiment with its interval; the dotted band is +-MDE of the win-rate difference."""
+    apply_style()
+    rows = win_rates[win_rates["name"] != win_rates["baseline"]].iloc[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 0.9 + 0.16 * max(len(rows), 2)), sharey=True)
+    if rows.empty:
+        _note(axes[0], "no experiment besides the baseline")
+        return fig
+    y = np.arange(len(rows))
+    colors = [method_color(r["loss"], r["group"]) for _, r in rows.iterrows()]
+    for ax, column, title in ((axes[0], "d_win_rate", "win rate vs SFT"),
+                              (axes[1], "d_frac_negative", "share of negative rewards")):
+        err = _yerr(rows, column)
+        for yi, value, lo, hi, color in zip(y, rows[column], err[0], err[1], colors):
+            ax.errorbar([value], [yi], xerr=[[lo], [hi]], fmt="o", color=color, capsize=2, elinewidth=0.8)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_xlabel(f"difference from {rows['baseline'].iloc[0]}: {title}")
+    mde = rows["d_win_rate_mde"].median()
+    axes[0].axvspan(-mde, mde, color="0.85", zorder=0, lw=0)
+    n_seeds = rows["n_seeds"].astype(int).astype(str)
+    axes[0].set_yticks(y, [f"{label_with_alpha(r)} ({k})" for (_, r), k in zip(rows.iterrows(), n_seeds)])
+    for ax in axes:
+        ax.grid(axis="y", visible=False)
+    fig.tight_layout()
     return fig
 
 
@@ -293,36 +318,45 @@ def smooth(values: pd.Series, window: int | None = None) -> pd.Series:
 
 
 def fig_dynamics(metrics: Mapping[str, pd.DataFrame]) -> Figure:
-    """Log-probs of y_w, y_l and y_gen over training: one panel per run.
+    """Per run (columns): the log-probs of y_w, y_l and y_gen over training (top) and the loss
+    with its DPO term (bottom), each the mean over the run's seeds per step.
 
     ``metrics`` maps a display label to the run's per-step metrics. The fixed probe rows
     (``probe_logp_chosen`` ...) are plotted where the run logged them: the same rows at every
-    step, so the curves show the likelihoods moving. Otherwise the training batch means
+    logged step, so the curves show the likelihoods moving. Otherwise the training batch means
     (``logp_chosen`` ...), smoothed with :func:`smooth`, which mix different rows per step.
     Null series (y_gen when a run does not track it) are left out.
     """
     apply_style()
     present = {k: v for k, v in metrics.items() if v is not None and len(v)}
-    fig, axes = _panel_row(len(present))
+    n = max(1, len(present))
+    fig, axes = plt.subplots(2, n, figsize=(TEXT_WIDTH if n > 1 else COLUMN_WIDTH, 3.8), sharex="col",
+                             squeeze=False)
     if not present:
-        _note(axes[0], "no training metrics to plot")
+        _note(axes[0, 0], "no training metrics to plot")
         return fig
     colors = {"logp_chosen": _PALETTE[2], "logp_rejected": _PALETTE[3], "logp_gen": _PALETTE[4]}
     probes = all("probe_logp_chosen" in df and df["probe_logp_chosen"].notna().any() for df in present.values())
-    for ax, (label, df) in zip(axes, present.items()):
-        df = df.sort_values("step")
+    for col, (label, df) in enumerate(present.items()):
+        top, bottom = axes[0, col], axes[1, col]
         for column, name in DYNAMICS_SERIES:
             source = f"probe_{column}" if probes else column
             if source not in df or df[source].isna().all():
                 continue
-            rows = df[df[source].notna()]
-            values = pd.to_numeric(rows[source], errors="coerce")
-            ax.plot(rows["step"], values if probes else smooth(values), label=name, color=colors[column])
-        ax.set_title(label)
-        ax.set_xlabel("optimizer step")
-    axes[0].set_ylabel(r"$\log \pi_\theta(y \mid x)$ " + ("(fixed rows)" if probes else "(batch mean)"))
+            values = pd.to_numeric(df[source], errors="coerce").groupby(df["step"]).mean().dropna()
+            top.plot(values.index, values if probes else smooth(values), label=name, color=colors[column])
+        for column, name, style in (("loss", "loss", "-"), ("dpo", "DPO term", "--")):
+            if column in df:
+                values = pd.to_numeric(df[column], errors="coerce").groupby(df["step"]).mean()
+                bottom.plot(values.index, smooth(values), style, color="0.2", label=name, lw=1.0)
+        n_seeds = df["seed"].nunique() if "seed" in df else 1
+        top.set_title(f"{label} ({n_seeds} seed{'s' if n_seeds > 1 else ''})")
+        bottom.set_xlabel("optimizer step")
+    axes[0, 0].set_ylabel(r"$\log \pi_\theta(y \mid x)$ " + ("(fixed rows)" if probes else "(batch mean)"))
+    axes[1, 0].set_ylabel("training loss")
     fig.tight_layout()
-    _legend_above(fig, axes)
+    _legend_above(fig, list(axes[0]))
+    axes[1, 0].legend(loc="upper right", frameon=False)
     return fig
 
 

@@ -10,16 +10,15 @@ its log-probs come from the cache of :mod:`dppo.reference`.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback
 
-from dppo.batching import length_grouped_sampler
-from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, weights_digest
+from dppo.batching import packed_lengths
+from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id, weights_digest
 from dppo.logprobs import (
     ResponseBatchLogps,
     ResponseScorer,
@@ -30,55 +29,25 @@ from dppo.logprobs import (
     response_logps,
 )
 from dppo.losses import ResponseLogps, Trigger, preference_loss, trigger
-from dppo.reference import REF_COLUMNS, ids
+from dppo.rows import REF_COLUMNS, load_training_rows, preference_records, subset_indices
 from dppo.settings import Experiment, LossSettings
-from dppo.training import RunPaths, fit_and_save
+from dppo.trainer import FINAL, METRICS, total_steps, train
 
 log = logging.getLogger(__name__)
 
 
-def subset_indices(n_rows: int, n_train: int | None, seed: int) -> np.ndarray:
-    """The first ``n_train`` rows of one fixed permutation: smaller subsets are nested in
-    larger ones, so a data-efficiency sweep only adds rows."""
-    if n_train is None:
-        n_train = n_rows
-    if not 0 < n_train <= n_rows:
-        raise ValueError(f"n_train={n_train} but the preference training split has {n_rows} rows")
-    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n_train])
 
 
-def load_training_rows(pref_file, ygen_file, ref_file) -> pd.DataFrame:
-    """Prepared preference rows joined with y_gen and the reference log-probs (row order)."""
-    rows = pd.read_parquet(pref_file)
-    ygen = pd.read_parquet(ygen_file)
-    ref = pd.read_parquet(ref_file)
-    for name, other in (("y_gen", ygen), ("reference log-probs", ref)):
-        if len(other) != len(rows) or not (other["prompt_id"].to_numpy() == rows["prompt_id"].to_numpy()).all():
-            raise ValueError(f"the {name} file does not match the preference rows; rerun its rule")
-    rows["gen_ids"] = ygen["gen_ids"]
-    for column in REF_COLUMNS:
-        rows[column] = ref[column]
-    return rows
 
 
-def preference_records(rows) -> list[dict]:
-    """Training rows as plain int lists and float reference log-probs (mappings with the
-    columns of :func:`load_training_rows`)."""
-    return [
-        {
-            **{key: ids(r[key]) for key in ("prompt_ids", "chosen_ids", "rejected_ids", "gen_ids")},
-            **{column: float(r[column]) for column in REF_COLUMNS},
-        }
-        for r in rows
-    ]
 
 
-def collate(rows: list[dict]) -> dict:
+def collate(rows: list[dict], device=None) -> dict:
     """Token lists stay lists (the log-prob forward packs them); reference log-probs become
-    tensors so the Trainer moves them to the device."""
+    tensors on ``device``."""
     return {
         "rows": rows,
-        **{column: torch.tensor([r[column] for r in rows], dtype=torch.float32) for column in REF_COLUMNS},
+        **{column: torch.tensor([r[column] for r in rows], dtype=torch.float32, device=device) for column in REF_COLUMNS},
     }
 
 
@@ -104,7 +73,7 @@ def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
     if not with_gen:
         return as_response_logps(pair), reference, trig
     needs_grad = trig.penalized(cfg).tolist() if cfg.needs_gen else [False] * len(rows)
-    token_level = cfg.name == "unll" and cfg.unll_level == "token"
+    token_level = cfg.token_level
     gen_sums, gen_tokens, gen_mask = gated_logps(scorer, gens, needs_grad, token_level)
     both = ResponseBatchLogps(
         sums=torch.cat([pair.sums, gen_sums.unsqueeze(1)], dim=1),
@@ -116,112 +85,70 @@ def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
     return policy, reference, trig
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class PreferenceTask:
+    """The preference loss of a batch (:func:`policy_logps` then :func:`dppo.losses.preference_loss`),
+    for :func:`dppo.trainer.train`; logs every loss part and, on fixed probe rows, the log-probs
+    of y_w, y_l and y_gen."""
 
-
-class PreferenceTrainer(Trainer):
-    """``Trainer`` whose loss is :func:`dppo.losses.preference_loss`; logs every loss part."""
-
-    def __init__(self, *args, experiment: Experiment, pad_token_id: int, probe: list[dict] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, experiment: Experiment, rows: list[dict], pad: int, probe: list[dict]):
         self.experiment = experiment
-        self.loss_config = experiment.loss
-        # DPO does not need y_gen; tracking its log-prob (no grad) shows the penalties' effect
-        # against a baseline in the dynamics figure.
-        self.track_gen = experiment.track_gen
-        self.pad_token_id = pad_token_id
+        self.rows = rows
+        self.pad = pad
         # Fixed rows whose log-probs are logged every `probe_every` steps: batch means mix
         # different rows (and, with length grouping, different lengths) at every step, so only
         # a fixed set shows how the likelihood of y_w, y_l and y_gen moves (3D-properties).
-        self.probe = probe or []
-        self._parts = defaultdict(list)
-        self.skipped_steps = 0
+        self.probe = probe
 
-    def _get_train_sampler(self, train_dataset=None):
-        # Trainer's own length grouping needs an `input_ids` column; ours sorts by packed width.
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "rows"):
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return length_grouped_sampler(dataset.rows, batch, with_gen=self.loss_config.needs_gen)
-        return super()._get_train_sampler(train_dataset)
+    def loss(self, model, rows):
+        batch = collate(rows, device=next(model.parameters()).device)
+        cfg = self.experiment.loss
+        policy, reference, trig = policy_logps(model, batch, cfg, self.experiment.track_gen, self.pad)
+        return preference_loss(policy, reference, cfg, trig)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        policy, reference, trig = policy_logps(model, inputs, self.loss_config, self.track_gen, self.pad_token_id)
-        loss, parts = preference_loss(policy, reference, self.loss_config, trig)
-        if not torch.isfinite(loss):
-            message = (
-                f"non-finite loss at step {self.state.global_step} of experiment {self.experiment.name!r}: "
-                + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-            )
-            if self.experiment.on_nonfinite == "stop":
-                raise NonFiniteLossError(message)
-            log.warning("%s; skipping the batch", message)
-            self.skipped_steps += 1
-            loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-        for key, value in parts.items():
-            self._parts[key].append(value.item())
-        return (loss, None) if return_outputs else loss
+    def weight(self, rows) -> int:
+        return len(rows)
 
-    def log(self, logs: dict, start_time=None) -> None:
-        # Attach the mean of every loss part since the previous log (one optimizer step).
-        if "loss" in logs:
-            for key, values in self._parts.items():
-                logs[key if key != "loss" else "loss_parts_mean"] = float(np.mean(values))
-            self._parts.clear()
-            step, every = self.state.global_step, self.experiment.probe_every
-            if self.probe and (step == 1 or step % every == 0 or step == self.state.max_steps):
-                logs.update(self.probe_logps())
-        super().log(logs, start_time)
+    def lengths(self) -> list[int]:
+        return packed_lengths(self.rows, with_gen=self.experiment.loss.needs_gen)
 
     @torch.no_grad()
-    def probe_logps(self) -> dict[str, float]:
-        """Mean log-probs of y_w, y_l and y_gen on the fixed probe rows (eval mode, no grad)."""
-        was_training = self.model.training
-        self.model.eval()
+    def step_metrics(self, model, step: int, total: int) -> dict[str, float]:
+        """Mean log-probs of y_w, y_l and y_gen on the probe rows (eval mode, no grad)."""
+        every = self.experiment.probe_every
+        if not self.probe or not (step == 1 or step % every == 0 or step == total):
+            return {}
+        model.eval()
         responses = [[row["chosen_ids"], row["rejected_ids"], row["gen_ids"]] for row in self.probe]
-        sums = response_logps(self.model, [row["prompt_ids"] for row in self.probe], responses,
-                              self.pad_token_id).sums.float().mean(dim=0)
-        self.model.train(was_training)
+        sums = response_logps(model, [row["prompt_ids"] for row in self.probe], responses, self.pad).sums.mean(dim=0)
+        model.train()
         return {f"probe_logp_{name}": float(v) for name, v in zip(("chosen", "rejected", "gen"), sums)}
 
 
-class FiniteGradientGuard(TrainerCallback):
-    """Stops (never saves) when a gradient is non-finite before the optimizer step."""
-
-    def __init__(self, experiment: str):
-        self.experiment = experiment
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        for name, param in model.named_parameters():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
-                raise NonFiniteLossError(
-                    f"non-finite gradient of {name} at step {state.global_step} of experiment {self.experiment!r}"
-                )
-
-
-def train_preference(experiment: Experiment, init_dir: str | Path, rows: pd.DataFrame, paths: RunPaths,
-                     probe_rows: pd.DataFrame | None = None, trust_remote_code: bool = False) -> None:
-    """Train ``experiment`` from the model in ``init_dir`` on ``rows`` (prepared preference rows
-    joined with y_gen and the reference log-probs, :func:`load_training_rows`)."""
-    torch.manual_seed(experiment.optim.seed)
+def train_seed(experiment: Experiment, seed: int, init_dir: Path, rows: pd.DataFrame, probe: pd.DataFrame | None,
+               checkpoint_dir: Path, trust_remote_code: bool, max_steps: int) -> Path:
+    """Train one seed of ``experiment``; returns its finished run directory (``final/`` model,
+    ``metrics.jsonl``). A seed already finished by an earlier, killed job is not trained again."""
+    optim = replace(experiment.optim, seed=seed, max_steps=max_steps)
+    torch.manual_seed(seed)
     tokenizer = load_tokenizer(init_dir, trust_remote_code)
     model = load_causal_lm(init_dir, trust_remote_code)
     records = preference_records(rows.to_dict("records"))
-    record = {"stage": "preference", "experiment": experiment.name, "settings": experiment.to_dict(),
+    probe_records = preference_records(probe.to_dict("records")) if probe is not None else []
+    record = {"stage": "preference", "experiment": experiment.name, "seed": seed, "settings": experiment.to_dict(),
               "rows": len(records), "init": str(init_dir), "init_sha256": weights_digest(init_dir)}
-    fit_and_save(
-        PreferenceTrainer, model=model, tokenizer=tokenizer, rows=records, collator=collate, opt=experiment.optim,
-        paths=paths, record=record, callbacks=[FiniteGradientGuard(experiment.name)],
-        experiment=experiment, pad_token_id=pad_token_id(tokenizer),
-        probe=preference_records(probe_rows.to_dict("records")) if probe_rows is not None else None,
-    )
+    task = PreferenceTask(experiment, records, pad_token_id(tokenizer), probe_records)
+    return train(model, tokenizer, records, task, optim, checkpoint_dir, record, experiment.on_nonfinite)
 
 
 def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: str, ref_file: str,
-                   paths: dict, subset_seed: int, trust_remote_code: bool) -> None:
-    """One experiment of the grid (``experiment``: :meth:`Experiment.to_dict`), from file paths
-    only, so :func:`dppo.launch.run_job` can run it in-process or under torchrun."""
+                   out_dir: str, metrics_file: str, checkpoint_dir: str, subset_seed: int,
+                   trust_remote_code: bool) -> None:
+    """Every seed of one experiment (``experiment``: :meth:`Experiment.to_dict`), from file
+    paths only, so :func:`dppo.launch.run_job` can run it in-process or under torchrun.
+
+    ``out_dir`` receives ``seed-<s>/`` (a model directory per seed), ``metrics_file`` every
+    seed's per-step metrics (a ``seed`` field on each line); both appear only once every seed
+    is done."""
     experiment = Experiment.from_dict(experiment)
     all_rows = load_training_rows(train_file, ygen_file, ref_file)
     try:
@@ -232,5 +159,22 @@ def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: 
     # inside every subset of at least that size.
     n_probe = min(experiment.probe_rows, len(rows))
     probe = all_rows.iloc[subset_indices(len(all_rows), n_probe, subset_seed)] if n_probe else None
-    log.info("experiment %s: %d training rows, settings %s", experiment.name, len(rows), experiment.to_dict())
-    train_preference(experiment, init_dir, rows, RunPaths(**paths), probe, trust_remote_code)
+    max_steps = experiment.optim.max_steps
+    if experiment.match_full_steps and experiment.n_train is not None:
+        max_steps = total_steps(experiment.optim, len(all_rows))
+    log.info("experiment %s: %d training rows, %s optimizer steps, seeds %s, settings %s", experiment.name, len(rows),
+             max_steps if max_steps > 0 else total_steps(experiment.optim, len(rows)), list(experiment.seeds),
+             experiment.to_dict())
+    runs = {}
+    for seed in experiment.seeds:
+        seed_init = Path(init_dir) if experiment.init == "sft" else Path(init_dir) / f"seed-{seed}"
+        runs[seed] = train_seed(experiment, seed, seed_init, rows, probe, Path(checkpoint_dir) / f"seed-{seed}",
+                                trust_remote_code, max_steps)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    with atomic_output_dir(out_dir) as tmp:
+        for seed, run_dir in runs.items():
+            shutil.copytree(run_dir / FINAL, tmp / f"seed-{seed}")
+    with atomic_output_file(metrics_file) as tmp:
+        tmp.write_text("".join((run_dir / METRICS).read_text() for run_dir in runs.values()))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -10,12 +10,7 @@ from tqdm.auto import tqdm
 
 from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, write_parquet
 from dppo.logprobs import response_logps
-
-REF_COLUMNS = ("ref_chosen", "ref_rejected", "ref_gen")
-
-
-def ids(values) -> list[int]:
-    return [int(v) for v in values]
+from dppo.rows import REF_COLUMNS, ids
 
 
 @torch.no_grad()

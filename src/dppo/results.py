@@ -14,37 +14,50 @@ import pandas as pd
 from dppo.io import atomic_output_file
 from dppo.latex import latex_escape
 
-EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "n_train", "seed", "init")
+EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "unll_level", "n_train",
+                      "seeds", "init")
+INTEGER_COLUMNS = ("n_train", "n_seeds", "n_prompts", "n_wins", "n_ties", "n_losses")
+WIN_RATES = "results/tables/win_rates.csv"  # one row per experiment: vs SFT, and paired vs the baseline
+PROMPT_SCORES = "results/tables/prompt_scores.parquet"  # per (model, seed, prompt): what every claim is tested on
 
 
-TABLE_COLUMNS = (
-    *EXPERIMENT_COLUMNS,
-    "win_rate", "ci_low", "ci_high", "n_wins", "n_ties", "n_losses",
-    "mean_reward", "frac_negative", "n_prompts", "mean_reward_reference", "frac_negative_reference",
-)
+def win_rate_table(experiments: list[dict], against_sft: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment of ``experiments`` (``results/experiments.json``), in that order:
+    its settings, its comparison with SFT and its paired difference from the baseline."""
+    settings = pd.DataFrame([{c: (" ".join(map(str, e[c])) if c == "seeds" else e.get(c)) for c in EXPERIMENT_COLUMNS}
+                             for e in experiments])
+    table = settings.merge(against_sft, on="name", how="left").merge(paired, on="name", how="left")
+    # Nullable integers: an experiment without n_train must not turn 100 into "100.0".
+    return table.astype({col: "Int64" for col in INTEGER_COLUMNS if col in table})
 
 
-INTEGER_COLUMNS = ("n_train", "seed", "n_wins", "n_ties", "n_losses", "n_prompts")
-
-
-def write_win_rates(table: pd.DataFrame, csv_path, tex_path, level: float, reference: str) -> None:
-    """``results/tables/win_rates.csv`` and its LaTeX table, each written atomically."""
+def write_win_rates(table: pd.DataFrame, long: pd.DataFrame, csv_path, prompts_path, tex_path, level: float) -> None:
+    """The win-rate table (CSV and booktabs LaTeX) and the per-(model, seed, prompt) scores,
+    each written atomically."""
     with atomic_output_file(csv_path) as tmp:
         table.to_csv(tmp, index=False)
-    caption = (f"Win rate against the SFT model on the held-out prompts (a tie counts one half), with its "
-               f"{100 * level:g}\\% percentile-bootstrap interval over prompts, the mean reward and the share of "
-               f"negative rewards.")
+    with atomic_output_file(prompts_path) as tmp:
+        long.to_parquet(tmp, index=False)
+    baseline = table["baseline"].dropna().iloc[0] if table["baseline"].notna().any() else "--"
+    caption = (f"Win rate against the SFT model on the held-out prompts (a tie counts one half; per prompt the mean "
+               f"over seeds), and its paired difference from \\texttt{{{latex_escape(baseline)}}} on the same prompts, "
+               f"with {100 * level:g}\\% percentile-bootstrap intervals over prompts; the share of negative rewards "
+               f"and its paired difference. MDE: the difference in win rate each comparison detects with 80\\% power.")
     with atomic_output_file(tex_path) as tmp:
-        tmp.write_text(latex_table(table, caption=caption, reference=reference))
+        tmp.write_text(latex_table(table, caption=caption))
 
 
 def read_win_rates(path: str | Path) -> pd.DataFrame:
-    """The win-rate table; a loss without f (DPO) reads as NaN, not the string 'nan'."""
-    df = pd.read_csv(path)
-    for column in ("label", "group", "loss", "f"):
+    """The win-rate table; an empty text cell reads as None, not the string 'nan'."""
+    df = pd.read_csv(path, dtype={"seeds": str})
+    for column in ("label", "group", "loss", "f", "unll_level", "init", "baseline", "seeds"):
         if column in df:
             df[column] = df[column].where(df[column].notna(), None)
     return df
+
+
+def read_prompt_scores(path: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
@@ -85,33 +98,36 @@ def _plain(value) -> str:
     return latex_escape(value)
 
 
-def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model.", label: str = "tab:win-rates",
-                digits: int = 3, reference: str = "sft") -> str:
-    """A booktabs table of :func:`win_rate_table`'s output: a first line for the reference
-    model (its mean reward and share of negative rewards), then the experiments with a
-    ``\\midrule`` between groups."""
-    header = (r"Experiment & Method & $\alpha$ & $n_{\mathrm{train}}$ & Win rate & 95\% CI"
-              r" & Mean reward & Neg.\ share \\")
+def _interval(row, column: str, digits: int) -> str:
+    low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+    return "--" if _missing(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def latex_table(df: pd.DataFrame, caption: str, label: str = "tab:win-rates", digits: int = 3) -> str:
+    """A booktabs table of :func:`win_rate_table`'s rows: a first line for the SFT model (its
+    share of negative rewards), then the experiments with a ``\\midrule`` between groups."""
+    header = (r"Experiment & $\alpha$ & $n_{\mathrm{train}}$ & seeds & Win rate & 95\% CI & $\Delta$ vs.\ baseline"
+              r" & 95\% CI & MDE & Neg.\ share & $\Delta$ neg. & 95\% CI \\")
     lines = [
         r"\begin{table}", r"\centering", r"\small",
         # Typeset into a box first, to shrink it to the line width only if it is wider.
-        r"\setbox0=\hbox{%", r"\begin{tabular}{llrrrcrr}", r"\toprule", header, r"\midrule",
+        r"\setbox0=\hbox{%", r"\begin{tabular}{lrrrrcrcrrrc}", r"\toprule", header, r"\midrule",
     ]
     if len(df):
-        first = df.iloc[0]
-        cells = [r"\texttt{" + latex_escape(reference) + "}", "reference", "--", "--", "--", "--",
-                 _number(first["mean_reward_reference"], digits), _number(first["frac_negative_reference"], digits)]
+        cells = [r"\texttt{sft}", "--", "--", "--", "--", "--", "--", "--", "--",
+                 _number(df.iloc[0]["frac_negative_reference"], digits), "--", "--"]
         lines += [" & ".join(cells) + r" \\", r"\midrule"]
     previous_group = None
     for row in df.to_dict("records"):
         if previous_group is not None and row.get("group") != previous_group:
             lines.append(r"\midrule")
         previous_group = row.get("group")
-        ci = "--" if _missing(row["ci_low"]) else f"[{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
         cells = [
-            r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row.get("label")), _plain(row.get("alpha")),
-            _plain(row.get("n_train")), _number(row["win_rate"], digits), ci,
-            _number(row["mean_reward"], digits), _number(row["frac_negative"], digits),
+            r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row.get("alpha")), _plain(row.get("n_train")),
+            _plain(row.get("n_seeds")), _number(row["win_rate"], digits), _interval(row, "win_rate", digits),
+            _number(row.get("d_win_rate"), digits), _interval(row, "d_win_rate", digits),
+            _number(row.get("d_win_rate_mde"), digits), _number(row["frac_negative"], digits),
+            _number(row.get("d_frac_negative"), digits), _interval(row, "d_frac_negative", digits),
         ]
         lines.append(" & ".join(cells) + r" \\")
     lines += [
@@ -121,3 +137,58 @@ def latex_table(df: pd.DataFrame, caption: str = "Win rate against the SFT model
         r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- claims, penalty scale
+
+CLAIMS = "results/tables/claims.csv"
+PENALTY_SCALE = "results/tables/penalty_scale.csv"
+
+
+def write_claims(table: pd.DataFrame, csv_path, tex_path) -> None:
+    """The verdicts on the poster's claims (:func:`dppo.claims.test_claims`): CSV and LaTeX."""
+    with atomic_output_file(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.23\textwidth}p{0.36\textwidth}rccr}",
+             r"\toprule", r"Claim & Test & Difference & Interval & MDE & Verdict \\", r"\midrule"]
+    for row in table.to_dict("records"):
+        tested = row["verdict"] != "not tested"
+        interval = f"[{row['low']:+.3f}, {row['high']:+.3f}]" if tested else "--"
+        cells = [latex_escape(row["statement"]), latex_escape(row["test"]),
+                 f"{row['diff']:+.3f}" if tested else "--", interval, f"{row['mde']:.3f}" if tested else "--",
+                 r"\textbf{" + latex_escape(row["verdict"]) + "}"]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{The poster's claims, each with its test on the same held-out prompts (per prompt the mean "
+              r"over seeds), its paired difference, the bootstrap interval, the minimum detectable difference (80\% "
+              r"power) and the verdict.}", r"\label{tab:claims}", r"\end{table*}"]
+    with atomic_output_file(tex_path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def read_claims(path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def write_penalty_scale(table: pd.DataFrame, csv_path, tex_path) -> None:
+    """The penalty's gradient weight against DPO's (:func:`dppo.penalty_scale.penalty_scale`)."""
+    with atomic_output_file(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\setbox0=\hbox{%", r"\begin{tabular}{lrrrr}",
+             r"\toprule", r"Experiment & $\alpha$ & ratio, step 1 & where it fires & mean over training \\",
+             r"\midrule"]
+    for row in table.to_dict("records"):
+        cells = [r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row["alpha"]), _number(row["ratio_first"], 2),
+                 _number(row["ratio_first_fired"], 2), _number(row["ratio_mean"], 2)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}%",
+              r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi",
+              r"\caption{Penalty scale: the penalty's gradient weight per $\ygen$ token over the DPO term's per $y_w$ "
+              r"token (batch means; at the first step the policy is the SFT model), over all rows and over the rows "
+              r"where the penalty fires.}", r"\label{tab:penalty-scale}", r"\end{table}"]
+    with atomic_output_file(tex_path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def read_penalty_scale(path) -> pd.DataFrame:
+    return pd.read_csv(path)

@@ -14,14 +14,18 @@ tensor parallel on GPUs; vLLM is imported only then). Loading is safe: safetenso
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from dppo.io import check_safetensors, load_pretrained, load_tokenizer, pad_token_id, write_parquet
+from dppo.batching import pad_sequences
+from dppo.io import atomic_output_file, check_safetensors, load_pretrained, load_tokenizer, pad_token_id, write_parquet
 from dppo.settings import RewardSettings
 
 log = logging.getLogger(__name__)
@@ -149,17 +153,8 @@ class _HFChatModelReward(_ChatModelReward):
     def auto_class(): ...
 
     def _pad(self, batch: list[list[int]]):
-        import torch
-
-        width = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, x in enumerate(batch):
-            span = slice(width - len(x), width) if self.padding_side == "left" else slice(0, len(x))
-            input_ids[i, span] = torch.tensor(x, dtype=torch.long)
-            attention_mask[i, span] = 1
-        device = self.model.device
-        return input_ids.to(device), attention_mask.to(device)
+        input_ids, attention_mask = pad_sequences(batch, self.pad_id, self.padding_side)
+        return input_ids.to(self.model.device), attention_mask.to(self.model.device)
 
     def _score_ids(self, ids: list[list[int]]) -> list[float]:
         import torch
@@ -244,9 +239,17 @@ class NemotronReward(_HFChatModelReward):
 
 
 class _VLLMChatModelReward(_ChatModelReward):
-    """vLLM engine (GPU; tensor parallel). Tokens come from the same chat template as the
-    transformers engine and are passed as ``prompt_token_ids`` so both engines score identical inputs.
-    Needs vllm >= 0.11.1 (``logprobs_mode``, ``PoolingParams.use_activation``)."""
+    """vLLM engine (GPU, tensor parallel; or vLLM's CPU backend). Tokens come from the same chat
+    template as the transformers engine and are passed as ``prompt_token_ids`` so both engines
+    score identical inputs. Needs vllm >= 0.11.1 (``logprobs_mode``, ``PoolingParams.use_activation``).
+
+    ``dtype: auto`` means the checkpoint's dtype here too, as in the transformers engine (vLLM's
+    own "auto" downcasts a float32 checkpoint to float16 or bfloat16). On CPU the engine runs
+    eagerly with a fixed KV cache, as :mod:`dppo.generation` runs it: there vLLM would otherwise
+    reserve ``gpu_memory_utilization`` of the machine's RAM and refuse to start when other
+    processes use more."""
+
+    CPU_KV_CACHE_BYTES = 1 << 30
 
     def __init__(self, options: RewardSettings, **engine_kwargs):
         super().__init__(options)
@@ -254,17 +257,37 @@ class _VLLMChatModelReward(_ChatModelReward):
             from vllm import LLM
         except ImportError as err:
             raise ImportError("reward engine 'vllm' selected but vllm is not installed (pip install vllm)") from err
-        self.llm = LLM(
+        import torch
+
+        kwargs: dict[str, Any] = dict(
             model=options.model,
             tensor_parallel_size=options.tensor_parallel_size,
-            dtype=options.dtype,
+            dtype=self._checkpoint_dtype(options),
             trust_remote_code=options.trust_remote_code,
             gpu_memory_utilization=options.gpu_memory_utilization,
             # +1: room for the one generated position after a max_length chat (nemotron).
             max_model_len=options.max_length + 1 if options.max_length else None,
             load_format="safetensors",  # never fall back to pickle weights
-            **engine_kwargs,
+            seed=0,
         )
+        if not torch.cuda.is_available():  # vLLM's CPU backend
+            from dppo.generation import _check_vllm_cpu_head_size
+
+            if (Path(options.model) / "config.json").is_file():
+                _check_vllm_cpu_head_size(Path(options.model))
+            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=self.CPU_KV_CACHE_BYTES)
+        self.llm = LLM(**{**kwargs, **engine_kwargs})
+
+    @staticmethod
+    def _checkpoint_dtype(options: RewardSettings) -> str:
+        """``options.dtype``, with "auto" resolved to the checkpoint's own dtype (config.json)."""
+        if options.dtype != "auto":
+            return options.dtype
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(options.model, trust_remote_code=options.trust_remote_code)
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        return "auto" if dtype is None else str(dtype).removeprefix("torch.")
 
     @staticmethod
     def _prompts(ids: list[list[int]]) -> list[dict]:
@@ -327,29 +350,57 @@ def reward_backend(settings: RewardSettings) -> RewardBackend:
     return _MODEL_BACKENDS[settings.backend, settings.engine](settings)
 
 
-GENERATION_COLUMNS = ("prompt_id", "prompt", "response")
+GENERATION_COLUMNS = ("seed", "prompt_id", "prompt", "response")
 
 
 def score_generations(generations: pd.DataFrame, backend: RewardBackend) -> pd.DataFrame:
-    """``prompt_id, prompt, response`` rows -> the same rows plus a float ``reward`` column."""
+    """``seed, prompt_id, prompt, response`` rows -> the same rows plus a float ``reward`` column."""
     missing = [c for c in GENERATION_COLUMNS if c not in generations.columns]
     if missing:
         raise ValueError(f"generations table lacks column(s) {missing}; has {list(generations.columns)}")
-    if generations["prompt_id"].duplicated().any():
-        dup = generations.loc[generations["prompt_id"].duplicated(), "prompt_id"].iloc[0]
-        raise ValueError(f"generations table repeats prompt_id {dup!r}")
+    repeated = generations.duplicated(["seed", "prompt_id"])
+    if repeated.any():
+        raise ValueError(f"generations table repeats prompt_id {generations.loc[repeated, 'prompt_id'].iloc[0]!r}")
     out = generations.loc[:, list(GENERATION_COLUMNS)].reset_index(drop=True)
     responses = out["response"].fillna("").astype(str).tolist()
     out["reward"] = pd.Series(backend.score(out["prompt"].astype(str).tolist(), responses), dtype="float64")
     return out
 
 
-def score_file(generations_file, scores_file, settings: RewardSettings) -> pd.DataFrame:
-    """Score one generations parquet into a scores parquet (the ``score`` rule)."""
-    generations = pd.read_parquet(generations_file)
-    log.info("scoring %d responses of %s with %s", len(generations), generations_file, settings)
-    scores = score_generations(generations, reward_backend(settings))
-    write_parquet(scores_file, scores)
-    log.info("wrote %s: mean reward %.4f, %.1f%% negative", scores_file, scores["reward"].mean(),
-             100 * (scores["reward"] < 0).mean())
-    return scores
+def score_key(generations: pd.DataFrame, settings: RewardSettings) -> str:
+    """What a score depends on: the (seed, prompt, response) rows and the reward settings."""
+    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode())
+    for row in generations.loc[:, list(GENERATION_COLUMNS)].itertuples(index=False):
+        digest.update(json.dumps(list(map(str, row))).encode())
+    return digest.hexdigest()[:24]
+
+
+def score_files(pairs: Sequence[tuple[str, str]], settings: RewardSettings, cache_dir: str | Path,
+                backend_factory=reward_backend) -> int:
+    """Score every (generations file, scores file) pair with ONE reward backend (one model load
+    for the whole pass, minutes for a 70B model), and only the files whose rows or reward
+    settings changed: scores are cached under ``cache_dir`` by :func:`score_key`, so a change to
+    one experiment rescores only its answers. Returns the number of files scored afresh."""
+    cache_dir = Path(cache_dir)
+    stale = []
+    for generations_file, scores_file in pairs:
+        generations = pd.read_parquet(generations_file)
+        cached = cache_dir / f"{score_key(generations, settings)}.parquet"
+        if cached.is_file():
+            with atomic_output_file(scores_file) as tmp:
+                shutil.copyfile(cached, tmp)
+            log.info("%s: unchanged answers, scores from %s", generations_file, cached)
+        else:
+            stale.append((generations_file, generations, scores_file, cached))
+    if not stale:
+        log.info("reward-model loads: 0 (every answer already scored)")
+        return 0
+    backend = backend_factory(settings)
+    log.info("reward-model loads: 1 (%s) for %d of %d files", settings.backend, len(stale), len(pairs))
+    for generations_file, generations, scores_file, cached in stale:
+        scores = score_generations(generations, backend)
+        write_parquet(cached, scores)
+        write_parquet(scores_file, scores)
+        log.info("%s: %d answers, mean reward %.4f, %.1f%% negative", generations_file, len(scores),
+                 scores["reward"].mean(), 100 * (scores["reward"] < 0).mean())
+    return len(stale)

@@ -22,9 +22,9 @@ LOSS_NAMES = ("dpo", "minll", "unll", "conll", "ipo", "slic", "flex_dpo", "dpo_s
 PENALIZED_LOSSES = ("minll", "unll", "conll")  # the DPPO losses: they penalize y_gen
 WEIGHTING_NAMES = ("linear", "quadratic", "sqrt", "expectile")
 R_MODES = ("policy", "implicit")
-UNLL_LEVELS = ("token", "sequence")
+UNLL_LEVELS = ("sequence", "token_sum", "token_mean")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-GROUPS = ("main", "alpha_sweep", "data_efficiency", "chained", "3d_variants")
+GROUPS = ("main", "alpha_sweep", "unll_forms", "data_efficiency", "chained", "3d_variants")
 GENERATION_BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REWARD_BACKENDS = ("programmatic", "seqcls", "nemotron")
@@ -143,9 +143,11 @@ class LossSettings(Section):
     f: str = "linear"  # weighting f(r) of the DPPO penalty
     alpha: float = 0.1  # penalty strength
     beta: float = 0.1
-    zeta: float = 0.5  # expectile asymmetry: |zeta - 1{r<0}| r^2
+    # expectile asymmetry, |zeta - 1{r<0}| r^2: a wrongly ranked row (r < 0) weighs 1 - zeta, a
+    # correctly ranked one zeta; zeta < 0.5 makes the wrong ones weigh more (0.5: every row alike)
+    zeta: float = 0.1
     r_mode: str = "policy"  # trigger r: policy log-ratio of y_w vs y_l, or the implicit reward margin
-    unll_level: str = "token"  # unlikelihood over y_gen's tokens, or of the whole sequence
+    unll_level: str = "token_sum"  # unlikelihood of the whole y_gen, or summed / averaged over its tokens
     beta_w: float | None = None  # flex_dpo: beta of the chosen side (None: beta)
     beta_l: float | None = None  # flex_dpo: beta of the rejected side (None: beta)
     tau: float = 0.1  # ipo
@@ -179,6 +181,11 @@ class LossSettings(Section):
     def to_dict(self) -> dict:
         values = plain(self)
         return {LOSS_KEY: values.pop("name"), **values}
+
+    @property
+    def token_level(self) -> bool:
+        """True when the loss needs y_gen's per-token log-probs (token-level unlikelihood)."""
+        return self.name == "unll" and self.unll_level != "sequence"
 
     @property
     def needs_gen(self) -> bool:
@@ -254,8 +261,12 @@ class Experiment:
     optim: OptimSettings = OptimSettings()
     label: str = ""  # "" -> the loss name (and f for the penalties)
     group: str = "main"  # which figure panel it belongs to
-    init: str = "sft"  # "sft" or the name of the experiment whose model it starts from
+    init: str = "sft"  # "sft" or the name of the experiment whose model it starts from (seed by seed)
     n_train: int | None = None  # training rows (a fixed nested subset); None: every row
+    seeds: tuple[int, ...] = (0,)  # one run per seed (one job trains them all; optim.seed is set per run)
+    # With n_train: as many optimizer steps as the same settings take on every row, so a
+    # subset run differs from the full run in its data, not in its number of updates.
+    match_full_steps: bool = False
     track_gen: bool = True  # log y_gen's log-prob (no grad) even when the loss does not use it
     probe_rows: int = 64  # fixed training rows whose log-probs are logged (dynamics figure)
     probe_every: int = 1  # ... every N optimizer steps
@@ -264,7 +275,14 @@ class Experiment:
     def __post_init__(self):
         check_choice("group", self.group, GROUPS)
         check_int("n_train", self.n_train, minimum=1, optional=True)
+        if isinstance(self.seeds, list):
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        if not isinstance(self.seeds, tuple) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise FieldError("seeds", f"must be a list of distinct whole numbers, got {self.seeds!r}")
+        for seed in self.seeds:
+            check_int("seeds", seed)
         check_bool("track_gen", self.track_gen)
+        check_bool("match_full_steps", self.match_full_steps)
         check_int("probe_rows", self.probe_rows, minimum=0)
         check_int("probe_every", self.probe_every, minimum=1)
         check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
@@ -274,13 +292,18 @@ class Experiment:
             loss = self.loss
             object.__setattr__(self, "label", f"{loss.name} ({loss.f})" if loss.needs_gen else loss.name)
 
-    RUN_KEYS = ("label", "group", "init", "n_train", "track_gen", "probe_rows", "probe_every", "on_nonfinite")
+    RUN_KEYS = ("label", "group", "init", "n_train", "seeds", "match_full_steps", "track_gen", "probe_rows",
+                "probe_every", "on_nonfinite")
+    # optim.seed is not an experiment key: each run of `seeds` sets it.
+    OPTIM_KEYS = tuple(k for k in field_names(OptimSettings) if k != "seed")
 
     @classmethod
     def from_flat(cls, name: str, values: Mapping[str, Any], where: str) -> "Experiment":
         """From one flat config mapping (loss, optimisation and run keys side by side)."""
         values = dict(values)
-        optim_keys = set(field_names(OptimSettings))
+        if "seed" in values:
+            raise ConfigError(f"config key {where}.seed: an experiment lists its seeds: `seeds: [0, 1, 2]`")
+        optim_keys = set(cls.OPTIM_KEYS)
         unknown = sorted(set(values) - set(LOSS_CONFIG_KEYS) - optim_keys - set(cls.RUN_KEYS))
         if unknown:
             raise ConfigError(f"config key {where}: unknown key(s) {unknown}")
@@ -295,7 +318,8 @@ class Experiment:
     def to_dict(self) -> dict:
         """The flat form: what ``results/experiments.json`` lists and a job receives."""
         run = {key: plain(getattr(self, key)) for key in self.RUN_KEYS}
-        return {"name": self.name, **self.loss.to_dict(), **self.optim.to_dict(), **run}
+        optim = {k: v for k, v in self.optim.to_dict().items() if k in self.OPTIM_KEYS}
+        return {"name": self.name, **self.loss.to_dict(), **optim, **run}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Experiment":
@@ -351,9 +375,14 @@ class TaskSpec(Section):
     length_geometric_p: float = 0.22
     flawed_demo_rate: float = 0.35
     # Share of demonstrations that stop one item short: above 0.5 the SFT model's greedy
-    # answer stops early too, a systematic flaw (the kind SFT data carries) that preference
-    # pairs (complete answers preferred) can teach away, and a bad y_gen to penalize.
+    # answer stops early too, a systematic flaw (the kind SFT data carries) and a bad y_gen.
     truncated_demo_rate: float = 0.6
+    # How often the preference pairs carry that flaw. Chosen answers flawed as often as the
+    # demonstrations and rejected ones never: no pair teaches the flaw away, only y_gen shows
+    # it (the DPPO premise). Chosen never and rejected half the time: the pairs already
+    # correct y_gen's flaw (configs/pairs-correct-flaw.yaml).
+    chosen_flaw_rate: float = 0.6
+    rejected_flaw_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -453,14 +482,30 @@ class RewardSettings(Section):
 
 @dataclass(frozen=True)
 class WinRateSettings(Section):
-    n_boot: int = 1000  # bootstrap resamples of the prompts
+    n_boot: int = 2000  # bootstrap resamples of the prompts
     seed: int = 0
     level: float = 0.95  # confidence level of the intervals
+    baseline: str = "dpo"  # the experiment every other one is compared with, paired, prompt by prompt
 
     def __post_init__(self):
         check_int("n_boot", self.n_boot, minimum=10)
         check_int("seed", self.seed)
         check_number("level", self.level, above=0, maximum=0.999)
+
+
+@dataclass(frozen=True)
+class ClaimsSettings(Section):
+    """Which experiments each of the poster's claims is tested on (named before the results
+    are seen; None: the claim is not tested by this config), and the smallest difference in
+    win rate that matters (an interval inside +-margin refutes "alpha matters")."""
+
+    dppo: str | None = None  # the penalty variant "negative rewards decrease compared with DPO" is tested on
+    small_subset: str | None = None  # unlikelihood on the small subset (vs DPO on every row: win_rate.baseline)
+    chained: str | None = None  # unlikelihood on every row, then DPO on the subset
+    margin: float = 0.03
+
+    def __post_init__(self):
+        check_number("margin", self.margin, above=0, maximum=1)
 
 
 @dataclass(frozen=True)
@@ -492,6 +537,9 @@ class ToySettings:
     initial: InitialLevels = InitialLevels()
     losses: Mapping[str, LossSettings] = field(default_factory=lambda: {"dpo": LossSettings()})
     dynamics_loss: str = "dpo"  # the label of the loss the dynamics and gradient figures show
+    # None: a full output layer (the seed's MLP); k: the output layer factorised through a rank-k
+    # map shared by every response, so the responses share features (dispersion check)
+    output_rank: int | None = None
 
     def __post_init__(self):
         if not self.seeds:
@@ -502,6 +550,7 @@ class ToySettings:
             check_int(name, getattr(self, name), minimum=1)
         for name in ("sft_lr", "lr"):
             check_number(name, getattr(self, name), above=0)
+        check_int("output_rank", self.output_rank, minimum=1, optional=True)
         if not self.losses:
             raise FieldError("losses", "name at least one loss to train")
         if self.dynamics_loss not in self.losses:
@@ -560,6 +609,7 @@ class PipelineSettings:
     experiments: Mapping[str, Experiment]
     reward: RewardSettings
     win_rate: WinRateSettings
+    claims: ClaimsSettings
     toy: ToySettings | None
     paper: PaperSettings
     resources: Mapping[str, Mapping[str, Any]]  # rule name -> the config's entry ("default" too)

@@ -1,66 +1,72 @@
-"""Supervised fine-tuning: next-token loss on the assistant tokens only (prompt masked)."""
+"""Supervised fine-tuning: next-token loss on the assistant tokens only (prompt masked).
+
+The loss is the mean negative log-likelihood over the batch's response tokens; the model's
+head runs only at the positions that predict a response token (:mod:`dppo.logprobs`), so the
+prompt never costs a vocabulary-sized projection and carries no loss.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import Trainer
 
-from dppo.io import load_causal_lm, load_tokenizer, pad_token_id
+from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id
+from dppo.logprobs import response_logps
 from dppo.settings import OptimSettings
-from dppo.training import RunPaths, fit_and_save
-
-IGNORE_INDEX = -100  # label value the causal-LM loss skips
+from dppo.trainer import FINAL, METRICS, train
 
 
-def sft_example(prompt_ids: list[int], response_ids: list[int]) -> dict:
-    """input_ids = prompt + response; labels copy the response and mask the prompt."""
-    prompt_ids, response_ids = list(prompt_ids), list(response_ids)
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
-    }
+def sft_rows(frame: pd.DataFrame) -> list[dict]:
+    """Prepared SFT rows (``prompt_ids``, ``response_ids``) as plain int lists."""
+    return [{"prompt_ids": [int(t) for t in p], "response_ids": [int(t) for t in r]}
+            for p, r in zip(frame["prompt_ids"], frame["response_ids"])]
 
 
-class SFTCollator:
-    """Right-pads a batch to its longest row (dynamic padding); padding gets no loss."""
+class SFTTask:
+    """Token-mean NLL of the responses, for :func:`dppo.trainer.train`."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, rows: list[dict], pad: int):
+        self.rows = rows
+        self.pad = pad
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(r["input_ids"])
-            labels[i, :n] = torch.as_tensor(r["labels"])
-            attention_mask[i, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    def loss(self, model, rows):
+        sums = response_logps(model, [r["prompt_ids"] for r in rows], [[r["response_ids"]] for r in rows], self.pad).sums
+        return -sums.sum() / self.weight(rows), {}
+
+    def weight(self, rows) -> int:
+        return sum(len(r["response_ids"]) for r in rows)
+
+    def lengths(self) -> list[int]:
+        return [len(r["prompt_ids"]) + len(r["response_ids"]) for r in self.rows]
+
+    def step_metrics(self, model, step: int, total: int) -> dict[str, float]:
+        return {}
 
 
-def train_sft(model_dir: str | Path, train_file: str | Path, paths: RunPaths, opt: OptimSettings,
-              trust_remote_code: bool = False) -> None:
-    """Fine-tune ``model_dir`` on the prepared SFT split and save to ``paths.out_dir``.
-
-    Resumes from the newest checkpoint in ``paths.checkpoint_dir`` when a previous run was killed.
-    """
+def train_sft(model_dir: str | Path, train_file: str | Path, out_dir: str | Path, metrics_file: str | Path,
+              checkpoint_dir: str | Path, opt: OptimSettings, trust_remote_code: bool = False) -> None:
+    """Fine-tune ``model_dir`` on the prepared SFT split; save the model to ``out_dir`` and the
+    per-step metrics to ``metrics_file``. A killed run resumes from ``checkpoint_dir``."""
     torch.manual_seed(opt.seed)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     model = load_causal_lm(model_dir, trust_remote_code)
-    frame = pd.read_parquet(train_file)
-    rows = [sft_example(p, r) for p, r in zip(frame["prompt_ids"], frame["response_ids"])]
-    pad = pad_token_id(tokenizer)
-    fit_and_save(
-        Trainer, model=model, tokenizer=tokenizer, rows=rows, collator=SFTCollator(pad), opt=opt,
-        paths=paths, record={"stage": "sft", "rows": len(rows)},
-    )
+    rows = sft_rows(pd.read_parquet(train_file))
+    task = SFTTask(rows, pad_token_id(tokenizer))
+    run_dir = train(model, tokenizer, rows, task, opt, checkpoint_dir, {"stage": "sft", "rows": len(rows)})
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    with atomic_output_dir(out_dir) as tmp:
+        shutil.copytree(run_dir / FINAL, tmp, dirs_exist_ok=True)
+    with atomic_output_file(metrics_file) as tmp:
+        shutil.copyfile(run_dir / METRICS, tmp)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def sft_job(opt: dict, model_dir: str, train_file: str, paths: dict, trust_remote_code: bool) -> None:
+def sft_job(opt: dict, model_dir: str, train_file: str, out_dir: str, metrics_file: str, checkpoint_dir: str,
+            trust_remote_code: bool) -> None:
     """:func:`train_sft` from plain arguments (for :func:`dppo.launch.run_job`)."""
-    train_sft(model_dir, train_file, RunPaths(**paths), OptimSettings.from_dict(opt, "sft"), trust_remote_code)
+    train_sft(model_dir, train_file, out_dir, metrics_file, checkpoint_dir, OptimSettings.from_dict(opt, "sft"),
+              trust_remote_code)

@@ -21,11 +21,12 @@ answer, so a tiny model learns the task quickly yet leaves headroom for preferen
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from dppo.settings import TaskSpec
 
 SYMBOLS = tuple("abcdefghijklmnop")
 # Order-free operations: the answer depends on the multiset of symbols only, which a tiny
@@ -38,27 +39,6 @@ OPERATIONS = {
 # Words the tokenizer must know besides the symbols.
 TASK_WORDS = (*OPERATIONS, ":")
 MIN_REWARD = -2.0
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Sizes and noise levels of the synthetic task (config key ``synthetic``)."""
-
-    seed: int = 0
-    n_sft_train: int = 3000
-    n_sft_test: int = 200
-    n_pref_train: int = 1200
-    n_pref_test: int = 200
-    min_items: int = 2
-    max_items: int = 24
-    # Item counts follow min_items + Geometric(p): most lists are short, a few are long, so the
-    # p95 length cut truncates a real tail.
-    length_geometric_p: float = 0.22
-    flawed_demo_rate: float = 0.35
-    # Share of demonstrations that stop one item short: above 0.5 the SFT model's greedy
-    # answer stops early too, a systematic flaw (the kind SFT data carries) that preference
-    # pairs (complete answers preferred) can teach away, and a bad y_gen to penalize.
-    truncated_demo_rate: float = 0.6
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[str]]:
@@ -152,8 +132,13 @@ def preference_rows(rng: np.random.Generator, spec: TaskSpec, n: int, used: set[
     while len(rows) < n:
         prompt = _fresh_prompt(rng, spec, used)
         target = answer(prompt)
-        chosen = " ".join(corrupt(rng, target, int(rng.choice(3, p=[0.5, 0.3, 0.2]))))
-        if rng.random() < 0.5:  # the SFT data's systematic flaw: stopping one item short
+        chosen_items = corrupt(rng, target, int(rng.choice(3, p=[0.5, 0.3, 0.2])))
+        # The SFT data's systematic flaw, stopping one item short, in chosen and rejected answers
+        # at the task's rates (a rate of 0 draws nothing, so a design keeps its data stream).
+        if spec.chosen_flaw_rate > 0 and rng.random() < spec.chosen_flaw_rate and len(chosen_items) > 1:
+            chosen_items = chosen_items[:-1]
+        chosen = " ".join(chosen_items)
+        if spec.rejected_flaw_rate > 0 and rng.random() < spec.rejected_flaw_rate:
             rejected = " ".join(corrupt(rng, target, int(rng.integers(0, 3)))[:-1])
         else:
             rejected = " ".join(corrupt(rng, target, int(rng.integers(2, 6))))

@@ -8,11 +8,12 @@ and SmolLM2) and a generation config whose EOS ends an assistant turn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from dppo.settings import TinyModelSpec
 
 PAD, UNK, IM_START, IM_END = "<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, UNK, IM_START, IM_END)
@@ -24,19 +25,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class TinyModelSpec:
-    """Architecture of the embedded default's model (config key ``tiny_model``)."""
-
-    hidden_size: int = 96
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 3  # head size 32, the smallest vLLM's CPU attention takes
-    num_key_value_heads: int = 1
-    intermediate_size: int = 192
-    max_position_embeddings: int = 256
-    seed: int = 0
 
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:

@@ -1,51 +1,31 @@
-"""Win rate against the SFT model, with a percentile-bootstrap interval, and the LaTeX table.
+"""Comparisons of models on the same held-out prompts: win rates against the SFT model and
+paired differences against DPO, averaged per prompt over seeds, with bootstrap intervals and
+the smallest difference each comparison can detect.
 
-Per experiment, on the SAME evaluation prompts (joined on ``prompt_id``): a prompt is a win
-(1) when the experiment's reward beats the SFT model's, a tie counts 1/2, a loss 0. The win
-rate is the mean over prompts; its 95% interval is the percentile bootstrap over prompts
-(seeded, so reruns give the same numbers). Mean reward and the share of negative rewards are
-reported beside it (the poster's "negative rewards decrease" claim).
+A model's answer to a prompt wins (1) when its reward beats the SFT model's answer's, ties
+(1/2) or loses (0). An experiment's per-prompt value is the mean over its seeds (its win
+score, its reward, whether its reward is negative). Every statistic is a mean over prompts;
+its interval is the percentile bootstrap over prompts, with ONE set of resampled prompts for
+every experiment, so a difference between two experiments is a paired comparison on the same
+prompts. The power of a comparison is reported as its minimum detectable difference (MDE):
+the true difference it detects with 80% power at the 5% level, (z_0.975 + z_0.8) x its
+bootstrap standard error.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dppo.results import EXPERIMENT_COLUMNS, INTEGER_COLUMNS, TABLE_COLUMNS
 from dppo.settings import WinRateSettings
 
 # Bootstrap draws are generated in blocks of at most this many indices (bounded memory).
 _BOOT_BLOCK = 1 << 22
-
-
-
-def paired_rewards(scores: pd.DataFrame, reference: pd.DataFrame, name: str = "model") -> pd.DataFrame:
-    """``prompt_id, reward, reward_reference`` for the prompts both tables score, sorted by id.
-
-    The two prompt sets must be identical: a win rate over different prompts compares nothing.
-    """
-    for table, who in ((scores, name), (reference, "reference")):
-        missing = {"prompt_id", "reward"} - set(table.columns)
-        if missing:
-            raise ValueError(f"scores of {who!r} lack column(s) {sorted(missing)}")
-        if table["prompt_id"].duplicated().any():
-            raise ValueError(f"scores of {who!r} repeat prompt_id {table.loc[table['prompt_id'].duplicated(), 'prompt_id'].iloc[0]!r}")
-        if table["reward"].isna().any():
-            raise ValueError(f"scores of {who!r} contain {int(table['reward'].isna().sum())} missing rewards")
-    ids, ref_ids = set(scores["prompt_id"]), set(reference["prompt_id"])
-    if ids != ref_ids:
-        only_model, only_ref = sorted(ids - ref_ids), sorted(ref_ids - ids)
-        raise ValueError(
-            f"{name!r} and the reference scored different prompts: {len(only_model)} only in {name!r} "
-            f"(e.g. {only_model[:3]}), {len(only_ref)} only in the reference (e.g. {only_ref[:3]})"
-        )
-    merged = scores[["prompt_id", "reward"]].merge(
-        reference[["prompt_id", "reward"]].rename(columns={"reward": "reward_reference"}), on="prompt_id", validate="1:1"
-    )
-    return merged.sort_values("prompt_id", kind="stable").reset_index(drop=True)
+MDE_Z = 1.959964 + 0.841621  # two-sided 5% test, 80% power
+METRICS = ("win", "reward", "negative")  # per-prompt values every comparison is made on
+REFERENCE = "sft"  # the model every win rate is against
 
 
 def win_scores(reward: np.ndarray, reward_reference: np.ndarray) -> np.ndarray:
@@ -54,89 +34,151 @@ def win_scores(reward: np.ndarray, reward_reference: np.ndarray) -> np.ndarray:
     return (reward > reward_reference) + 0.5 * (reward == reward_reference)
 
 
+def _check_scores(name: str, table: pd.DataFrame) -> None:
+    missing = {"seed", "prompt_id", "reward"} - set(table.columns)
+    if missing:
+        raise ValueError(f"scores of {name!r} lack column(s) {sorted(missing)}")
+    repeated = table.duplicated(["seed", "prompt_id"])
+    if repeated.any():
+        raise ValueError(f"scores of {name!r} repeat prompt_id {table.loc[repeated, 'prompt_id'].iloc[0]!r}")
+    if table["reward"].isna().any():
+        raise ValueError(f"scores of {name!r} contain {int(table['reward'].isna().sum())} missing rewards")
+
+
+def per_seed_scores(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every model's reward of every (seed, prompt) with the SFT answer's reward beside it:
+    ``name, seed, prompt_id, reward, reward_reference, win, negative``.
+
+    Every model must have scored exactly the SFT model's prompts, for every seed: a win rate
+    over other prompts compares nothing."""
+    if REFERENCE not in scores:
+        raise ValueError(f"no scores for the reference model {REFERENCE!r}")
+    for name, table in scores.items():
+        _check_scores(name, table)
+    reference = scores[REFERENCE].groupby("prompt_id")["reward"].mean().rename("reward_reference")
+    frames = []
+    for name, table in scores.items():
+        for seed, part in table.groupby("seed", sort=True):
+            ids, ref_ids = set(part["prompt_id"]), set(reference.index)
+            if ids != ref_ids:
+                only, only_ref = sorted(ids - ref_ids), sorted(ref_ids - ids)
+                raise ValueError(f"{name!r} (seed {seed}) and {REFERENCE!r} scored different prompts: {len(only)} only "
+                                 f"in {name!r} (e.g. {only[:3]}), {len(only_ref)} only in {REFERENCE!r} (e.g. {only_ref[:3]})")
+            merged = part[["seed", "prompt_id", "reward"]].join(reference, on="prompt_id")
+            merged.insert(0, "name", name)
+            frames.append(merged)
+    long = pd.concat(frames, ignore_index=True)
+    long["win"] = win_scores(long["reward"], long["reward_reference"])
+    long["negative"] = (long["reward"] < 0).astype(float)
+    return long.sort_values(["name", "seed", "prompt_id"], kind="stable").reset_index(drop=True)
+
+
+def per_prompt(long: pd.DataFrame) -> pd.DataFrame:
+    """Seed means per (model, prompt): ``name, prompt_id, win, reward, negative, n_seeds``."""
+    grouped = long.groupby(["name", "prompt_id"], sort=True)
+    table = grouped[list(METRICS)].mean()
+    table["n_seeds"] = grouped.size()
+    return table.reset_index()
+
+
 def _resample_indices(rng: np.random.Generator, n_rows: int, n: int) -> np.ndarray:
     # One double per index: a block of draws consumes the stream exactly like row-by-row draws,
-    # so results do not depend on the block size (bounded-integer draws are buffered per call).
+    # so results do not depend on the block size.
     return np.minimum((rng.random((n_rows, n)) * n).astype(np.int64), n - 1)
 
 
 def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Means of ``n_boot`` resamples (with replacement, same size) of ``values``; vectorised."""
+    """Means of ``n_boot`` resamples of the rows of ``values`` (shape (n,) or (n, k)): the same
+    resampled rows for every column, so column differences are paired. Shape (n_boot,) or
+    (n_boot, k)."""
     values = np.asarray(values, dtype=float)
-    n = values.size
+    n = values.shape[0]
     if n == 0:
         raise ValueError("cannot bootstrap an empty sample")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     rows_per_block = max(1, _BOOT_BLOCK // n)
-    means = np.empty(n_boot)
+    means = np.empty((n_boot, *values.shape[1:]))
     for start in range(0, n_boot, rows_per_block):
         stop = min(n_boot, start + rows_per_block)
         means[start:stop] = values[_resample_indices(rng, stop - start, n)].mean(axis=1)
     return means
 
 
-def bootstrap_interval(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of ``values`` at confidence ``level``."""
+def interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap ``draws`` (along axis 0) at confidence ``level``."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must be in (0, 1), got {level}")
     tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(bootstrap_means(values, n_boot, seed), [tail, 100.0 - tail])
+    low, high = np.percentile(draws, [tail, 100.0 - tail], axis=0)
+    return low, high
+
+
+def bootstrap_interval(values: np.ndarray, n_boot: int, seed: int, level: float) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``values``."""
+    low, high = interval(bootstrap_means(values, n_boot, seed), level)
     return float(low), float(high)
 
 
-def compare(scores: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: int, level: float,
-            name: str = "model") -> dict[str, float | int]:
-    """Win rate of ``scores`` against ``reference`` with its bootstrap interval and reward stats."""
-    paired = paired_rewards(scores, reference, name)
-    wins = win_scores(paired["reward"].to_numpy(), paired["reward_reference"].to_numpy())
-    low, high = bootstrap_interval(wins, n_boot, seed, level)
-    return {
-        "win_rate": float(wins.mean()),
-        "ci_low": low,
-        "ci_high": high,
-        "n_wins": int((wins == 1.0).sum()),
-        "n_ties": int((wins == 0.5).sum()),
-        "n_losses": int((wins == 0.0).sum()),
-        **reward_stats(paired["reward"].to_numpy()),
-        "mean_reward_reference": float(paired["reward_reference"].mean()),
-        "frac_negative_reference": float((paired["reward_reference"] < 0).mean()),
-    }
+def _matrix(prompts: pd.DataFrame, metric: str, names: Sequence[str]) -> np.ndarray:
+    """(prompts, models) of one per-prompt metric, prompts in one fixed order."""
+    wide = prompts.pivot(index="prompt_id", columns="name", values=metric)
+    return wide.loc[:, list(names)].to_numpy()
 
 
-def reward_stats(reward: np.ndarray) -> dict[str, float | int]:
-    reward = np.asarray(reward, dtype=float)
-    return {"mean_reward": float(reward.mean()), "frac_negative": float((reward < 0).mean()), "n_prompts": int(reward.size)}
+def against_sft(long: pd.DataFrame, prompts: pd.DataFrame, names: Sequence[str],
+                settings: WinRateSettings) -> pd.DataFrame:
+    """Per model: win rate against SFT, mean reward and share of negative rewards, each with
+    its interval, and the spread of the per-seed win rates."""
+    rows = {name: {"name": name} for name in names}
+    for metric, column in (("win", "win_rate"), ("reward", "mean_reward"), ("negative", "frac_negative")):
+        values = _matrix(prompts, metric, names)
+        low, high = interval(bootstrap_means(values, settings.n_boot, settings.seed), settings.level)
+        for k, name in enumerate(names):
+            rows[name].update({column: values[:, k].mean(), f"{column}_low": low[k], f"{column}_high": high[k]})
+    per_seed = long.groupby(["name", "seed"])["win"].mean()
+    for name in names:
+        seeds = per_seed.loc[name]
+        wins = long.loc[long["name"] == name, "win"]
+        rows[name].update({
+            "win_rate_seed_sd": float(seeds.std(ddof=1)) if len(seeds) > 1 else float("nan"),
+            "n_seeds": int(len(seeds)),
+            "n_prompts": int(prompts.loc[prompts["name"] == name, "prompt_id"].nunique()),
+            "n_wins": int((wins == 1.0).sum()), "n_ties": int((wins == 0.5).sum()), "n_losses": int((wins == 0.0).sum()),
+        })
+    reference = long[long["name"] == REFERENCE]
+    table = pd.DataFrame([rows[n] for n in names])
+    table["mean_reward_reference"] = float(reference["reward"].mean())
+    table["frac_negative_reference"] = float(reference["negative"].mean())
+    return table
 
 
-def win_rate_table(scores: Mapping[str, pd.DataFrame], experiments: Sequence[Mapping], reference: str,
-                   settings: WinRateSettings) -> pd.DataFrame:
-    """One row per experiment of ``experiments`` (``results/experiments.json``), in that order.
-
-    Every row also carries the reference model's mean reward and share of negative rewards
-    (``*_reference``), the baseline those columns are read against.
-    """
-    if reference not in scores:
-        raise ValueError(f"no scores for the reference model {reference!r}")
-    missing = [e["name"] for e in experiments if e["name"] not in scores]
-    if missing:
-        raise ValueError(f"no scores for experiment(s) {missing}")
-    ref = scores[reference]
-    rows = []
-    for exp in experiments:
-        row = {col: exp.get(col) for col in EXPERIMENT_COLUMNS}
-        row.update(compare(scores[exp["name"]], ref, n_boot=settings.n_boot, seed=settings.seed, level=settings.level,
-                           name=exp["name"]))
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    # Nullable integers: an experiment without n_train / seed must not turn 100 into "100.0".
-    return table.astype({col: "Int64" for col in INTEGER_COLUMNS})
+def paired_differences(prompts: pd.DataFrame, names: Sequence[str], baseline: str,
+                       settings: WinRateSettings) -> pd.DataFrame:
+    """Per model: the paired difference from ``baseline`` (model minus baseline, per prompt,
+    seed means) of the win rate against SFT, the mean reward and the share of negative rewards,
+    with the interval and the minimum detectable difference of each."""
+    if baseline not in set(prompts["name"]):
+        raise ValueError(f"no scores for the paired baseline {baseline!r}")
+    rows = {name: {"name": name, "baseline": baseline} for name in names}
+    for metric, column in (("win", "d_win_rate"), ("reward", "d_mean_reward"), ("negative", "d_frac_negative")):
+        values = _matrix(prompts, metric, [*names, baseline])
+        diffs = values[:, :-1] - values[:, -1:]
+        draws = bootstrap_means(diffs, settings.n_boot, settings.seed)
+        low, high = interval(draws, settings.level)
+        se = draws.std(axis=0, ddof=1)
+        for k, name in enumerate(names):
+            rows[name].update({column: diffs[:, k].mean(), f"{column}_low": low[k], f"{column}_high": high[k],
+                               f"{column}_mde": MDE_Z * se[k]})
+    return pd.DataFrame([rows[n] for n in names])
 
 
-
-
-
-
-
-
+def difference(prompts: pd.DataFrame, a: str, b: str, metric: str, settings: WinRateSettings) -> dict[str, float]:
+    """The paired difference a - b of one per-prompt metric: mean, interval, MDE."""
+    values = _matrix(prompts, metric, [a, b])
+    diffs = values[:, 0] - values[:, 1]
+    draws = bootstrap_means(diffs, settings.n_boot, settings.seed)
+    low, high = interval(draws, settings.level)
+    return {"diff": float(diffs.mean()), "low": float(low), "high": float(high),
+            "mde": float(MDE_Z * draws.std(ddof=1)), "n_prompts": int(len(diffs))}

@@ -7,6 +7,7 @@ SYNTHETIC_DIRS = {"sft": "results/data/raw/smoltalk", "pref": "results/data/raw/
 INIT_MODEL_DIR = "results/models/init" if S.model.is_tiny else S.model.init
 EXPERIMENT_NAMES = list(S.experiments)
 EVAL_MODELS = ["sft", *EXPERIMENT_NAMES]
+PENALIZED_EXPERIMENTS = [name for name, e in S.experiments.items() if e.loss.needs_gen]
 
 
 def res(rule_name):

@@ -47,7 +47,7 @@ rule prepare_data:
     wildcard_constraints:
         kind="sft|pref",
     params:
-        tokenizer=INIT_MODEL_DIR,
+        tokenizer=lambda wc: INIT_MODEL_DIR,  # an input when built here, else a hub id
         dataset=lambda wc: dataset_settings(wc.kind),
         data=S.data.to_dict(),
     log:

@@ -17,25 +17,27 @@ rule experiments_table:
 
 
 rule generate_eval:
+    # One job answers for every model: one process start for the whole grid. Answers are
+    # cached by content (weights, prompts, settings), so after a change to one experiment only
+    # its models generate again.
     input:
-        model="results/models/{model}",
+        models=expand("results/models/{model}", model=EVAL_MODELS),
         test="results/data/pref/test.parquet",
         stats="results/data/pref/stats.json",
     output:
-        generations="results/generations/{model}.parquet",
-    wildcard_constraints:
-        model=one_of(EVAL_MODELS),
+        generations=expand("results/generations/{model}.parquet", model=EVAL_MODELS),
     params:
         generation=S.generation.to_dict(),
         trust_remote_code=S.model.trust_remote_code,
         max_prompts=S.data.pref.max_eval_prompts,
+        cache_dir="results/generation_cache",
     log:
-        "logs/generate_eval/{model}.log",
+        "logs/generate_eval/generate_eval.log",
     threads: threads_of("generate_eval")
     resources:
         **res("generate_eval"),
     benchmark:
-        "benchmarks/generate_eval/{model}.tsv"
+        "benchmarks/generate_eval/generate_eval.tsv"
     conda:
         "../../envs/train.yaml"
     script:
@@ -43,19 +45,23 @@ rule generate_eval:
 
 
 rule score:
+    # One job scores every model's answers: one reward-model load per pass (a 70B model takes
+    # minutes to load). Scores are cached by content (answers + reward settings), so after a
+    # change to one experiment only its answers are scored again.
     input:
-        generations="results/generations/{model}.parquet",
+        generations=expand("results/generations/{model}.parquet", model=EVAL_MODELS),
     output:
-        scores="results/scores/{model}.parquet",
-    wildcard_constraints:
-        model=one_of(EVAL_MODELS),
+        scores=expand("results/scores/{model}.parquet", model=EVAL_MODELS),
     params:
         reward=S.reward.to_dict(),
+        cache_dir="results/score_cache",
     log:
-        "logs/score/{model}.log",
+        "logs/score/score.log",
     threads: threads_of("score")
     resources:
         **res("score"),
+    benchmark:
+        "benchmarks/score/score.tsv"
     conda:
         "../../envs/train.yaml"
     script:
@@ -68,6 +74,7 @@ rule win_rate:
         experiments="results/experiments.json",
     output:
         csv="results/tables/win_rates.csv",
+        prompts="results/tables/prompt_scores.parquet",
         tex="paper/tables/win_rates.tex",
     params:
         win_rate=S.win_rate.to_dict(),
@@ -80,3 +87,42 @@ rule win_rate:
         "../../envs/plot.yaml"
     script:
         "../scripts/win_rate.py"
+
+
+rule claims:
+    input:
+        win_rates="results/tables/win_rates.csv",
+        prompts="results/tables/prompt_scores.parquet",
+    output:
+        csv="results/tables/claims.csv",
+        tex="paper/tables/claims.tex",
+    params:
+        claims=S.claims.to_dict(),
+        win_rate=S.win_rate.to_dict(),
+    log:
+        "logs/claims/claims.log",
+    threads: 1
+    resources:
+        **res("claims"),
+    conda:
+        "../../envs/plot.yaml"
+    script:
+        "../scripts/claims.py"
+
+
+rule penalty_scale:
+    input:
+        experiments="results/experiments.json",
+        metrics=expand("results/metrics/{name}.jsonl", name=PENALIZED_EXPERIMENTS),
+    output:
+        csv="results/tables/penalty_scale.csv",
+        tex="paper/tables/penalty_scale.tex",
+    log:
+        "logs/penalty_scale/penalty_scale.log",
+    threads: 1
+    resources:
+        **res("penalty_scale"),
+    conda:
+        "../../envs/plot.yaml"
+    script:
+        "../scripts/penalty_scale.py"

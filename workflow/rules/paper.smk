@@ -6,7 +6,8 @@ import os
 import shutil
 
 PAPER_SRC = os.path.join(workflow.basedir, "paper")
-PAPER_FIGURES = ["hparam_search", "paradigms", "reward_hist", "data_efficiency", "dynamics", "length_dist"]
+PAPER_FIGURES = ["hparam_search", "paradigms", "differences", "reward_hist", "data_efficiency", "dynamics",
+                 "length_dist"]
 WIN_RATES_CSV = "results/tables/win_rates.csv"
 DATA_STATS = {key: f"results/data/{key}/stats.json" for key in ("sft", "pref")}
 DATA_LENGTHS = {key: f"results/data/{key}/lengths.parquet" for key in ("sft", "pref")}
@@ -20,16 +21,23 @@ PAPER_PDF_OUTPUTS = {"status": "paper/build.log"}
 if PAPER_HAVE_TEX:
     PAPER_PDF_OUTPUTS["pdf"] = "paper/main.pdf"
 
+PAPER_TABLES = ["paper/tables/macros.tex", "paper/tables/win_rates.tex", "paper/tables/claims.tex",
+                "paper/tables/penalty_scale.tex"]
 PAPER_OUTPUTS = (
     [f"paper/figures/{fig}.{ext}" for fig in PAPER_FIGURES for ext in ("pdf", "png")]
-    + ["paper/tables/macros.tex"]
+    + PAPER_TABLES
     + list(PAPER_PDF_OUTPUTS.values())
 )
+# The two runs the reward histogram and the dynamics compare (dppo.claims.pick_runs).
+PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 
 
 rule paper_macros:
     input:
         win_rates=WIN_RATES_CSV,
+        claims="results/tables/claims.csv",
+        premise="results/tables/premise.json",
+        penalty="results/tables/penalty_scale.csv",
         **DATA_STATS,
     output:
         "paper/tables/macros.tex",
@@ -37,6 +45,7 @@ rule paper_macros:
         "logs/paper_macros/paper_macros.log",
     params:
         setup=S.paper.setup,
+        **PICKED,
     threads: 1
     resources:
         **res("paper_macros"),
@@ -78,6 +87,22 @@ rule fig_paradigms:
         "../scripts/fig_paradigms.py"
 
 
+rule fig_differences:
+    input:
+        win_rates=WIN_RATES_CSV,
+    output:
+        **figure_outputs("differences"),
+    log:
+        "logs/fig_differences/fig_differences.log",
+    threads: 1
+    resources:
+        **res("fig_differences"),
+    conda:
+        "../../envs/plot.yaml"
+    script:
+        "../scripts/fig_differences.py"
+
+
 rule fig_reward_hist:
     # The best penalty variant is known only from the win rates, so every candidate's
     # scores are inputs; the script picks (dppo.claims.pick_runs).
@@ -87,6 +112,8 @@ rule fig_reward_hist:
         scores=expand("results/scores/{name}.parquet", name=PICKABLE_RUNS),
     output:
         **figure_outputs("reward_hist"),
+    params:
+        **PICKED,
     log:
         "logs/fig_reward_hist/fig_reward_hist.log",
     threads: 1
@@ -121,6 +148,8 @@ rule fig_dynamics:
         metrics=expand("results/metrics/{name}.jsonl", name=PICKABLE_RUNS),
     output:
         **figure_outputs("dynamics"),
+    params:
+        **PICKED,
     log:
         "logs/fig_dynamics/fig_dynamics.log",
     threads: 1
@@ -157,8 +186,7 @@ rule paper_pdf:
         # the working directory (the same place unless run with --directory).
         tex=f"{PAPER_SRC}/main.tex",
         bib=f"{PAPER_SRC}/references.bib",
-        macros="paper/tables/macros.tex",
-        win_rates_tex="paper/tables/win_rates.tex",
+        tables=PAPER_TABLES,
         figures=expand("paper/figures/{fig}.pdf", fig=PAPER_FIGURES),
         sections=sorted(glob.glob(f"{PAPER_SRC}/sections/*.tex")),
         toy=[p for p in TOY_OUTPUTS if p.startswith("paper/")],
@@ -168,7 +196,7 @@ rule paper_pdf:
         "logs/paper_pdf/paper_pdf.log",
     params:
         build_dir="results/paper_build",
-        src_dir=PAPER_SRC,
+        src_dir=lambda wc, input: os.path.dirname(input.tex),
     threads: 1
     resources:
         **res("paper_pdf"),

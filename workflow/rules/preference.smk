@@ -75,3 +75,24 @@ rule train_preference:
         "../../envs/train.yaml"
     script:
         "../scripts/train_preference.py"
+
+
+rule premise:
+    # How often y_gen is wrong, the trigger fires and y_gen is the rejected answer (docs/design.md).
+    input:
+        train="results/data/pref/train.parquet",
+        ygen="results/ygen/train.parquet",
+        ref="results/ref_logps/train.parquet",
+    output:
+        "results/tables/premise.json",
+    params:
+        reward=S.reward.to_dict(),
+    log:
+        "logs/premise/premise.log",
+    threads: 1
+    resources:
+        **res("premise"),
+    conda:
+        "../../envs/plot.yaml"
+    script:
+        "../scripts/premise.py"

@@ -9,7 +9,7 @@ rule sft:
         model=directory("results/models/sft"),
         metrics="results/metrics/sft.jsonl",
     params:
-        init=INIT_MODEL_DIR,
+        init=lambda wc: INIT_MODEL_DIR,  # an input when built here, else a hub id
         opt=S.sft.to_dict(),
         # Not an output: Snakemake would delete it with a failed job, and a rerun resumes from it.
         checkpoint_dir="results/checkpoints/sft",

@@ -1,15 +1,18 @@
 # The 3D-properties toy model (docs/design.md, stage 10): 4 prompts x 10 responses, 3-layer MLP, on CPU.
 #
-# One rule trains every scenario x seed x loss of the `toy` section; the figure and table rules
-# read only its records, so restyling never retrains. A config without a `toy` section (a quick
-# smoke run) builds no toy outputs.
+# One rule trains every scenario x seed x loss of the `toy` section (one batched computation,
+# seconds); the figure and table rules read only its records, so restyling never retrains. A
+# config without a `toy` section (a quick smoke run) builds no toy outputs.
 
 TOY_RUNS = "results/toy/runs.parquet"
 TOY_FIGURES = ["toy_dynamics", "toy_gradients", "toy_grid"]
 TOY_TABLES = {
     "csv": "results/tables/toy_final.csv",
     "properties": "results/tables/toy_properties.csv",
+    "output_rows": "results/tables/toy_output_rows.csv",
     "tex": "paper/tables/toy_final.tex",
+    "properties_tex": "paper/tables/toy_properties.tex",
+    "output_rows_tex": "paper/tables/toy_output_rows.tex",
     "macros": "paper/tables/toy_macros.tex",
 }
 TOY_OUTPUTS = (

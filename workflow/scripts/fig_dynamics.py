@@ -6,5 +6,6 @@ from dppo.results import read_metrics, read_win_rates
 from dppo.stage import stage
 
 with stage(snakemake):
-    runs = picked_files(read_win_rates(snakemake.input.win_rates), snakemake.input.metrics)
+    runs = picked_files(read_win_rates(snakemake.input.win_rates), snakemake.input.metrics,
+                        snakemake.params.baseline, snakemake.params.dppo)
     save_figure(fig_dynamics({title: read_metrics(path) for title, path in runs.items()}), *snakemake.output)

@@ -8,6 +8,7 @@ from dppo.results import read_win_rates
 from dppo.stage import stage
 
 with stage(snakemake):
-    runs = picked_files(read_win_rates(snakemake.input.win_rates), snakemake.input.scores)
+    runs = picked_files(read_win_rates(snakemake.input.win_rates), snakemake.input.scores,
+                        snakemake.params.baseline, snakemake.params.dppo)
     scores = {"SFT": snakemake.input.sft, **runs}
     save_figure(fig_reward_hist({title: pd.read_parquet(path) for title, path in scores.items()}), *snakemake.output)

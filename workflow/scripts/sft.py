@@ -3,9 +3,8 @@ from dppo.launch import run_job
 from dppo.stage import stage
 
 with stage(snakemake):
-    paths = dict(out_dir=snakemake.output.model, metrics_file=snakemake.output.metrics,
-                 checkpoint_dir=snakemake.params.checkpoint_dir)
     run_job("dppo.sft:sft_job", dict(
-        opt=snakemake.params.opt, model_dir=snakemake.params.init, train_file=snakemake.input.train, paths=paths,
+        opt=snakemake.params.opt, model_dir=snakemake.params.init, train_file=snakemake.input.train,
+        out_dir=snakemake.output.model, metrics_file=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
         trust_remote_code=snakemake.params.trust_remote_code,
     ), n_gpus=snakemake.resources.gpu)

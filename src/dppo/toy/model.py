@@ -89,17 +89,21 @@ def initial_distribution(scenario: Scenario, levels: InitialLevels) -> torch.Ten
 
 
 class ToyPolicy(nn.Module):
-    """Three-layer MLP: one-hot prompt -> log-probabilities over the responses."""
+    """Three-layer MLP: one-hot prompt -> log-probabilities over the responses.
 
-    def __init__(self, hidden: int):
+    ``output_rank`` (None: a full output layer) factorises the output layer as U V, V a
+    (rank x hidden) map shared by every response and U one rank-dim row per response: the
+    responses then share features, so moving one response's logit moves the others'."""
+
+    def __init__(self, hidden: int, output_rank: int | None = None):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(N_PROMPTS, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, N_RESPONSES),
-        )
+        # Built in order: the initial weights are drawn from the RNG in this order.
+        layers = [nn.Linear(N_PROMPTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()]
+        if output_rank is None:
+            layers.append(nn.Linear(hidden, N_RESPONSES))
+        else:
+            layers += [nn.Linear(hidden, output_rank, bias=False), nn.Linear(output_rank, N_RESPONSES)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self) -> torch.Tensor:
         """Log-probabilities for every prompt at once, shape (prompts, responses)."""
@@ -107,40 +111,110 @@ class ToyPolicy(nn.Module):
         return torch.log_softmax(self.net(prompts), dim=-1)
 
 
-def build_policy(hidden: int, seed: int) -> ToyPolicy:
+def build_policy(hidden: int, seed: int, output_rank: int | None = None) -> ToyPolicy:
     """A freshly initialised policy; ``seed`` fixes the weights without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ToyPolicy(hidden).to(DTYPE)
+        return ToyPolicy(hidden, output_rank).to(DTYPE)
 
 
-def fit_distribution(policy: ToyPolicy, target: torch.Tensor, steps: int, lr: float) -> float:
-    """Step 1: train ``policy`` (in place) to output ``target`` by minimising KL(target || policy)
-    with Adam. Returns the final mean-over-prompts KL."""
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+class StackedPolicy(nn.Module):
+    """R independent :class:`ToyPolicy` networks as one module, so that one batched forward and
+    one Adam train them all at once. Every weight and bias gets a leading run axis; run r's
+    numbers touch run r's parameters only, and Adam is elementwise, so each run trains exactly
+    as it would alone (up to float rounding of the batched matmuls)."""
+
+    def __init__(self, weights, biases, relu_after):
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(w.detach().clone()) for w in weights])
+        # A layer without bias (the low-rank factor V) keeps None: ParameterList takes none.
+        self.has_bias = tuple(b is not None for b in biases)
+        self.biases = nn.ParameterList([nn.Parameter(b.detach().clone()) for b in biases if b is not None])
+        self.relu_after = tuple(relu_after)
+
+    @classmethod
+    def stack(cls, policies) -> StackedPolicy:
+        """One run per policy, in order; every policy must have the same shape."""
+        modules = list(policies[0].net)
+        linears = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear)]
+        relu_after = [i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU) for i in linears]
+        weights, biases = [], []
+        for i in linears:
+            weights.append(torch.stack([p.net[i].weight.detach() for p in policies]))
+            has_bias = modules[i].bias is not None
+            biases.append(torch.stack([p.net[i].bias.detach() for p in policies]) if has_bias else None)
+        return cls(weights, biases, relu_after)
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(weight, bias or None) per linear layer, each with the leading run axis."""
+        biases = iter(self.biases)
+        return [(w, next(biases) if has else None) for w, has in zip(self.weights, self.has_bias)]
+
+    def select(self, runs: torch.Tensor) -> StackedPolicy:
+        """A new, independent stack whose run i is a copy of this stack's run ``runs[i]``."""
+        layers = self.layers()
+        return StackedPolicy(
+            [w.detach()[runs] for w, _ in layers],
+            [None if b is None else b.detach()[runs] for _, b in layers],
+            self.relu_after,
+        )
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.weights[0].shape[0])
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's (weight, bias): row j of each holds response j's own parameters."""
+        weight, bias = self.layers()[-1]
+        return weight, bias
+
+    def forward(self) -> torch.Tensor:
+        """Log-probabilities of every run and prompt, shape (runs, prompts, responses)."""
+        x = torch.eye(N_PROMPTS, dtype=self.weights[0].dtype).expand(self.n_runs, -1, -1)
+        for (weight, bias), relu in zip(self.layers(), self.relu_after):
+            x = torch.bmm(x, weight.transpose(1, 2)) if bias is None else torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+            if relu:
+                x = torch.relu(x)
+        return torch.log_softmax(x, dim=-1)
+
+
+def fit_distribution(policy: StackedPolicy, target: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    """Step 1: train every run of ``policy`` (in place) to output its ``target`` (runs, prompts,
+    responses) by minimising KL(target || policy) with Adam. The objective is the SUM over runs
+    of each run's mean-over-prompts KL, so each run gets its own gradient. Returns the final KL
+    of every run, shape (runs,)."""
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr, foreach=True)
     for _ in range(steps):
         optimizer.zero_grad()
         kl = _kl(target, policy())
-        kl.backward()
+        kl.sum().backward()
         optimizer.step()
     with torch.no_grad():
-        return float(_kl(target, policy()))
+        return _kl(target, policy())
 
 
 def _kl(target: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    return (target * (target.log() - logp)).sum(-1).mean()
+    """Mean over prompts of KL(target || exp(logp)), one value per leading index."""
+    return (target * (target.log() - logp)).sum(-1).mean(-1)
 
 
 @dataclass(frozen=True)
 class PreferencePairs:
-    """Index tensors, shape (pairs,): prompt, chosen response, rejected response."""
+    """Index tensors of equal shape, (pairs,) or (runs, pairs): prompt, chosen and rejected
+    response."""
 
     prompt: torch.Tensor
     chosen: torch.Tensor
     rejected: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.prompt.numel())
+        """The number of pairs (of one run)."""
+        return int(self.prompt.shape[-1])
+
+    @classmethod
+    def stack(cls, pairs) -> PreferencePairs:
+        """One run per entry of ``pairs`` (each of shape (pairs,)), as (runs, pairs)."""
+        return cls(*(torch.stack([getattr(p, name) for p in pairs]) for name in ("prompt", "chosen", "rejected")))
 
 
 def make_preference_pairs(pairs_per_prompt: int, seed: int) -> PreferencePairs:
@@ -155,45 +229,47 @@ def make_preference_pairs(pairs_per_prompt: int, seed: int) -> PreferencePairs:
 
 
 def greedy_responses(reference_logp: torch.Tensor) -> torch.Tensor:
-    """y_gen: the reference (step-1) model's argmax response to every prompt, shape (prompts,)."""
+    """y_gen: the reference (step-1) model's argmax response to every prompt, shape (..., prompts)."""
     return reference_logp.argmax(dim=-1)
 
 
-def pair_logps(logp_rows: torch.Tensor, pairs: PreferencePairs, y_gen: torch.Tensor) -> ResponseLogps:
-    """ResponseLogps of single-token responses. ``logp_rows[i]`` is the log-distribution for
-    pair ``i``'s prompt; every length is 1 and the one "token" of y_gen is y_gen itself."""
+def pair_logps(logp_rows: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, gen: torch.Tensor) -> ResponseLogps:
+    """ResponseLogps of single-token responses. ``logp_rows[i]`` (B, responses) is the
+    log-distribution of row i's prompt and ``chosen``, ``rejected``, ``gen`` (B,) its responses;
+    every length is 1 and the one "token" of y_gen is y_gen itself."""
     def pick(responses: torch.Tensor) -> torch.Tensor:
         return logp_rows.gather(1, responses[:, None]).squeeze(1)
 
-    ones = torch.ones(len(pairs), dtype=logp_rows.dtype)
-    gen = pick(y_gen[pairs.prompt])
+    ones = torch.ones(len(logp_rows), dtype=logp_rows.dtype)
+    gen_logp = pick(gen)
     return ResponseLogps(
-        chosen=pick(pairs.chosen),
-        rejected=pick(pairs.rejected),
+        chosen=pick(chosen),
+        rejected=pick(rejected),
         chosen_len=ones,
         rejected_len=ones,
-        gen=gen,
+        gen=gen_logp,
         gen_len=ones,
-        gen_token_logps=gen[:, None],
-        gen_token_mask=torch.ones(len(pairs), 1, dtype=torch.bool),
+        gen_token_logps=gen_logp[:, None],
+        gen_token_mask=torch.ones(len(logp_rows), 1, dtype=torch.bool),
     )
 
 
-def distribution_summary(logp: torch.Tensor) -> dict[str, float]:
+def distribution_summary(logp: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean over prompts of: the optimal response's probability (``p_chosen``), the mass on the
     rejected responses (``p_rejected``), on the two unseen responses (``p_unseen``), on the other
     prompts' optimal responses (``p_other_chosen``) and on everything outside the prompt's own
-    preference data, i.e. unseen plus other prompts' optimal responses (``p_outside``)."""
+    preference data, i.e. unseen plus other prompts' optimal responses (``p_outside``).
+    ``logp`` is (..., prompts, responses); every value has the leading shape (...)."""
     probs = logp.detach().exp()
     prompts = torch.arange(N_PROMPTS)
-    chosen = probs[prompts, prompts]
-    rejected = probs[:, list(REJECTED_IDS)].sum(-1)
-    unseen = probs[:, list(UNSEEN_IDS)].sum(-1)
-    other = probs[:, list(CHOSEN_IDS)].sum(-1) - chosen
+    chosen = probs[..., prompts, prompts]
+    rejected = probs[..., list(REJECTED_IDS)].sum(-1)
+    unseen = probs[..., list(UNSEEN_IDS)].sum(-1)
+    other = probs[..., list(CHOSEN_IDS)].sum(-1) - chosen
     return {
-        "p_chosen": float(chosen.mean()),
-        "p_rejected": float(rejected.mean()),
-        "p_unseen": float(unseen.mean()),
-        "p_other_chosen": float(other.mean()),
-        "p_outside": float((unseen + other).mean()),
+        "p_chosen": chosen.mean(-1),
+        "p_rejected": rejected.mean(-1),
+        "p_unseen": unseen.mean(-1),
+        "p_other_chosen": other.mean(-1),
+        "p_outside": (unseen + other).mean(-1),
     }

@@ -4,11 +4,15 @@ seed's three properties, and the LaTeX table and macros of the toy section."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pandas as pd
 
 from dppo.latex import latex_number, macro_name, render_macros
-from dppo.settings import ToySettings
+from dppo.settings import LossSettings, ToySettings
+
+# The output-layer row sets whose change step 2 records (dppo.toy.training.OUTPUT_ROWS).
+OUTPUT_ROWS = ("unseen", "rejected", "chosen")
 
 SCENARIO_WORDS = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
 
@@ -18,7 +22,8 @@ FINAL_METRICS = ("p_chosen", "p_rejected", "p_unseen", "p_outside")
 
 def per_run_summary(runs: pd.DataFrame, collapse_below: float = 1e-6) -> pd.DataFrame:
     """One row per (scenario, loss, seed): initial, peak and final values of the recorded
-    probabilities, the step of the chosen peak, the lowest outside mass, the first step at
+    probabilities, the step of the chosen peak, the lowest unseen and outside mass, the
+    largest change of the unseen, rejected and chosen output-layer rows, the first step at
     which the rejected mass is below ``collapse_below`` (NaN if never), the initial and final
     gradient magnitudes and whether the run diverged (then "final" is its last valid state)."""
 
@@ -33,6 +38,7 @@ def per_run_summary(runs: pd.DataFrame, collapse_below: float = 1e-6) -> pd.Data
             p_chosen_peak=peak_row["p_chosen"],
             peak_step=peak_row["step"],
             p_unseen_max=run["p_unseen"].max(),
+            p_unseen_min=run["p_unseen"].min(),
             p_outside_min=run["p_outside"].min(),
             rejected_collapse_step=collapsed.min() if len(collapsed) else math.nan,
             # share of (pair, step) with r < 0, i.e. where a DPPO penalty is switched on
@@ -44,6 +50,9 @@ def per_run_summary(runs: pd.DataFrame, collapse_below: float = 1e-6) -> pd.Data
             last_step=last["step"],
             diverged=bool(run["diverged"].any()),
         )
+        for name in OUTPUT_ROWS:  # largest change of those output-layer rows over step 2
+            column = f"out_change_{name}"
+            row[f"{column}_max"] = run[column].max() if column in run else math.nan
         return pd.Series(row)
 
     keys = ["scenario", "loss", "seed"]
@@ -62,6 +71,12 @@ def final_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().sort_values("scenario", kind="stable").reset_index(drop=True)
 
 
+def _dispersion(initial: float, lowest: float, final: float, min_rise: float) -> bool:
+    """Mass dispersed onto a response set: it ends above where it started, or it climbs back by
+    more than ``min_rise`` (absolute) from its lowest point (the degradation phase)."""
+    return final > initial or final - lowest > min_rise
+
+
 def property_checks(table: pd.DataFrame, loss: str = "dpo", min_fall: float = 0.05) -> pd.DataFrame:
     """The seed's three properties, measured per scenario on the seed means of ``loss``:
 
@@ -69,16 +84,19 @@ def property_checks(table: pd.DataFrame, loss: str = "dpo", min_fall: float = 0.
       moves in either direction (log10 ratios initial -> final);
     - degradation: the chosen probability falls after its peak, by more than ``min_fall``
       (absolute) by the end of training;
-    - dispersion: the mass on the two unseen responses ends above its initial value
-      (``dispersion_unseen``), or, in the wider reading (every response outside the prompt's
-      own pairs, i.e. also the other prompts' optimal responses), the outside mass climbs back
-      by more than ``min_fall`` from its lowest point (``dispersion_outside``).
+    - dispersion, in two readings, each by :func:`_dispersion` (with ``min_fall``):
+      ``dispersion_unseen``, the seed's global reading, onto the two responses 9-10 that no
+      pair of any prompt contains; ``dispersion_outside``, the per-prompt reading, onto every
+      response outside the prompt's own pairs (the unseen ones and the other prompts' optimal
+      responses).
     """
     rows = []
     for _, row in table[table["loss"] == loss].iterrows():
         rejected_decades = math.log10(row["p_rejected_initial_mean"] / row["p_rejected_final_mean"])
         chosen_decades = abs(math.log10(row["p_chosen_final_mean"] / row["p_chosen_initial_mean"]))
         fall = row["p_chosen_peak_mean"] - row["p_chosen_final_mean"]
+        unseen = [row[f"p_unseen_{k}_mean"] for k in ("initial", "min", "final")]
+        outside = [row[f"p_outside_{k}_mean"] for k in ("initial", "min", "final")]
         rows.append(
             {
                 "scenario": int(row["scenario"]),
@@ -88,12 +106,55 @@ def property_checks(table: pd.DataFrame, loss: str = "dpo", min_fall: float = 0.
                 "drastic_drop": rejected_decades > chosen_decades,
                 "chosen_fall_after_peak": fall,
                 "degradation": fall > min_fall,
-                "dispersion_unseen": row["p_unseen_final_mean"] > row["p_unseen_initial_mean"],
-                "outside_rise_from_min": row["p_outside_final_mean"] - row["p_outside_min_mean"],
-                "dispersion_outside": row["p_outside_final_mean"] - row["p_outside_min_mean"] > min_fall,
+                **{f"unseen_{k}": v for k, v in zip(("initial", "min", "final"), unseen)},
+                "unseen_rise_from_min": unseen[2] - unseen[1],
+                "dispersion_unseen": _dispersion(*unseen, min_fall),
+                **{f"outside_{k}": v for k, v in zip(("initial", "min", "final"), outside)},
+                "outside_rise_from_min": outside[2] - outside[1],
+                "dispersion_outside": _dispersion(*outside, min_fall),
             }
         )
     return pd.DataFrame(rows)
+
+
+# Below this ratio to the change of the paired responses' rows, an output row counts as fixed:
+# a zero gradient still moves it by float rounding (Adam divides by sqrt(v) + eps).
+FIXED_RATIO = 1e-6
+
+
+def margin_only(cfg: LossSettings, f_r_positive: bool) -> bool:
+    """Does the loss depend on a pair's log-probabilities only through log pi(y_w) - log pi(y_l)?
+
+    Then, with one-token responses, its gradient with respect to the logits is c (e_l - e_w)
+    (adding a constant to every logit changes nothing), so the output-layer rows of every
+    response outside the pairs get exactly zero gradient. True for dpo and ipo, for flex_dpo
+    when beta_w = beta_l, and for the DPPO losses while f(r) = 0 on every pair (they are dpo
+    then); not for slic or dpo_sft (a lone log pi(y_w) term) nor for a firing DPPO penalty."""
+    if cfg.name in ("dpo", "ipo"):
+        return True
+    if cfg.name == "flex_dpo":
+        return cfg.beta_chosen == cfg.beta_rejected
+    return cfg.needs_gen and not f_r_positive
+
+
+def output_row_table(runs: pd.DataFrame, losses: Mapping[str, LossSettings]) -> pd.DataFrame:
+    """Per (scenario, loss): the largest change |theta_t - theta_0| over step 2 (and over seeds)
+    of the output-layer rows (weights and bias) of the unseen, rejected and chosen responses;
+    whether f(r) > 0 on some pair-step (a DPPO penalty fires there); whether :func:`margin_only` predicts
+    the unseen rows fixed, and whether they are (their change below ``FIXED_RATIO`` times the
+    smaller of the other two)."""
+    grouped = runs.groupby(["scenario", "loss"], sort=False)
+    table = grouped[[f"out_change_{rows}" for rows in OUTPUT_ROWS]].max()
+    table.columns = [f"{rows}_change" for rows in OUTPUT_ROWS]
+    # f(r) > 0 on some pair-step: a DPPO penalty fires there (recorded under every loss)
+    table["f_r_positive"] = grouped["part_f_r"].agg(lambda f: bool((f.fillna(0) != 0).any()))
+    table = table.reset_index()
+    table["predicted_fixed"] = [
+        margin_only(losses[loss], fired) for loss, fired in zip(table["loss"], table["f_r_positive"])
+    ]
+    paired = table[["rejected_change", "chosen_change"]].min(axis=1)
+    table["unseen_fixed"] = table["unseen_change"] <= FIXED_RATIO * paired
+    return table.sort_values("scenario", kind="stable").reset_index(drop=True)
 
 
 # The hyper-parameters each loss actually uses (for the settings macros).
@@ -117,6 +178,7 @@ MACRO_METRICS = {
     "RejectedInitial": "p_rejected_initial_mean",
     "RejectedFinal": "p_rejected_final_mean",
     "UnseenInitial": "p_unseen_initial_mean",
+    "UnseenMin": "p_unseen_min_mean",
     "UnseenFinal": "p_unseen_final_mean",
     "OutsideInitial": "p_outside_initial_mean",
     "OutsideMin": "p_outside_min_mean",
@@ -135,10 +197,52 @@ def _step_text(value: float) -> str:
     return "never" if value != value else str(round(value))
 
 
-def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySettings) -> str:
+def _yes(value) -> str:
+    return "yes" if value else "no"
+
+
+def _scenario_list(numbers) -> str:
+    """"all", "none" or e.g. "S1, S3, S4"."""
+    numbers = sorted(int(n) for n in numbers)
+    if len(numbers) == len(SCENARIO_WORDS):
+        return "all"
+    return ", ".join(f"S{n}" for n in numbers) if numbers else "none"
+
+
+def _output_row_macros(rows: pd.DataFrame) -> dict[str, str]:
+    """Macros of :func:`output_row_table`: per scenario and loss ``\\toyScen<N><Loss>OutChange
+    <Unseen|Rejected|Chosen>`` and ``...UnseenRows<Fixed|PredictedFixed>`` (yes/no); per loss the
+    largest unseen change and the smallest rejected and chosen change over the scenarios
+    (``\\toy<Loss>OutChangeUnseenMax`` ...), the scenarios where the rows are predicted fixed
+    and where they are (``\\toy<Loss>UnseenRowsPredictedFixedIn``, ``...FixedIn``); and how many
+    (scenario, loss) cells agree with the prediction."""
+    m: dict[str, str] = {}
+    for _, row in rows.iterrows():
+        prefix = ("toyScen", SCENARIO_WORDS[int(row["scenario"])], row["loss"])
+        for name in OUTPUT_ROWS:
+            m[macro_name(*prefix, "OutChange", name)] = latex_number(row[f"{name}_change"])
+        m[macro_name(*prefix, "UnseenRowsFixed")] = _yes(row["unseen_fixed"])
+        m[macro_name(*prefix, "UnseenRowsPredictedFixed")] = _yes(row["predicted_fixed"])
+    for loss in dict.fromkeys(rows["loss"]):
+        cells = rows[rows["loss"] == loss]
+        m[macro_name("toy", loss, "OutChangeUnseenMax")] = latex_number(cells["unseen_change"].max())
+        m[macro_name("toy", loss, "OutChangeRejectedMin")] = latex_number(cells["rejected_change"].min())
+        m[macro_name("toy", loss, "OutChangeChosenMin")] = latex_number(cells["chosen_change"].min())
+        m[macro_name("toy", loss, "UnseenRowsPredictedFixedIn")] = _scenario_list(cells.loc[cells["predicted_fixed"], "scenario"])
+        m[macro_name("toy", loss, "UnseenRowsFixedIn")] = _scenario_list(cells.loc[cells["unseen_fixed"], "scenario"])
+    m["toyUnseenRowsAgree"] = str(int((rows["predicted_fixed"] == rows["unseen_fixed"]).sum()))
+    m["toyUnseenRowsCells"] = str(len(rows))
+    m["toyFixedRatio"] = latex_number(FIXED_RATIO)
+    return m
+
+
+def latex_macros(
+    table: pd.DataFrame, checks: pd.DataFrame, settings: ToySettings, output_rows: pd.DataFrame | None = None
+) -> str:
     """``\\newcommand`` lines for every number the toy section quotes, so none is typed by hand:
     ``\\toyScen<One..Four><Loss><Metric>``, the property verdicts ``\\toyScen<N>Dpo<Property>``
-    (yes/no), and the run settings ``\\toyNumSeeds``, ``\\toySteps`` ..."""
+    (yes/no), the output-row changes of ``output_rows`` (:func:`output_row_table`, when given), and the
+    run settings ``\\toyNumSeeds``, ``\\toySteps`` ..."""
     m: dict[str, str] = {}
     for _, row in table.iterrows():
         prefix = macro_name("toyScen", SCENARIO_WORDS[int(row["scenario"])], row["loss"])
@@ -154,13 +258,17 @@ def latex_macros(table: pd.DataFrame, checks: pd.DataFrame, settings: ToySetting
             ("DispersionUnseen", "dispersion_unseen"),
             ("DispersionOutside", "dispersion_outside"),
         ):
-            m[prefix + suffix] = "yes" if row[column] else "no"
+            m[prefix + suffix] = _yes(row[column])
         m[prefix + "RejectedDecades"] = f"{row['rejected_decades']:.0f}"
         m[prefix + "ChosenDecades"] = f"{row['chosen_decades']:.2f}"
+        m[prefix + "UnseenRise"] = latex_number(row["unseen_rise_from_min"])
+        m[prefix + "OutsideRise"] = latex_number(row["outside_rise_from_min"])
     for loss in dict.fromkeys(table["loss"]):
         rows = table[table["loss"] == loss].set_index("scenario")
         for what, column in (("Peak", "p_chosen_peak_mean"), ("Final", "p_chosen_final_mean")):
             m[macro_name("toy", loss, f"Highest{what}Scenario")] = str(int(rows[column].idxmax()))
+    if output_rows is not None:
+        m.update(_output_row_macros(output_rows))
     m["toyNumSeeds"] = str(len(settings.seeds))
     m["toySteps"] = str(settings.steps)
     m["toyLr"] = latex_number(settings.lr)
@@ -201,5 +309,53 @@ def latex_final_table(table: pd.DataFrame) -> str:
             f"{cell(row, 'p_unseen_final')} & {cell(row, 'p_outside_final')} \\\\"
         )
         previous = scenario
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_property_table(checks: pd.DataFrame) -> str:
+    """A tabular of :func:`property_checks`: per scenario the verdict of each property with the
+    numbers it rests on, dispersion in both readings (global: responses 9-10; per prompt:
+    every response outside the prompt's own pairs) as initial -> lowest -> final mass."""
+
+    def path(row: pd.Series, reading: str) -> str:
+        values = (latex_number(row[f"{reading}_{k}"]) for k in ("initial", "min", "final"))
+        return f"{_yes(row[f'dispersion_{reading}'])}: " + r" $\to$ ".join(values)
+
+    lines = [
+        r"\begin{tabular}{lllll}",
+        r"\hline",
+        r"Scen. & drastic drop & degradation & dispersion, global & dispersion, per prompt \\",
+        r" & (decades: rejected vs chosen) & (fall after peak) & (mass on 9--10) & (mass outside own pairs) \\",
+        r"\hline",
+    ]
+    for _, row in checks.iterrows():
+        lines.append(
+            f"S{int(row['scenario'])} & {_yes(row['drastic_drop'])}: {row['rejected_decades']:.0f} vs "
+            f"{row['chosen_decades']:.2f} & {_yes(row['degradation'])}: {latex_number(row['chosen_fall_after_peak'])} & "
+            f"{path(row, 'unseen')} & {path(row, 'outside')} \\\\"
+        )
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_output_row_table(rows: pd.DataFrame) -> str:
+    """A tabular of :func:`output_row_table` per loss: where the unseen rows are predicted fixed,
+    their largest change per scenario, and the smallest change of the rejected and chosen rows."""
+    scenarios = sorted(rows["scenario"].unique())
+    lines = [
+        r"\begin{tabular}{ll" + "c" * len(scenarios) + "cc}",
+        r"\hline",
+        r"Loss & zero gradient predicted & " + " & ".join(f"unseen S{n}" for n in scenarios)
+        + r" & rejected & chosen \\",
+        r"\hline",
+    ]
+    for loss in dict.fromkeys(rows["loss"]):
+        cells = rows[rows["loss"] == loss].set_index("scenario")
+        unseen = " & ".join(latex_number(cells.loc[n, "unseen_change"]) for n in scenarios)
+        lines.append(
+            f"{loss.replace('_', chr(92) + '_')} & {_scenario_list(cells.index[cells['predicted_fixed']])} & {unseen} & "
+            f"{latex_number(cells['rejected_change'].min())} & {latex_number(cells['chosen_change'].min())} \\\\"
+        )
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,215 @@
+"""dppo.chunked.token_logps against the plain full-logits computation in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dppo.chunked import token_logps
+
+
+def make_inputs(n, v, h, dtype=torch.float32, bias=True, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(n, h, generator=gen) * scale).to(dtype)
+    weight = (torch.randn(v, h, generator=gen) * scale).to(dtype)
+    b = torch.randn(v, generator=gen).to(dtype) if bias else None
+    targets = torch.randint(0, v, (n,), generator=gen)
+    return hidden, weight, b, targets
+
+
+def reference(hidden, weight, bias, targets, grad_out):
+    """(log-probs, d/dhidden, d/dweight, d/dbias) of the full (N, V) logits, float64."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+    logits = leaves[0] @ leaves[1].t()
+    if leaves[2] is not None:
+        logits = logits + leaves[2]
+    lp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    (lp * grad_out.double()).sum().backward()
+    return lp.detach(), *(t.grad if t is not None else None for t in leaves)
+
+
+def assert_close(got, want, tol, name=""):
+    """Max abs error within tol times the reference's magnitude (float32 rounding grows with it)."""
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+
+
+def chunked(hidden, weight, bias, targets, grad_out, **chunks):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+    lp = token_logps(leaves[0], leaves[1], targets, bias=leaves[2], **chunks)
+    (lp * grad_out).sum().backward()
+    return lp.detach(), *(t.grad if t is not None else None for t in leaves)
+
+
+SHAPES = [
+    # (N, V, H, token_chunk, vocab_chunk)
+    (17, 50, 8, 4096, 32768),  # one tile
+    (17, 50, 8, 3, 5),  # tiny tiles, both dividing nothing
+    (64, 1000, 16, 7, 128),  # chunks that do not divide N or V
+    (40, 96, 12, 8, 32),  # chunks that divide both
+    (1, 33, 4, 1, 1),  # one row, one-column tiles
+    (30, 257, 8, 64, 64),  # token chunk larger than N, last vocab chunk of 1
+]
+
+
+@pytest.mark.parametrize("n,v,h,token_chunk,vocab_chunk", SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_full_logits_float32(n, v, h, token_chunk, vocab_chunk, with_bias):
+    hidden, weight, bias, targets = make_inputs(n, v, h, bias=with_bias, scale=2.0)
+    grad_out = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    want = reference(hidden, weight, bias, targets, grad_out)
+    got = chunked(hidden, weight, bias, targets, grad_out, token_chunk=token_chunk, vocab_chunk=vocab_chunk)
+    assert got[0].dtype == torch.float32
+    assert got[1].dtype == got[2].dtype == torch.float32
+    for name, g, w in zip(("logps", "hidden", "weight", "bias"), got, want):
+        if w is None:
+            assert g is None
+            continue
+        assert_close(g, w, 1e-5, name)
+
+
+def test_large_logits_do_not_overflow():
+    # logits in the hundreds: exp overflows float32 without the running max
+    hidden, weight, bias, targets = make_inputs(12, 300, 8, scale=8.0)
+    grad_out = torch.ones(12)
+    want = reference(hidden, weight, bias, targets, grad_out)
+    got = chunked(hidden, weight, bias, targets, grad_out, token_chunk=5, vocab_chunk=37)
+    assert torch.isfinite(got[0]).all()
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got[2].double(), want[2], rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_inputs():
+    hidden, weight, bias, targets = make_inputs(33, 200, 16, dtype=torch.bfloat16)
+    grad_out = torch.randn(33, generator=torch.Generator().manual_seed(2))
+    # reference on the same (bf16-rounded) values: the chunked path computes in float32 from them
+    want = reference(hidden, weight, bias, targets, grad_out)
+    got = chunked(hidden, weight, bias, targets, grad_out, token_chunk=8, vocab_chunk=64)
+    assert got[0].dtype == torch.float32
+    assert got[1].dtype == got[2].dtype == got[3].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-4)
+    for g, w in zip(got[1:], want[1:]):  # gradients rounded to bf16 once, at the end
+        torch.testing.assert_close(g.double(), w, rtol=1e-2, atol=1e-2)
+
+
+def test_mixed_dtypes_and_autocast():
+    # bf16 hidden states from autocast with a float32 head; autocast must not lower the tiles
+    hidden, weight, bias, targets = make_inputs(20, 120, 8)
+    hidden = hidden.bfloat16()
+    grad_out = torch.randn(20, generator=torch.Generator().manual_seed(3))
+    want = reference(hidden, weight, bias, targets, grad_out)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked(hidden, weight, bias, targets, grad_out, token_chunk=6, vocab_chunk=50)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.bfloat16 and got[2].dtype == torch.float32
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2].double(), want[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-2, atol=1e-2)
+
+
+def test_float64_gradcheck():
+    # float64 inputs compute in float64, so finite differences check the analytic backward
+    hidden, weight, bias, targets = make_inputs(5, 11, 3, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (hidden, weight, bias))
+
+    def fn(hidden, weight, bias):
+        return token_logps(hidden, weight, targets, bias=bias, token_chunk=2, vocab_chunk=4)
+
+    assert fn(*inputs).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_only_some_inputs_require_grad():
+    hidden, weight, bias, targets = make_inputs(9, 40, 6)
+    grad_out = torch.randn(9, generator=torch.Generator().manual_seed(4))
+    want = reference(hidden, weight, bias, targets, grad_out)
+    for needs in [(True, False, False), (False, True, False), (False, False, True), (True, False, True)]:
+        leaves = [t.detach().clone().requires_grad_(r) for t, r in zip((hidden, weight, bias), needs)]
+        lp = token_logps(leaves[0], leaves[1], targets, bias=leaves[2], token_chunk=4, vocab_chunk=7)
+        (lp * grad_out).sum().backward()
+        for leaf, r, w in zip(leaves, needs, want[1:]):
+            if r:
+                torch.testing.assert_close(leaf.grad.double(), w, rtol=1e-5, atol=1e-5)
+            else:
+                assert leaf.grad is None
+    # nothing requires grad: a plain tensor, no graph
+    lp = token_logps(hidden, weight, targets, bias=bias)
+    assert not lp.requires_grad
+    torch.testing.assert_close(lp.double(), want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_grad_mode():
+    hidden, weight, bias, targets = make_inputs(9, 40, 6)
+    with torch.no_grad():
+        lp = token_logps(hidden.requires_grad_(), weight, targets, bias=bias, token_chunk=4, vocab_chunk=7)
+    assert not lp.requires_grad
+    torch.testing.assert_close(lp.double(), reference(hidden, weight, bias, targets, torch.ones(9))[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_empty():
+    hidden, weight, bias, targets = make_inputs(0, 30, 4)
+    hidden, weight, bias = (t.requires_grad_() for t in (hidden, weight, bias))
+    lp = token_logps(hidden, weight, targets, bias=bias, token_chunk=3, vocab_chunk=5)
+    assert lp.shape == (0,) and lp.dtype == torch.float32
+    lp.sum().backward()
+    assert hidden.grad.shape == (0, 4)
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+def test_tied_weight_accumulates_with_other_uses():
+    # a tied head: the same parameter is the input embedding; both gradients add up
+    hidden, weight, _, targets = make_inputs(10, 25, 6)
+    ids = torch.randint(0, 25, (10,), generator=torch.Generator().manual_seed(5))
+
+    def loss(head):
+        w = weight.detach().clone().requires_grad_()
+        x = hidden + w[ids]
+        lp = head(x, w)
+        lp.sum().backward()
+        return w.grad
+
+    full = loss(lambda x, w: torch.log_softmax(x @ w.t(), -1).gather(1, targets[:, None]).squeeze(1))
+    tiled = loss(lambda x, w: token_logps(x, w, targets, token_chunk=3, vocab_chunk=4))
+    torch.testing.assert_close(tiled, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(targets=torch.tensor([0, 30])), "targets must lie"),
+        (dict(targets=torch.tensor([0, -1])), "targets must lie"),
+        (dict(targets=torch.tensor([0.0, 1.0])), "integer targets"),
+        (dict(targets=torch.tensor([0])), "integer targets"),
+        (dict(bias=torch.zeros(29)), "bias"),
+        (dict(token_chunk=0), "chunk sizes"),
+        (dict(hidden=torch.zeros(2, 5)), "hidden"),
+    ],
+)
+def test_bad_inputs(kwargs, match):
+    args = dict(hidden=torch.zeros(2, 4), weight=torch.zeros(30, 4), targets=torch.tensor([0, 1]))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        token_logps(**args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    hidden, weight, bias, targets = make_inputs(50, 300, 16)
+    grad_out = torch.randn(50, generator=torch.Generator().manual_seed(6))
+    cpu = chunked(hidden, weight, bias, targets, grad_out, token_chunk=16, vocab_chunk=64)
+    cuda = chunked(hidden.cuda(), weight.cuda(), bias.cuda(), targets.cuda(), grad_out.cuda(),
+                   token_chunk=16, vocab_chunk=64)
+    for c, g in zip(cpu, cuda):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-4, atol=1e-4)
+
+
+def test_qwen_vocabulary_default_chunks():
+    # Qwen2.5's vocabulary with the default tiles: four full vocabulary slices and a partial one
+    hidden, weight, bias, targets = make_inputs(6, 151_936, 8, bias=False, seed=7)
+    targets[:3] = torch.tensor([0, 32_768, 151_935])  # first, slice-boundary and last ids
+    grad_out = torch.randn(6, generator=torch.Generator().manual_seed(8))
+    want = reference(hidden, weight, None, targets, grad_out)
+    got = chunked(hidden, weight, None, targets, grad_out)
+    for name, g, w in zip(("logps", "hidden", "weight"), got, want):
+        assert_close(g, w, 1e-5, name)
