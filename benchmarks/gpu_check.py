@@ -45,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_
 
 # (full run, --dry-run) sizes
 SIZES = {
-    "batch_size": (16, 4), "prompt_len": (256, 16), "response_len": (256, 16), "warmup": (3, 1), "steps": (12, 2),
+    "batch_size": (16, 4), "prompt_len": (256, 16), "response_len": (256, 16), "warmup": (3, 1), "steps": (20, 2),
     "gen_prompts": (256, 8), "gen_prompt_len": (128, 16), "gen_new_tokens": (128, 8), "gen_batch_size": (64, 8),
     "score_rows": (512, 16), "score_batch_size": (32, 8), "budget_s": (450, 170),
 }  # fmt: skip
@@ -131,14 +132,15 @@ def dpo_work(rows: list[dict], shared: bool) -> tuple[int, int, int]:
 
 
 def make_data(args, vocab_size: int) -> dict:
-    """Random token ids (ids 0-3 are the tokenizer's special tokens; word i is token i + 4)."""
+    """Random token ids for training and generation (ids below N_SPECIAL are special tokens);
+    random lowercase text for scoring (one token per letter, see :func:`build_tokenizer`)."""
     rng = random.Random(0)
 
     def ids(n: int) -> list[int]:
-        return [rng.randrange(4, vocab_size) for _ in range(n)]
+        return [rng.randrange(N_SPECIAL, vocab_size) for _ in range(n)]
 
-    def lengths(top: int) -> int:
-        return rng.randint(max(1, top // 8), top)
+    def text(top: int) -> str:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(max(1, top // 8), top)))
 
     n_train = 4 * args.batch_size
     sft = [{"prompt_ids": ids(args.prompt_len), "response_ids": ids(args.response_len)} for _ in range(n_train)]
@@ -146,9 +148,32 @@ def make_data(args, vocab_size: int) -> dict:
             "rejected_ids": ids(args.response_len), "gen_ids": ids(args.response_len),
             "ref_chosen": 0.0, "ref_rejected": 0.0, "ref_gen": 0.0} for _ in range(n_train)]
     gen = [ids(args.gen_prompt_len) for _ in range(args.gen_prompts)]
-    # Scoring: chats of varied lengths (prompts up to prompt_len, answers up to 2 x response_len).
-    score = [(ids(lengths(args.prompt_len // 2 or 1)), ids(lengths(2 * args.response_len))) for _ in range(args.score_rows)]
+    # Scoring: chats of varied lengths (prompts up to prompt_len / 2, answers up to 2 x response_len).
+    score = [(text(max(1, args.prompt_len // 2)), text(2 * args.response_len)) for _ in range(args.score_rows)]
     return {"sft": sft, "dpo": dpo, "gen": gen, "score": score}
+
+
+N_SPECIAL = 3  # <|endoftext|> (pad, id 0), <|im_start|>, <|im_end|> (EOS)
+
+
+def build_tokenizer(vocab_size: int):
+    """A Qwen2 (byte-level BPE) tokenizer with a ChatML template and ``vocab_size`` tokens: the
+    special tokens, the 256 byte symbols, then fillers, and no merges, so text is one token per
+    byte. transformers 5 loads a tokenizer saved beside a ``qwen2`` config as Qwen2Tokenizer
+    whatever tokenizer.json holds (a word-level one comes back empty), so it must be one."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    from dppo.tiny_model import CHATML_TEMPLATE
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    symbols = [*specials, *sorted(ByteLevel.alphabet())]
+    symbols += [f"<filler_{i}>" for i in range(vocab_size - len(symbols))]
+    tokenizer = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(symbols)}, merges=[], unk_token=None,
+                               eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                               additional_special_tokens=specials[1:])
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
 
 
 def build_models(args, workdir: Path, device: str) -> dict:
@@ -157,10 +182,10 @@ def build_models(args, workdir: Path, device: str) -> dict:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
-    from dppo.tiny_model import build_tokenizer
+    from dppo.rewards import chat_token_ids
 
     shape = TINY if args.dry_run else QWEN_05B
-    tokenizer = build_tokenizer([f"w{i}" for i in range(shape["vocab_size"] - 4)])
+    tokenizer = build_tokenizer(shape["vocab_size"])
     assert len(tokenizer) == shape["vocab_size"], len(tokenizer)
     dtype = torch.float32 if args.dry_run else torch.bfloat16  # Qwen2.5-0.5B ships bfloat16 weights
     common = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
@@ -181,7 +206,27 @@ def build_models(args, workdir: Path, device: str) -> dict:
         tokenizer.save_pretrained(out)
         dirs[name] = str(out)
         del model
-    return {"dirs": dirs, "shape": shape, "numbers": shape_numbers(shape)}
+    expected = chat_token_ids(tokenizer, *TOKENIZER_PROBE, None)[0]
+    # 4 special tokens, 4 newlines, one token per letter of "user", "abc", "assistant", "xyz"
+    assert len(expected) == 27, tokenizer.convert_ids_to_tokens(expected)
+    models = {"dirs": dirs, "shape": shape, "numbers": shape_numbers(shape), "probe_ids": expected}
+    check_tokenizer(models)
+    return models
+
+
+TOKENIZER_PROBE = (["abc"], ["xyz"])
+
+
+def check_tokenizer(models: dict) -> None:
+    """The scoring rows tokenize text: the saved tokenizer, as this environment's transformers
+    loads it, must give the ids the built one gave."""
+    from dppo.io import load_tokenizer
+    from dppo.rewards import chat_token_ids
+
+    for name, path in models["dirs"].items():
+        got = chat_token_ids(load_tokenizer(path), *TOKENIZER_PROBE, None)[0]
+        if got != models["probe_ids"]:
+            raise RuntimeError(f"{path}: the saved tokenizer does not round-trip here: {got} != {models['probe_ids']}")
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -358,9 +403,8 @@ def run_scoring(backend: str, engine: str, args, models: dict, data: dict, on_gp
     from dppo.settings import RewardSettings
 
     model_dir = models["dirs"]["policy" if backend == "nemotron" else "seqcls"]
-    words = lambda ids: " ".join(f"w{i - 4}" for i in ids)  # noqa: E731 (word i is token i + 4)
-    prompts = [words(p) for p, _ in data["score"]]
-    responses = [words(r) for _, r in data["score"]]
+    prompts = [p for p, _ in data["score"]]
+    responses = [r for _, r in data["score"]]
     kwargs = {"gpu_memory_utilization": args.vllm_gpu_memory_utilization} if engine == "vllm" else {}
     settings = RewardSettings(backend=backend, model=model_dir, engine=engine, batch_size=args.score_batch_size,
                               dtype="auto", **kwargs)
@@ -471,6 +515,7 @@ def worker(args) -> int:
                                                            "python": sys.executable}))
         models = json.loads((workdir / "models.json").read_text())
         data = json.loads((workdir / "data.json").read_text())
+        check_tokenizer(models)
         need = 10 if args.dry_run else 75  # engine start (torch.compile, CUDA graphs) included
         attempt("generate", "vllm", lambda: run_generation("vllm", args, models, data, on_gpu), need)
         for backend in ("seqcls", "nemotron"):
@@ -492,21 +537,26 @@ def run_worker(kind: str, python: str, args, workdir: Path, deadline: float, env
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 cwd=workdir, start_new_session=True)
-        try:
-            end = time.time() + limit
+
+        def pump():
             for line in proc.stdout:
                 log.write(line)
+                log.flush()
                 if line.startswith("[gpu_check]"):
                     print(line.rstrip(), file=sys.stderr, flush=True)
-                if time.time() > end:
-                    raise subprocess.TimeoutExpired(command, limit)
-            proc.wait(timeout=max(1.0, end - time.time()))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=limit)
         except (subprocess.TimeoutExpired, KeyboardInterrupt, SystemExit) as err:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             if not isinstance(err, subprocess.TimeoutExpired):
                 raise
             return f"{kind} worker killed after {limit:.0f} s (time budget); log: {log_path}"
+        finally:
+            reader.join(timeout=5)
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
         print(f"--- last lines of {log_path} ---\n{tail}", file=sys.stderr)
@@ -525,6 +575,18 @@ def vllm_problem(python: str) -> str | None:
 
 def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def reward_agreement(workdir: Path, backend: str) -> str:
+    """How far the vLLM engine's rewards are from the transformers engine's on the same chats."""
+    try:
+        hf, vl = (json.loads((workdir / f"rewards-{backend}-{e}.json").read_text()) for e in ("transformers", "vllm"))
+    except OSError:
+        return ""
+    import statistics
+
+    diff = max(abs(a - b) for a, b in zip(hf, vl))
+    return f"max |vllm - transformers| reward {diff:.2g} (reward sd {statistics.pstdev(hf):.2g})"
 
 
 def print_table(workdir: Path, args, problems: dict, wall: float) -> None:
@@ -557,9 +619,11 @@ def print_table(workdir: Path, args, problems: dict, wall: float) -> None:
         elif row.get("error"):
             table.append([name, engine, "", "-", "-", "-", "-", "-", row["error"]])
         else:
+            if name.startswith("score ") and engine == "vllm":
+                row["note"] = "; ".join(filter(None, [row["note"], reward_agreement(workdir, name.split()[1])]))
             table.append([name, engine, row["workload"], fmt(row["seconds"], ".2f"), fmt(row["tokens_per_s"], ",.0f"),
-                          fmt(row["rows_per_s"], ",.1f"), fmt(row["tflops"], ".2f" if args.dry_run else ".1f"),
-                          fmt(row["mfu"] and 100 * row["mfu"], ".1f").replace("-", "-") + ("%" if row["mfu"] else ""),
+                          fmt(row["rows_per_s"], ",.1f"), fmt(row["tflops"], ".2g" if args.dry_run else ".1f"),
+                          f"{100 * row['mfu']:.1f}%" if row["mfu"] else "-",
                           row["note"]])
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header) - 1)]
     line = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " | " + str(r[-1])  # noqa: E731
@@ -655,7 +719,8 @@ def main(argv=None) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if not problems else 1
+    failed = {k: v for k, v in problems.items() if not v.startswith("skipped (--skip-vllm)")}
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

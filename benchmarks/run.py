@@ -2,8 +2,10 @@
 throughput, and the pipeline's wall time.
 
     python benchmarks/run.py                  # every row, then the table and benchmarks/results.csv
-    python benchmarks/run.py --skip-e2e       # without the (minutes long) embedded-default run
     python benchmarks/run.py --only ours_dpo trl_fast --steps 5
+
+The end-to-end run of the embedded default (wall time, start-up against work per rule, side by
+side with an earlier commit) is benchmarks/e2e.py.
 
 Every training row runs in a fresh subprocess (so its peak RSS is its own) on the same model,
 data, batch size and number of steps, with ``torch.set_num_threads(--threads)``; the first
@@ -40,7 +42,6 @@ ROWS = {
     "gen_b64": ("generate", "y_gen greedy, transformers backend, batch 64"),
     "dry_run_paper": ("workflow", "snakemake -n all --configfile configs/paper.yaml"),
     "dry_run_paper_no_scontrol": ("workflow", "the same, `scontrol` failing at once (as without a SLURM client)"),
-    "e2e_default": ("workflow", "snakemake --cores 2 all (embedded default, from scratch)"),
 }
 # (numerator, denominator, target): ratio of steps/s; target None = informational.
 RATIOS = [
@@ -71,7 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-prompts", type=int, default=64)
     p.add_argument("--gen-new-tokens", type=int, default=32)
     p.add_argument("--only", nargs="+", choices=list(ROWS), help="run only these rows")
-    p.add_argument("--skip-e2e", action="store_true", help="skip the embedded-default end-to-end run")
     p.add_argument("--csv", type=Path, default=RESULTS_CSV)
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     # internal: one row in this process
@@ -88,7 +88,8 @@ def build_inputs(args, workdir: Path) -> None:
     import torch
 
     from dppo.logprobs import response_logps
-    from dppo.tiny_model import IM_END, TinyModelSpec, save_tiny_model
+    from dppo.settings import TinyModelSpec
+    from dppo.tiny_model import IM_END, save_tiny_model
 
     torch.set_num_threads(args.threads)
     words = [f"w{i}" for i in range(args.vocab - 4)]  # + 4 special tokens
@@ -234,41 +235,68 @@ def worker_trl(args, name: str, rows: list[dict], model_dir: Path, out: Path) ->
     return {"timer": timer, "baseline_kib": baseline, "settings": settings}
 
 
+class TimedTask:
+    """A task that records the wall clock at every loss call of the timed epoch (one micro
+    batch = one optimizer step here) and the first loss."""
+
+    def __init__(self, task):
+        self.task, self.ends, self.losses, self.start = task, [], [], None
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, rows):
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+        else:
+            self.ends.append(now)
+        loss, parts = self.task.loss(model, rows)
+        self.losses.append(float(loss))
+        return loss, parts
+
+    def steps_per_s(self) -> float:
+        return len(self.ends) / (self.ends[-1] - self.start)
+
+
 def worker_ours(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from dppo.io import load_causal_lm, load_tokenizer
+    from dppo.preference import PreferenceTask
+    from dppo.rows import preference_records
+    from dppo.settings import Experiment, LossSettings, OptimSettings
+    from dppo.trainer import train
 
-    from dppo.losses import LossConfig
-    from dppo.preference import PreferenceTrainer, collate, preference_records
-    from dppo.training import ListDataset, OptimConfig, training_arguments
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    loss = LossConfig(name="unll", f="linear", alpha=0.1) if name == "ours_dppo" else LossConfig(name="dpo")
-    opt = OptimConfig(batch_size=args.batch_size, group_by_length=name != "ours_dpo_unsorted")
-
-    def make_trainer(part, steps, callbacks):
-        return PreferenceTrainer(
-            model=model, args=training_arguments(opt, out, **_train_args(args, out), max_steps=steps),
-            train_dataset=ListDataset(preference_records(part)), data_collator=collate, callbacks=callbacks,
-            loss_config=loss, pad_token_id=tokenizer.pad_token_id, experiment=name,
-            track_gen=name == "ours_dpo_track_gen",
-        )
-
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir)
+    loss = LossSettings(name="unll", f="linear", alpha=0.1) if name == "ours_dppo" else LossSettings(name="dpo")
+    opt = OptimSettings(batch_size=args.batch_size, group_by_length=name != "ours_dpo_unsorted", lr=1e-4,
+                        scheduler="constant", warmup_ratio=0.0, save_steps=10_000)
+    experiment = Experiment(name=name, loss=loss, optim=opt, track_gen=name == "ours_dpo_track_gen", probe_rows=0)
+    split = args.warmup * args.batch_size
+    records = preference_records(rows)
     baseline = _rss_now_kib()
-    trainer, timer = _warm_then_time(args, make_trainer, rows)
-    settings = {"loss": loss.name, "group_by_length": opt.group_by_length, "track_gen": trainer.track_gen}
-    return {"timer": timer, "baseline_kib": baseline, "settings": settings}
+    if args.warmup:
+        train(model, tokenizer, records[:split], PreferenceTask(experiment, records[:split], tokenizer.pad_token_id, []),
+              opt, out / "warmup", {"stage": "warmup"})
+    timed = records[split:split + (args.steps + 1) * args.batch_size]  # the first step starts the clock
+    task = TimedTask(PreferenceTask(experiment, timed, tokenizer.pad_token_id, []))
+    train(model, tokenizer, timed, task, opt, out / "timed", {"stage": name})
+    settings = {"loss": loss.name, "group_by_length": opt.group_by_length, "track_gen": experiment.track_gen}
+    return {"timer": task, "baseline_kib": baseline, "settings": settings}
 
 
 def worker_generate(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
     from dppo.generation import generate_greedy
 
     prompts = [r["prompt_ids"] for r in rows[: args.gen_prompts]]
+    from dppo.settings import GenerationSettings
+
     batch_size = 1 if name == "gen_b1" else 64
+    settings = GenerationSettings(batch_size=batch_size)
     baseline = _rss_now_kib()
-    generate_greedy(model_dir, prompts[:2], 4, batch_size=batch_size)  # warm-up
+    generate_greedy(model_dir, prompts[:2], 4, settings)  # warm-up
     start = time.perf_counter()
-    generated = generate_greedy(model_dir, prompts, args.gen_new_tokens, batch_size=batch_size)
+    generated = generate_greedy(model_dir, prompts, args.gen_new_tokens, settings)
     seconds = time.perf_counter() - start
     tokens = sum(len(g) for g in generated)
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "baseline_kib": baseline,
@@ -291,6 +319,7 @@ def run_worker(args) -> None:
         result = worker(args, args.worker, rows, model_dir, out)
         timer = result.pop("timer")
         result.update(steps_per_s=timer.steps_per_s(), steps=len(timer.ends), first_loss=timer.losses[0])
+        result.pop("trainer", None)
     result["peak_rss_mib"] = _peak_rss_kib() / 1024
     result["peak_rss_delta_mib"] = (_peak_rss_kib() - result.pop("baseline_kib")) / 1024
     print("RESULT " + json.dumps(result))
@@ -405,7 +434,7 @@ def main(argv=None) -> int:
     if args.worker:
         run_worker(args)
         return 0
-    names = args.only or [n for n in ROWS if not (args.skip_e2e and n == "e2e_default")]
+    names = args.only or list(ROWS)
     workdir = Path(tempfile.mkdtemp(prefix="dppo_bench_"))
     try:
         build_inputs(args, workdir)

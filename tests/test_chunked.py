@@ -213,3 +213,52 @@ def test_qwen_vocabulary_default_chunks():
     got = chunked(hidden, weight, None, targets, grad_out)
     for name, g, w in zip(("logps", "hidden", "weight"), got, want):
         assert_close(g, w, 1e-5, name)
+
+
+def test_through_a_causal_lm_matches_response_logps():
+    # How logprobs.py would use it: the model's own forward with an empty head
+    # (logits_to_keep all False) and output_hidden_states, the last hidden state at the scored
+    # positions, then token_logps through the (tied) head weight. Same sums and gradients.
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from dppo.batching import pad_sequences
+    from dppo.logprobs import response_logps
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=0)
+    model = Qwen2ForCausalLM(config)
+    prompts = [[5, 6, 7], [8, 9]]
+    responses = [[[10, 11, 12, 13], [14]], [[15, 16], [17, 18, 19]]]
+
+    def grads():
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    want = response_logps(model, prompts, responses, pad_token_id=0, share_prompt=False).sums
+    want.sum().backward()
+    want_grads = grads()
+
+    sequences = [p + r for p, group in zip(prompts, responses) for r in group]
+    prompt_lens = [len(p) for p, group in zip(prompts, responses) for _ in group]
+    input_ids, attention_mask = pad_sequences(sequences, 0, "right")
+    scored = torch.zeros(input_ids.shape, dtype=torch.bool)
+    for row, (seq, n) in enumerate(zip(sequences, prompt_lens)):
+        scored[row, n - 1 : len(seq) - 1] = True
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+                logits_to_keep=torch.zeros_like(scored), output_hidden_states=True, use_cache=False)
+    assert out.logits.shape[0] == 0  # the head ran at no position
+    hidden = out.hidden_states[-1][scored]
+    targets = input_ids[:, 1:][scored[:, :-1]]
+    head = model.get_output_embeddings()
+    lp = token_logps(hidden, head.weight, targets, bias=head.bias, token_chunk=5, vocab_chunk=13)
+    rows = scored.nonzero(as_tuple=True)[0]
+    got = torch.zeros(len(sequences)).index_add(0, rows, lp).view_as(want)
+    got.sum().backward()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    got_grads = grads()
+    assert got_grads.keys() == want_grads.keys()
+    for name in want_grads:
+        assert_close(got_grads[name], want_grads[name].double(), 1e-5, name)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dppo import settings as st
-from dppo.config import ConfigError, SECTIONS, check_unique_keys, expand_experiments, load_settings, validate_config
+from dppo.config import SECTIONS, ConfigError, check_unique_keys, expand_experiments, load_settings, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -97,19 +97,20 @@ def test_bad_values_name_the_key(default_config, key, value, expected):
 
 def test_sweeps_expand_to_stable_readable_names(default_config):
     experiments = expand_experiments(default_config)
-    assert "unll__f=sqrt" in experiments
+    assert "unll_f__f=sqrt" in experiments
     assert "alpha__loss=conll__alpha=0.01" in experiments
     exp = experiments["alpha__loss=conll__alpha=0.01"]
     assert (exp.loss.name, exp.loss.alpha, exp.group) == ("conll", 0.01, "alpha_sweep")
     assert exp.loss.beta == default_config["preference_defaults"]["beta"]  # the grid's shared values apply
-    assert experiments["unll__f=sqrt"].label == "unll (sqrt)"
-    assert experiments["unll_then_dpo"].init == "unll__f=linear"
+    assert experiments["unll_f__f=sqrt"].label == "unll (sqrt)"
+    assert experiments["unll_then_dpo"].init == "unll"
+    assert experiments["unll"].seeds == (0, 1, 2) and experiments["unll_f__f=sqrt"].seeds == (0,)
 
 
 def test_expansion_is_cartesian():
-    config = {"experiments": {"x": {"loss": "minll", "sweep": {"alpha": [0.1, 1.0], "seed": [0, 1, 2]}}}}
+    config = {"experiments": {"x": {"loss": "minll", "sweep": {"alpha": [0.1, 1.0], "f": ["sqrt", "linear"]}}}}
     names = list(expand_experiments(config))
-    assert names == [f"x__alpha={a}__seed={s}" for a in ("0.1", "1") for s in (0, 1, 2)]
+    assert names == [f"x__alpha={a}__f={f}" for a in ("0.1", "1") for f in ("sqrt", "linear")]
 
 
 def test_an_experiment_round_trips_through_its_plain_form(default_config):
@@ -128,6 +129,10 @@ def test_an_experiment_round_trips_through_its_plain_form(default_config):
         ({"a": {"loss": "nope"}}, "config key experiments.a.loss: 'nope' is not one of"),
         ({"a": {"loss": "dpo", "sweep": {"lr": [0.1, -1.0]}}}, "config key experiments.a__lr=-1.lr: must be > 0"),
         ({"a": {"loss": "dpo", "sweep": {"n_train": [10, 2.5]}}}, "experiments.a__n_train=2.5.n_train: must be a whole"),
+        ({"a": {"loss": "dpo", "seed": 1}}, "config key experiments.a.seed: an experiment lists its seeds"),
+        ({"a": {"loss": "dpo", "seeds": [0, 0]}}, "config key experiments.a.seeds: must be a list of distinct"),
+        ({"a": {"loss": "dpo"}, "b": {"loss": "dpo", "init": "a", "seeds": [0, 1]}},
+         "experiments.b.seeds: seed(s) [1] of this chained experiment have no run of 'a'"),
         ({}, "at least one experiment"),
     ],
 )
@@ -185,7 +190,7 @@ def test_schema_sections_list_exactly_the_settings_fields(section):
 def test_schema_experiment_keys_are_the_loss_optim_and_run_fields():
     schema = _schema()
     props = set(schema["$defs"]["experiment"]["properties"]) - {"sweep"}
-    expected = set(st.LOSS_CONFIG_KEYS) | set(st.field_names(st.OptimSettings)) | set(st.Experiment.RUN_KEYS)
+    expected = set(st.LOSS_CONFIG_KEYS) | set(st.Experiment.OPTIM_KEYS) | set(st.Experiment.RUN_KEYS)
     assert props == expected
     assert set(schema["$defs"]["toy_loss"]["properties"]) == set(st.LOSS_CONFIG_KEYS)
     assert set(schema["$defs"]["dataset"]["properties"]) == set(st.field_names(st.DatasetSettings))

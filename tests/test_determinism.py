@@ -48,7 +48,7 @@ def test_metrics_are_bit_identical(two_runs, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_models_generations_and_scores_are_bit_identical(two_runs, name):
     first, second = two_runs
-    weights = f"results/models/{name}/model.safetensors"
+    weights = f"results/models/{name}/model.safetensors" if name == "sft" else f"results/models/{name}/seed-0/model.safetensors"
     assert (first / weights).read_bytes() == (second / weights).read_bytes()
     for table in (f"results/generations/{name}.parquet", f"results/scores/{name}.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)

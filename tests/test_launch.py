@@ -7,22 +7,30 @@ import json
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from dppo.launch import run_job
-from dppo.sft import sft_example
 
 
 @pytest.mark.slow
-def test_sft_job_under_torchrun_keeps_the_effective_batch(tmp_path, tiny_model_dir):
-    rows = [sft_example([2, 24, 20, 23, 4 + i % 5, 3, 2, 25], [4 + i % 5, 3]) for i in range(16)]
+def test_sft_job_under_torchrun_keeps_the_effective_batch_and_equals_one_process(tmp_path, tiny_model_dir):
     train = tmp_path / "train.parquet"
-    pd.DataFrame({"prompt_ids": [r["input_ids"][:8] for r in rows], "response_ids": [r["input_ids"][8:] for r in rows]}).to_parquet(train)
-    kwargs = dict(opt={"lr": 1e-2, "epochs": 1, "batch_size": 4}, model_dir=str(tiny_model_dir), train_file=str(train),
-                  out_dir=str(tmp_path / "model"), metrics_file=str(tmp_path / "metrics.jsonl"),
-                  checkpoint_dir=str(tmp_path / "ckpt"))
-    run_job("dppo.sft:sft_job", kwargs, n_gpus=2)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]  # 16 rows / effective batch 4, whatever the process count
-    record = json.loads((tmp_path / "model" / "dppo_training.json").read_text())
+    pd.DataFrame({"prompt_ids": [[2, 24, 20, 23, 4 + i % 5, 3, 2, 25] for i in range(16)],
+                  "response_ids": [[4 + i % 5, 3] for i in range(16)]}).to_parquet(train)
+
+    def job(name, n_gpus):
+        kwargs = dict(opt={"lr": 1e-2, "epochs": 1, "batch_size": 4, "warmup_ratio": 0.0}, model_dir=str(tiny_model_dir),
+                      train_file=str(train), out_dir=str(tmp_path / name), metrics_file=str(tmp_path / f"{name}.jsonl"),
+                      checkpoint_dir=str(tmp_path / f"ckpt-{name}"), trust_remote_code=False)
+        run_job("dppo.sft:sft_job", kwargs, n_gpus=n_gpus)
+        return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+
+    two, one = job("two", 2), job("one", 1)
+    assert [m["step"] for m in two] == [1, 2, 3, 4]  # 16 rows / effective batch 4, whatever the process count
+    record = json.loads((tmp_path / "two" / "dppo_training.json").read_text())
     assert record["steps"] == 4
-    assert (tmp_path / "model" / "model.safetensors").exists()
+    # two processes of two rows each add up to the one-process batch of four (float rounding aside)
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-5)
+    a, b = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -184,3 +184,26 @@ def test_as_response_logps_rejects_wrong_shapes(model):
 def test_bad_input_is_rejected(model, prompts, responses, kwargs, message):
     with pytest.raises(ValueError, match=message):
         response_logps(model, prompts, responses, PAD, **kwargs)
+
+
+def test_the_chunked_head_runs_no_vocabulary_projection_and_a_logit_transform_falls_back(model):
+    from dppo import logprobs
+
+    prompts, responses = [[1, 2, 3], [4, 5]], [[[6, 7]], [[8, 9, 10]]]
+    assert logprobs.linear_head(model) is not None  # a plain linear head: the chunked path
+    calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: calls.append(o.shape[-2]))
+    try:
+        chunked = response_logps(model, prompts, responses, pad_token_id=0)
+    finally:
+        handle.remove()
+    assert calls == [0]  # the model's own head ran at no position
+    model.config.final_logit_softcapping = 30.0  # Gemma-style logits: not hidden @ W.T
+    try:
+        assert logprobs.linear_head(model) is None
+        full = response_logps(model, prompts, responses, pad_token_id=0)
+    finally:
+        model.config.final_logit_softcapping = None
+    # this architecture ignores the attribute, so both paths compute the same log-probs
+    assert torch.allclose(chunked.sums, full.sums, atol=1e-5, rtol=0)
+    assert torch.allclose(chunked.sums, unbatched_sums(model, prompts, responses), atol=1e-5, rtol=0)

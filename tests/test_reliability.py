@@ -1,6 +1,7 @@
 """Reliability without a pipeline run: numerical faults in training (real tiny model, injected
 NaN), safe loading (safetensors only, no remote code, no unsafe torch.load in src/), atomic
-outputs under SIGKILL, complete-checkpoint selection, and the config checks sweeps bypass."""
+outputs under SIGKILL and their file modes, checkpoints that validate (torn, truncated or half
+written ones are discarded by name), torn metrics lines, and the config checks sweeps bypass."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from dppo import io, preference, training
-from dppo.config import ConfigError, check_config, check_local_paths
-from dppo.losses import LossConfig
+from dppo import io, preference, trainer
+from dppo.config import ConfigError, check_local_paths, expand_experiments, load_settings
+from dppo.settings import Experiment, LossSettings, OptimSettings
+from dppo.sft import SFTTask
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "dppo"
@@ -45,12 +46,10 @@ def preference_rows(tokenizer, n: int, nan_rows=()) -> pd.DataFrame:
 
 
 def train(tmp_path, model_dir, rows, on_nonfinite="stop", loss="dpo"):
-    opt = training.OptimConfig(lr=1e-2, batch_size=4, save_steps=100, warmup_ratio=0.0, bf16=False)
-    preference.train_preference(
-        init_dir=model_dir, rows=rows, out_dir=tmp_path / "model", metrics_file=tmp_path / "metrics.jsonl",
-        loss_config=LossConfig(name=loss, f="linear", alpha=0.5), opt=opt, checkpoint_dir=tmp_path / "ckpt",
-        experiment="nan_probe", on_nonfinite=on_nonfinite,
-    )
+    experiment = Experiment(name="nan_probe", loss=LossSettings(name=loss, f="linear", alpha=0.5),
+                            optim=OptimSettings(lr=1e-2, batch_size=4, save_steps=100, warmup_ratio=0.0, bf16=False),
+                            on_nonfinite=on_nonfinite, probe_rows=0)
+    return preference.train_seed(experiment, 0, Path(model_dir), rows, None, tmp_path / "ckpt", False, max_steps=-1)
 
 
 @pytest.fixture(scope="module")
@@ -61,36 +60,34 @@ def tokenizer(tiny_model_dir):
 
 
 def test_nonfinite_loss_stops_with_step_experiment_and_parts(tmp_path, tiny_model_dir, tokenizer):
-    rows = preference_rows(tokenizer, 8, nan_rows={5})  # second batch of 4
-    with pytest.raises(preference.NonFiniteLossError) as err:
+    rows = preference_rows(tokenizer, 8, nan_rows={0, 1, 2, 3, 4, 5, 6, 7})
+    with pytest.raises(trainer.NonFiniteError) as err:
         train(tmp_path, tiny_model_dir, rows, loss="minll")
     message = str(err.value)
-    assert message.startswith("non-finite loss at step 1 of experiment 'nan_probe': loss=nan, dpo=nan")
+    assert message.startswith("non-finite loss at step 1 of 'nan_probe': loss=nan, dpo=nan")
     assert "penalty=" in message and "reward_chosen=nan" in message and "logp_gen=" in message
-    assert not (tmp_path / "model").exists() and not (tmp_path / "metrics.jsonl").exists()
+    assert not list((tmp_path / "ckpt").glob("run-*/final"))  # no model
 
 
 def test_nonfinite_loss_can_skip_the_batch(tmp_path, tiny_model_dir, tokenizer):
     rows = preference_rows(tokenizer, 8, nan_rows={0, 1, 2, 3, 4, 5, 6, 7})  # every batch NaN
-    train(tmp_path, tiny_model_dir, rows, on_nonfinite="skip")
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in logged] == [1, 2]
-    assert all(m["loss"] == 0.0 and m["grad_norm"] == 0.0 for m in logged)  # the skipped batches moved nothing
-    before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    run_dir = train(tmp_path, tiny_model_dir, rows, on_nonfinite="skip")
+    assert (run_dir / "metrics.jsonl").read_text() == ""  # no step was taken
+    record = json.loads((run_dir / "final" / "dppo_training.json").read_text())
+    assert record["skipped_steps"] == 2 and record["steps"] == 2
+    before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(run_dir / "final" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the skipped batches moved nothing
 
 
-def test_nonfinite_gradient_stops_before_the_optimizer_step(tmp_path, tiny_model_dir):
+def test_nonfinite_gradient_stops_before_the_optimizer_step(tiny_model_dir):
     model = io.load_causal_lm(tiny_model_dir)
     param_name, param = next(iter(model.named_parameters()))
     param.grad = torch.zeros_like(param)
     param.grad.view(-1)[0] = float("inf")
-    guard = preference.FiniteGradientGuard("nan_probe")
-    with pytest.raises(preference.NonFiniteLossError,
-                       match=rf"non-finite gradient of {re.escape(param_name)} at step 7 of experiment 'nan_probe'"):
-        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), None, model=model)
+    with pytest.raises(trainer.NonFiniteError, match=rf"non-finite gradient of {re.escape(param_name)} at step 7 of 'x'"):
+        trainer._check_finite_gradients(model, 7, "x")
     param.grad.view(-1)[0] = 0.0
-    guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), None, model=model)  # finite: passes
+    trainer._check_finite_gradients(model, 7, "x")  # finite: passes
 
 
 def test_a_nan_model_is_never_saved(tmp_path, tiny_model_dir, tokenizer):
@@ -98,7 +95,7 @@ def test_a_nan_model_is_never_saved(tmp_path, tiny_model_dir, tokenizer):
     with torch.no_grad():
         next(model.parameters()).view(-1)[3] = float("nan")
     with pytest.raises(FloatingPointError, match="is not finite; refusing to save"):
-        training.save_final_model(SimpleNamespace(model=model), tokenizer, tmp_path / "out")
+        trainer.save_model(model, tokenizer, tmp_path / "out", {})
     assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary directory
 
 
@@ -117,17 +114,6 @@ def test_no_pickle_or_unsafe_torch_load_in_the_package():
             if re.search(r"trust_remote_code\s*=\s*True", code):
                 offenders.append(f"{path.name}:{number}: {line.strip()}")
     assert offenders == []
-
-
-def test_transformers_restores_checkpoints_with_weights_only():
-    """Resuming loads optimizer.pt, scheduler.pt and rng_state.pth with torch.load: in this
-    transformers every such call passes weights_only=True (and needs torch >= 2.6)."""
-    import transformers.trainer
-
-    source = Path(transformers.trainer.__file__).read_text()
-    calls = re.findall(r"torch\.load\((.*?)\)\s*\n", source, flags=re.S)
-    assert len(calls) >= 5
-    assert all("weights_only=True" in call for call in calls)
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model_dir):
@@ -190,33 +176,165 @@ def test_sigkill_inside_atomic_output_dir_leaves_no_output(tmp_path):
     assert len(leftovers) == 1 and leftovers[0].startswith(".model.tmp-")  # hidden, never the output
 
 
-def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
-    for step, complete in ((4, True), (8, True), (12, False)):
-        ckpt = tmp_path / f"checkpoint-{step}"
-        ckpt.mkdir()
-        (ckpt / "model.safetensors").write_bytes(b"")
-        if complete:
-            (ckpt / "trainer_state.json").write_text("{}")  # Trainer writes it last
-    (tmp_path / "checkpoint-x").mkdir()
-    assert training.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
-    assert training.last_checkpoint(tmp_path / "absent") is None
+def test_atomic_outputs_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        io.write_text(tmp_path / "table.csv", "a\n")
+        with io.atomic_output_dir(tmp_path / "model") as tmp:
+            (tmp / "weights").write_bytes(b"x")
+            os.chmod(tmp / "weights", 0o600)  # as safetensors writes its files
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o644
 
 
-def test_metrics_log_is_cut_back_to_the_resumed_step(tmp_path):
+def test_partial_outputs_of_a_killed_writer_are_cleaned_by_name(tmp_path):
+    (tmp_path / ".model.tmp-abc").mkdir()
+    (tmp_path / ".other.tmp-xyz").mkdir()  # another job's write in progress: left alone
+    (tmp_path / "model.tmp-not-hidden").mkdir()
+    removed = io.cleanup_partial_outputs(tmp_path, "model")
+    assert [p.name for p in removed] == [".model.tmp-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-xyz", "model.tmp-not-hidden"]
+
+
+# --- checkpoints: only complete ones count ------------------------------------------------------
+
+
+def sft_rows(tokenizer) -> list[dict]:
+    vocab = tokenizer.get_vocab()
+    return [{"prompt_ids": [vocab["sort"], vocab[c]], "response_ids": [vocab[c], vocab["<|im_end|>"]]} for c in "abcdefgh"]
+
+
+class StopAtCall:
+    """A task whose loss raises at its n-th call, as a crash would (checkpoints stay)."""
+
+    def __init__(self, task, call):
+        self.task, self.call, self.calls = task, call, 0
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, rows):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt(f"stopped at call {self.call}")
+        return self.task.loss(model, rows)
+
+
+def fit_tiny_sft(tmp_path, model_dir, tokenizer, lr=1e-3, stop_at_call=None) -> dict:
+    """Four SFT steps (8 rows, batch 2) checkpointed every step; returns the finished run's record."""
+    rows = sft_rows(tokenizer)
+    task = SFTTask(rows, tokenizer.pad_token_id)
+    if stop_at_call:
+        task = StopAtCall(task, stop_at_call)
+    opt = OptimSettings(lr=lr, batch_size=2, save_steps=1, warmup_ratio=0.0, bf16=False)
+    run_dir = trainer.train(io.load_causal_lm(model_dir), tokenizer, rows, task, opt, tmp_path / "ckpt", {"stage": "probe"})
+    return json.loads((run_dir / "final" / "dppo_training.json").read_text())
+
+
+def test_checkpoints_of_other_settings_are_discarded_never_resumed(tmp_path, tiny_model_dir, tokenizer, caplog):
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, stop_at_call=3)
+    [first_run] = (tmp_path / "ckpt").glob("run-*")
+    assert trainer.last_checkpoint(first_run).name == "checkpoint-2"  # step 3 ended before its save
+    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 2e-3)  # lr changed: a fresh start, not the old optimizer
+    assert info["resumed_from"] is None and info["steps"] == 4
+    assert f"discarding {first_run}" in caplog.text and not first_run.exists()
+
+    shutil.rmtree(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, stop_at_call=3)
+    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3)
+    assert info["resumed_from"] == str(first_run / "checkpoint-2")  # same settings: resumed
+
+
+def _uninterrupted(tmp_path, tiny_model_dir, tokenizer):
+    fit_tiny_sft(tmp_path / "ref", tiny_model_dir, tokenizer)
+    [run] = (tmp_path / "ref" / "ckpt").glob("run-*")
+    return (run / "final" / "model.safetensors").read_bytes(), (run / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("damage", ["no manifest", "torn manifest", "truncated weights", "torn optimizer", "missing rng"])
+def test_a_damaged_checkpoint_is_discarded_by_name_and_the_rerun_starts_clean(
+        tmp_path, tiny_model_dir, tokenizer, caplog, damage):
+    weights, metrics = _uninterrupted(tmp_path, tiny_model_dir, tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, stop_at_call=4)  # checkpoint-3 is the one kept
+    [run] = (tmp_path / "ckpt").glob("run-*")
+    checkpoint = run / "checkpoint-3"
+    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-3"]
+    if damage == "no manifest":  # a kill before the manifest: in practice the directory is never renamed
+        (checkpoint / "manifest.json").unlink()
+    elif damage == "torn manifest":
+        (checkpoint / "manifest.json").write_text('{"step": 3, "fi')
+    elif damage == "truncated weights":
+        data = (checkpoint / "model.safetensors").read_bytes()
+        (checkpoint / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "torn optimizer":
+        (checkpoint / "optimizer.pt").write_bytes(b"")
+    else:
+        (checkpoint / "rng.pt").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    assert f"discarding checkpoint {checkpoint}" in caplog.text
+    assert info["resumed_from"] is None  # started that job clean...
+    assert (run / "final" / "model.safetensors").read_bytes() == weights  # ...and ended where it would have
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_model_dir, tokenizer):
+    weights, metrics = _uninterrupted(tmp_path, tiny_model_dir, tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, stop_at_call=3)
+    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    [run] = (tmp_path / "ckpt").glob("run-*")
+    assert info["resumed_from"] == str(run / "checkpoint-2")
+    assert (run / "final" / "model.safetensors").read_bytes() == weights
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path, tiny_model_dir, tokenizer, caplog):
+    first = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    with caplog.at_level("INFO"):
+        again = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    assert again == first and "already finished" in caplog.text
+
+
+def test_metrics_log_is_cut_back_to_the_resumed_step_and_a_torn_line_dropped(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)))
-    training.JsonlMetricsCallback(path, resume_step=4)
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
+    with caplog.at_level("WARNING"):
+        trainer.MetricsLog(path, resume_step=4)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+    assert "dropping a torn line 8" in caplog.text
+    path.write_text('{"step": 1}\n{"st')
+    trainer.MetricsLog(path, resume_step=9)
+    assert path.read_text() == '{"step": 1}\n'
 
 
 def test_fault_injection_is_off_unless_the_environment_names_the_run(monkeypatch):
     monkeypatch.delenv("DPPO_FAULT_RUN", raising=False)
-    assert training.FaultInjection.from_env("sft") is None
+    trainer.injected_fault("sft")(3)  # a no-op
     monkeypatch.setenv("DPPO_FAULT_RUN", "dpo")
     monkeypatch.setenv("DPPO_FAULT_AT_STEP", "3")
-    assert training.FaultInjection.from_env("sft") is None
-    hook = training.FaultInjection.from_env("dpo")
-    assert hook.step == 3 and hook.signal.name == "SIGKILL"
+    monkeypatch.setenv("DPPO_FAULT_SIGNAL", "SIGUSR1")
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda *a: seen.append(a[0]))
+    try:
+        trainer.injected_fault("sft")(3)
+        trainer.injected_fault("dpo")(2)
+        assert seen == []
+        trainer.injected_fault("dpo")(3)
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 # --- config checks that sweeps would bypass ---------------------------------------------------
@@ -225,100 +343,76 @@ def test_fault_injection_is_off_unless_the_environment_names_the_run(monkeypatch
 @pytest.mark.parametrize(
     "sweep, message",
     [
-        ({"n_train": [16, 0]}, r"experiments\.x__n_train=0\.n_train: must be a whole number >= 1"),
-        ({"lr": [-0.1]}, r"experiments\.x__lr=-0\.1\.lr: must be a finite number > 0"),
-        ({"seed": [0.5]}, r"experiments\.x__seed=0\.5\.seed: must be a whole number"),
-        ({"alpha": [-1]}, r"experiments\.x__alpha=-1: LossConfig\.alpha must be a finite number >= 0"),
-        ({"beta": [0]}, r"experiments\.x__beta=0: LossConfig\.beta must be a finite number > 0"),
-        ({"zeta": [2]}, r"experiments\.x__zeta=2: LossConfig\.zeta must be in \[0, 1\]"),
-        ({"f": ["cubic"]}, r"experiments\.x__f=cubic: LossConfig\.f='cubic' is not one of"),
+        ({"n_train": [16, 0]}, r"config key experiments\.x__n_train=0\.n_train: must be >= 1"),
+        ({"lr": [-0.1]}, r"config key experiments\.x__lr=-0\.1\.lr: must be > 0"),
+        ({"alpha": [-1]}, r"config key experiments\.x__alpha=-1\.alpha: must be >= 0"),
+        ({"beta": [0]}, r"config key experiments\.x__beta=0\.beta: must be > 0"),
+        ({"zeta": [2]}, r"config key experiments\.x__zeta=2\.zeta: must be <= 1"),
+        ({"f": ["cubic"]}, r"config key experiments\.x__f=cubic\.f: 'cubic' is not one of"),
+        ({"lr": [float("nan")]}, r"config key experiments\.x__lr=nan\.lr: must be a finite number"),
     ],
 )
 def test_swept_values_are_checked_like_plain_ones(sweep, message):
     with pytest.raises(ConfigError, match=message):
-        check_config({"experiments": {"x": {"loss": "minll", "sweep": sweep}}})
+        expand_experiments({"experiments": {"x": {"loss": "minll", "sweep": sweep}}})
 
 
 def test_n_train_larger_than_the_data_names_experiment_and_key(tmp_path):
     frame = pd.DataFrame({"prompt_id": ["a", "b", "c"], "prompt_ids": [[1]] * 3, "chosen_ids": [[2]] * 3,
                           "rejected_ids": [[3]] * 3})
     frame.to_parquet(tmp_path / "train.parquet")
-    frame[["prompt_id"]].assign(gen_ids=[[4]] * 3).to_parquet(tmp_path / "ygen.parquet")
+    frame[["prompt_id"]].assign(gen_ids=[[4]] * 3, gen="x").to_parquet(tmp_path / "ygen.parquet")
     frame[["prompt_id"]].assign(ref_chosen=0.0, ref_rejected=0.0, ref_gen=0.0).to_parquet(tmp_path / "ref.parquet")
-    spec = {"name": "dpo_small", "loss": "dpo", "n_train": 5}
+    experiment = Experiment(name="dpo_small", n_train=5).to_dict()
     with pytest.raises(ValueError, match=r"experiments\.dpo_small\.n_train: n_train=5 but the preference training split has 3 rows"):
-        preference.experiment_job(spec, "unused", *(str(tmp_path / f) for f in ("train.parquet", "ygen.parquet", "ref.parquet")),
+        preference.experiment_job(experiment, "unused", *(str(tmp_path / f) for f in ("train.parquet", "ygen.parquet", "ref.parquet")),
                                   out_dir=str(tmp_path / "m"), metrics_file=str(tmp_path / "m.jsonl"),
-                                  checkpoint_dir=str(tmp_path / "c"))
+                                  checkpoint_dir=str(tmp_path / "c"), subset_seed=0, trust_remote_code=False)
+
+
+def _settings(**sections):
+    config = {"model": {"init": "tiny"}, "data": {"sft": {"path": "synthetic"}, "pref": {"path": "synthetic"}},
+              "experiments": {"dpo": {"loss": "dpo"}}, "reward": {"backend": "programmatic"}}
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    return load_settings(config)
 
 
 def test_missing_local_paths_stop_before_any_job(tmp_path):
     (tmp_path / "sft_data").mkdir()
-    config = {"model": {"init": "tiny"}, "data": {"sft": {"path": "./sft_data"}, "pref": {"path": "HuggingFaceH4/ultrafeedback_binarized"}}}
-    check_local_paths(config, tmp_path)  # existing directory, hub id: fine
-    config["data"]["pref"]["path"] = "../nowhere/uf"
+    check_local_paths(_settings(data={"sft": {"path": "./sft_data"}, "pref": {"path": "HuggingFaceH4/ultrafeedback_binarized"}}),
+                      tmp_path)  # existing directory, hub id: fine
     with pytest.raises(ConfigError, match=r"config key data\.pref\.path: local path '\.\./nowhere/uf' does not exist"):
-        check_local_paths(config, tmp_path)
-    config["data"]["pref"]["path"] = "synthetic"
-    config["model"]["init"] = str(tmp_path / "no_model")
+        check_local_paths(_settings(data={"sft": {"path": "synthetic"}, "pref": {"path": "../nowhere/uf"}}), tmp_path)
     with pytest.raises(ConfigError, match=r"config key model\.init: local path .*no_model' does not exist"):
-        check_local_paths(config, tmp_path)
+        check_local_paths(_settings(model={"init": str(tmp_path / "no_model")}), tmp_path)
+    with pytest.raises(ConfigError, match=r"config key reward\.model: local path '\./rm' does not exist"):
+        check_local_paths(_settings(reward={"backend": "seqcls", "model": "./rm"}), tmp_path)
 
 
-class StopAtStep(training.TrainerCallback):
-    """Ends training with an error at a step, as a crash would (checkpoints stay)."""
+def test_a_misspelt_rule_under_resources_is_refused(tmp_path):
+    from dppo.config import check_resource_rules
 
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"stopped at step {self.step}")
+    settings = _settings(resources={"default": {"gpu": 0}, "train_preferenc": {"gpu": 1}})
+    with pytest.raises(ConfigError, match=r"config key resources\.train_preferenc: no rule of that name"):
+        check_resource_rules(settings, ["sft", "train_preference"])
+    check_resource_rules(_settings(resources={"train_preference": {"gpu": 1}}), ["sft", "train_preference"])
 
 
-def fit_tiny_sft(tmp_path, model_dir, tokenizer, lr=1e-3, callbacks=()) -> dict:
-    """Four SFT steps (8 rows, batch 2) checkpointed every step; returns dppo_training.json."""
-    from transformers import Trainer
-
-    from dppo.sft import SFTCollator, sft_example
-
-    vocab = tokenizer.get_vocab()
-    rows = [sft_example([vocab["sort"], vocab[c]], [vocab[c], vocab["<|im_end|>"]]) for c in "abcdefgh"]
-    opt = training.OptimConfig(lr=lr, batch_size=2, save_steps=1, warmup_ratio=0.0, bf16=False)
-    training.fit_and_save(
-        Trainer, model=io.load_causal_lm(model_dir), tokenizer=tokenizer, rows=rows,
-        collator=SFTCollator(tokenizer.pad_token_id), opt=opt, checkpoint_dir=tmp_path / "ckpt",
-        out_dir=tmp_path / "model", metrics_file=tmp_path / "metrics.jsonl", extra={"stage": "probe"},
-        callbacks=list(callbacks),
-    )
-    return json.loads((tmp_path / "model" / "dppo_training.json").read_text())
-
-
-def test_checkpoints_of_other_settings_are_never_resumed(tmp_path, tiny_model_dir, tokenizer):
-    with pytest.raises(KeyboardInterrupt):
-        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, [StopAtStep(3)])
-    [first_run] = (tmp_path / "ckpt").glob("run-*")
-    assert training.last_checkpoint(first_run).endswith("checkpoint-2")  # step 3 ended before its save
-    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 2e-3)  # lr changed: a fresh start, not the old optimizer
-    assert info["resumed_from"] is None and info["steps"] == 4
-    assert not (tmp_path / "ckpt").exists()  # every run's checkpoints dropped once a model is saved
-
-    with pytest.raises(KeyboardInterrupt):
-        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, [StopAtStep(3)])
-    info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3)
-    assert info["resumed_from"] == str(first_run / "checkpoint-2")  # same settings: resumed
-
-
-def test_sigterm_saves_the_current_step_and_stops_without_a_model(tmp_path, tiny_model_dir, tokenizer):
+def test_sigterm_saves_the_current_step_and_stops_without_a_model(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
     import signal
 
+    monkeypatch.setenv("DPPO_FAULT_RUN", "probe")
+    monkeypatch.setenv("DPPO_FAULT_AT_STEP", "2")
+    monkeypatch.setenv("DPPO_FAULT_SIGNAL", "SIGTERM")
     handler_before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(training.TrainingTerminated, match="terminated \\(SIGTERM\\) at step 2; checkpoint saved"):
-        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, callbacks=[training.FaultInjection(2, "SIGTERM")])
+    with pytest.raises(trainer.TrainingTerminated, match="terminated \\(SIGTERM\\) at step 2; checkpoint saved"):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
     assert signal.getsignal(signal.SIGTERM) == handler_before  # the job's own handler is put back
-    assert not (tmp_path / "model").exists() and not (tmp_path / "metrics.jsonl").exists()
     [run_dir] = (tmp_path / "ckpt").glob("run-*")
-    assert training.last_checkpoint(run_dir) == str(run_dir / "checkpoint-2")  # no finished step lost
+    assert not (run_dir / "final").exists()
+    assert trainer.last_checkpoint(run_dir) == run_dir / "checkpoint-2"  # no finished step lost
+    monkeypatch.delenv("DPPO_FAULT_RUN")
     info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
     assert info["resumed_from"] == str(run_dir / "checkpoint-2") and info["steps"] == 4
-    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

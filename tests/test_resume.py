@@ -1,11 +1,10 @@
 """Killed training jobs resume from their last checkpoint when the same Snakemake target is run
-again, and end bit-identical to an uninterrupted run (CPU: Trainer restores the optimizer,
-scheduler and RNG states, and the seeded sampler replays the same data order past the skipped
-batches).
+again, and end bit-identical to an uninterrupted run (CPU: dppo.trainer restores the weights,
+the optimizer and RNG states, and the batch order is a function of (seed, epoch)).
 
 Two kills of real Snakemake jobs: SFT gets SIGTERM (a SLURM time limit) from a callback at a
-fixed step and saves a checkpoint of that step before it exits; a preference job freezes itself at a fixed step and is then SIGKILLed from outside
-(a preemption), once a checkpoint exists."""
+fixed step and saves a checkpoint of that step before it exits; a preference job freezes itself
+at a fixed step and is then SIGKILLed from outside (a preemption), once a checkpoint exists."""
 
 from __future__ import annotations
 
@@ -62,11 +61,11 @@ def metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def assert_same_training(resumed: Path, reference: Path, name: str) -> dict:
+def assert_same_training(resumed: Path, reference: Path, name: str, model: str) -> dict:
     assert metrics(resumed / f"results/metrics/{name}.jsonl") == metrics(reference / f"results/metrics/{name}.jsonl")
-    weights = "results/models/{}/model.safetensors"
-    assert (resumed / weights.format(name)).read_bytes() == (reference / weights.format(name)).read_bytes()
-    return json.loads((resumed / f"results/models/{name}/dppo_training.json").read_text())
+    weights = f"results/models/{model}/model.safetensors"
+    assert (resumed / weights).read_bytes() == (reference / weights).read_bytes()
+    return json.loads((resumed / f"results/models/{model}/dppo_training.json").read_text())
 
 
 def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_path):
@@ -84,7 +83,7 @@ def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_pa
 
     done = run(workdir, TARGETS[0])  # the same target again, as a resubmitted job would
     assert done.returncode == 0, done.stderr[-4000:]
-    info = assert_same_training(workdir, uninterrupted, "sft")
+    info = assert_same_training(workdir, uninterrupted, "sft", "sft")
     assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-10") and info["steps"] == 15
     assert not checkpoints.exists()
 
@@ -112,8 +111,8 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         job = _stopped_training_process(snakemake)
-        [run_dir] = (workdir / "results/checkpoints/dpo").glob("run-*")
-        assert (run_dir / "checkpoint-2" / "trainer_state.json").is_file()
+        [run_dir] = (workdir / "results/checkpoints/dpo/seed-0").glob("run-*")
+        assert (run_dir / "checkpoint-2" / "manifest.json").is_file()
         os.kill(job.pid, signal.SIGKILL)  # the preemption: no handler runs, nothing is flushed
         assert snakemake.wait(timeout=120) != 0
     finally:
@@ -124,5 +123,5 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
 
     done = run(workdir, TARGETS[1])
     assert done.returncode == 0, done.stderr[-4000:]
-    info = assert_same_training(workdir, uninterrupted, "dpo")
+    info = assert_same_training(workdir, uninterrupted, "dpo", "dpo/seed-0")
     assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-2") and info["steps"] == 4

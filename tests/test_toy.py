@@ -423,10 +423,49 @@ def test_final_table_and_property_checks_by_hand():
     assert checks["chosen_decades"] == pytest.approx(abs(math.log10(0.55 / 0.3)))
     assert checks["drastic_drop"] and checks["degradation"]
     assert checks["chosen_fall_after_peak"] == pytest.approx(0.25)
-    assert not checks["dispersion_unseen"]  # 0.03 at the end < 0.1 at the start
+    # global reading (responses 9-10): 0.1 -> lowest 0.02 (seed means of each run's lowest) -> 0.03
+    assert (checks["unseen_initial"], checks["unseen_min"], checks["unseen_final"]) == pytest.approx((0.1, 0.02, 0.03))
+    assert checks["unseen_rise_from_min"] == pytest.approx(0.01)
+    assert not checks["dispersion_unseen"]  # ends below its start, climbs back by 0.01 only
     # outside mass: seed 0 0.3, 0.099, 0.4; seed 1 0.3, 0.3, 0.5 -> min mean 0.1995, final mean 0.45
     assert checks["outside_rise_from_min"] == pytest.approx(0.45 - (0.099 + 0.3) / 2)
     assert checks["dispersion_outside"]
+
+
+def test_dispersion_is_a_rise_above_the_start_or_a_climb_back_from_the_lowest_point():
+    assert ts._dispersion(0.1, 0.05, 0.11, min_rise=0.05)  # ends above its start
+    assert ts._dispersion(0.5, 0.01, 0.2, min_rise=0.05)  # climbs back by 0.19
+    assert not ts._dispersion(0.5, 0.01, 0.05, min_rise=0.05)
+    assert not ts._dispersion(0.1, 1e-20, 1e-18, min_rise=0.05)
+
+
+def _hand_output_rows() -> pd.DataFrame:
+    """Output-row changes of two losses in two scenarios, set by hand."""
+    return pd.DataFrame({
+        "scenario": [1, 1, 2, 2], "loss": ["dpo", "minll", "dpo", "minll"],
+        "unseen_change": [1e-13, 1e-13, 2e-13, 0.3], "rejected_change": [0.5, 0.5, 0.4, 0.2],
+        "chosen_change": [0.6, 0.6, 0.7, 0.5], "f_r_positive": [False, False, True, True],
+        "predicted_fixed": [True, True, True, False], "unseen_fixed": [True, True, True, False],
+    })
+
+
+def test_output_row_latex():
+    rows = _hand_output_rows()
+    table = ts.final_table(_hand_runs())
+    macros = ts.latex_macros(table, ts.property_checks(table), SMALL, rows)
+    assert r"\newcommand{\toyScenTwoMinllOutChangeUnseen}{0.30}" in macros
+    assert r"\newcommand{\toyScenOneDpoUnseenRowsFixed}{yes}" in macros
+    assert r"\newcommand{\toyDpoOutChangeUnseenMax}{\ensuremath{2.0\times 10^{-13}}}" in macros
+    assert r"\newcommand{\toyDpoOutChangeRejectedMin}{0.40}" in macros
+    assert r"\newcommand{\toyMinllUnseenRowsPredictedFixedIn}{S1}" in macros
+    assert r"\newcommand{\toyUnseenRowsAgree}{4}" in macros and r"\newcommand{\toyUnseenRowsCells}{4}" in macros
+    names = [line.split("}")[0] for line in macros.splitlines() if line.startswith(r"\newcommand")]
+    assert len(names) == len(set(names))
+    tex = ts.latex_output_row_table(rows)
+    assert r"minll & S1 & \ensuremath{1.0\times 10^{-13}} & 0.30 & 0.20 & 0.50 \\" in tex
+    assert tex.count(r"\\") == 3  # header and two losses
+    props = ts.latex_property_table(ts.property_checks(table))
+    assert r"S1 & yes: 8 vs 0.26 & yes: 0.25 & no: 0.10 $\to$ 0.02 $\to$ 0.03 & yes:" in props
 
 
 def test_latex_outputs():
@@ -440,6 +479,8 @@ def test_latex_outputs():
     assert r"\newcommand{\toyScenOneDpoChosenPeakStep}{1}" in macros
     assert r"\newcommand{\toyScenOneDpoDegradation}{yes}" in macros
     assert r"\newcommand{\toyScenOneDpoDispersionUnseen}{no}" in macros
+    assert r"\newcommand{\toyScenOneDpoUnseenMin}{0.02}" in macros
+    assert r"\newcommand{\toyScenOneDpoUnseenRise}{\ensuremath{1.0\times 10^{-2}}}" in macros  # 0.03 - 0.02 < 0.01
     assert r"\newcommand{\toyMinllAlpha}{0.50}" in macros
     assert r"\newcommand{\toyDpoHighestPeakScenario}{1}" in macros
     names = [line.split("}")[0] for line in macros.splitlines() if line.startswith(r"\newcommand")]
@@ -491,8 +532,9 @@ def test_toy_rules_build_every_output(tmp_path):
     config["toy"] = TINY_TOY
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config.yaml",
-         "--cores", "2", "--quiet", "all", "toy"], cwd=tmp_path, capture_output=True, text=True,
+        # the target first: --quiet takes any number of values
+        [sys.executable, "-m", "snakemake", "toy", "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config.yaml",
+         "--cores", "1", "--quiet", "all"], cwd=tmp_path, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = pd.read_parquet(tmp_path / "results/toy/runs.parquet")
@@ -501,6 +543,11 @@ def test_toy_rules_build_every_output(tmp_path):
     assert len(table) == 8 and set(table["n_seeds"]) == {2}
     macros = (tmp_path / "paper/tables/toy_macros.tex").read_text()
     assert r"\newcommand{\toySteps}{10}" in macros
+    for name in ("toy_final", "toy_properties", "toy_output_rows"):
+        assert (tmp_path / f"paper/tables/{name}.tex").read_text().startswith(r"\begin{tabular}")
+    rows = pd.read_csv(tmp_path / "results/tables/toy_output_rows.csv")
+    assert len(rows) == 8 and (rows["predicted_fixed"] == rows["unseen_fixed"]).all()
+    assert r"\newcommand{\toyDpoOutChangeUnseenMax}" in macros
     for name in ("toy_dynamics", "toy_gradients", "toy_grid"):
         assert (tmp_path / f"paper/figures/{name}.pdf").stat().st_size > 0
     assert (tmp_path / "logs/toy/toy_run.log").read_text().count("step-1 KL") == 8

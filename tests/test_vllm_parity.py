@@ -31,13 +31,13 @@ pytestmark = pytest.mark.skipif(
 
 def test_vllm_and_transformers_greedy_ids_are_identical(tmp_path):
     model_dir = train_briefly(save_tiny_model(tmp_path / "model", synthetic.vocabulary(), DECISIVE_SPEC))
-    prompts = chat_prompts(model_dir, 48, seed=2)
-
     # Identity across two sets of fp32 kernels is only expected where the argmax is not a
-    # near-tie; check that premise so a failure below means a real difference.
+    # near-tie (top-two logit gap <= 1e-3, which depends on the machine's kernels): compare on
+    # the prompts free of one, so that a failure below means a real difference.
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     eos_ids, _ = special_token_ids(model_dir)
-    assert min(argmax_loop(model, eos_ids, p, MAX_NEW_TOKENS)[1] for p in prompts) > 1e-3
+    prompts = [p for p in chat_prompts(model_dir, 64, seed=2) if argmax_loop(model, eos_ids, p, MAX_NEW_TOKENS)[1] > 1e-3]
+    assert len(prompts) >= 40, f"only {len(prompts)} of 64 prompts are free of near-ties"
 
     expected = generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(batch_size=16))
     got = generate_greedy(

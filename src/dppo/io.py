@@ -44,15 +44,25 @@ def cleanup_partial_outputs(directory: str | Path, name: str = "*") -> list[Path
     return removed
 
 
+def share_by_umask(path: Path) -> None:
+    """Give ``path`` (and, for a directory, everything in it) the modes a plain write would:
+    mkstemp/mkdtemp (and safetensors) create private files (0600/0700), but on a shared
+    cluster the group must read the results."""
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path):
     """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); outputs are shared
     try:
         yield tmp
+        share_by_umask(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -70,6 +80,7 @@ def atomic_output_file(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        share_by_umask(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

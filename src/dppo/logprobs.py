@@ -1,4 +1,6 @@
-"""Batched response log-probs of a causal LM: all K responses of B prompts in one batched pass.
+"""Batched response log-probs of a causal LM: all K responses of B prompts in one batched pass,
+the LM head only at the positions that predict a response token, through a chunked head where
+the head is linear (bounded memory at any vocabulary size).
 
 Used by preference training (with autograd) and by the reference log-prob cache
 (under ``torch.no_grad``), so both see exactly the same numbers.
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor
 
 from dppo.batching import PADDING_SIDES, pad_sequences
+from dppo.chunked import token_logps
 from dppo.losses import ResponseLogps
 
 
@@ -56,7 +59,7 @@ def can_share_prompt(model, prompt_ids, responses) -> bool:
 def _forward_concatenated(model, prompt_ids, responses, pad_token_id, padding_side, device):
     """One forward over the B*K (prompt + response) sequences, head at the scored positions.
 
-    Returns (logits of the scored positions, their target ids, scored mask (N, L))."""
+    Returns (log-probs of the scored positions' targets, scored mask (N, L))."""
     sequences = [list(prompt) + list(response) for prompt, group in zip(prompt_ids, responses) for response in group]
     prompt_lens = [len(prompt) for prompt, group in zip(prompt_ids, responses) for _ in group]
     input_ids, attention_mask = pad_sequences(sequences, pad_token_id, padding_side)
@@ -70,11 +73,8 @@ def _forward_concatenated(model, prompt_ids, responses, pad_token_id, padding_si
     input_ids, attention_mask, scored = (t.to(device) for t in (input_ids, attention_mask, scored))
     # Left padding: positions must start at 0 on the first real token, as unpadded.
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        logits_to_keep=scored, use_cache=False,
-    ).logits
-    return logits, input_ids[:, 1:][scored[:, :-1]], scored
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return token_logps_at(model, inputs, scored, input_ids[:, 1:][scored[:, :-1]]), scored
 
 
 @dataclass
@@ -102,8 +102,8 @@ def _forward_continuations(
     model, encoded: EncodedPrompts, rows: list[int], responses, pad_token_id: int, padding_side: str, device
 ):
     """One forward of (last prompt token + response[:-1]) for the K responses of each prompt in
-    ``rows``, on the prompts' cache repeated K times. Returns (logits of the scored positions,
-    their target ids, scored mask)."""
+    ``rows``, on the prompts' cache repeated K times. Returns (log-probs of the scored positions'
+    targets, scored mask)."""
     from transformers import DynamicCache
 
     num_per_prompt = len(responses[0])
@@ -122,12 +122,11 @@ def _forward_continuations(
     # The continuation starts at the last prompt token, position len(prompt) - 1.
     positions = prefix_mask.sum(dim=-1, keepdim=True) + (cont_mask.cumsum(dim=-1) - 1).clamp(min=0)
     scored = cont_mask.bool()  # every real continuation position predicts one response token
-    logits = model(
-        input_ids=cont_ids, attention_mask=torch.cat([prefix_mask, cont_mask], dim=1), position_ids=positions,
-        past_key_values=cache, logits_to_keep=scored, use_cache=True,
-    ).logits
-    targets = [token for group in responses for response in group for token in response]
-    return logits, torch.tensor(targets, dtype=torch.long, device=device), scored
+    inputs = dict(input_ids=cont_ids, attention_mask=torch.cat([prefix_mask, cont_mask], dim=1), position_ids=positions,
+                  past_key_values=cache, use_cache=True)
+    targets = torch.tensor([token for group in responses for response in group for token in response],
+                           dtype=torch.long, device=device)
+    return token_logps_at(model, inputs, scored, targets), scored
 
 
 class ResponseScorer:
@@ -155,15 +154,14 @@ class ResponseScorer:
         log-probs of response ``token_logps_for``)."""
         if self.encoded is None:
             prompts = [self.prompt_ids[b] for b in rows]
-            logits, targets, scored = _forward_concatenated(
+            token_lp, scored = _forward_concatenated(
                 self.model, prompts, responses, self.pad_token_id, self.padding_side, self.device
             )
         else:
-            logits, targets, scored = _forward_continuations(
+            token_lp, scored = _forward_continuations(
                 self.model, self.encoded, rows, responses, self.pad_token_id, self.padding_side, self.device
             )
-        _check_head_slicing(self.model, logits, scored)
-        return _collect(logits, targets, scored, responses, token_logps_for, self.device)
+        return _collect(token_lp, scored, responses, token_logps_for, self.device)
 
 
 def response_logps(
@@ -191,6 +189,57 @@ def response_logps(
     shared = share_prompt and can_share_prompt(model, prompt_ids, responses)
     scorer = ResponseScorer(model, prompt_ids, pad_token_id, shared, padding_side)
     return scorer.score(list(range(len(prompt_ids))), responses, return_token_logps_for)
+
+
+# Config attributes that make the logits something other than hidden @ W.T + b: such a model
+# gets the full-logits path.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
+                    "output_multiplier", "dim_model_base")
+# (positions, vocabulary entries) per tile of the chunked head: large on a GPU; on CPU smaller
+# tiles were faster (benchmarks/logprob_memory.py).
+HEAD_TILES = {"cuda": (4096, 32768), "cpu": (512, 4096)}
+
+
+def linear_head(model):
+    """The LM head (weight, bias) when the logits are ``hidden @ weight.T + bias``, else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not isinstance(head, torch.nn.Linear) or not hasattr(model, "get_decoder"):
+        return None
+    if any(getattr(text_config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    return head.weight, head.bias
+
+
+def token_logps_at(model, inputs: dict, scored: Tensor, targets: Tensor) -> Tensor:
+    """float32 log-probs of ``targets`` at the ``scored`` positions of one forward with ``inputs``.
+
+    Where the head is a plain linear map (:func:`linear_head`), the model runs with no head at
+    all (``logits_to_keep`` all False), its last hidden states at the scored positions go through
+    the chunked head of :mod:`dppo.chunked` (never more than one tile of logits, recomputed in
+    backward: a 152k vocabulary costs no gigabytes); otherwise the head runs at the scored
+    positions only (boolean ``logits_to_keep``) and the log-softmax is taken over those logits."""
+    head = linear_head(model)
+    if head is None:
+        logits = model(**inputs, logits_to_keep=scored).logits
+        _check_head_slicing(model, logits, scored)
+        logits = logits.float()  # log-softmax in float32 even for bf16 models
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    captured = {}
+
+    def keep_hidden(module, args, output):
+        captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = model.get_decoder().register_forward_hook(keep_hidden)
+    try:
+        logits = model(**inputs, logits_to_keep=torch.zeros_like(scored)).logits
+    finally:
+        handle.remove()
+    _check_head_slicing(model, logits, torch.zeros_like(scored))
+    weight, bias = head
+    token_chunk, vocab_chunk = HEAD_TILES["cuda" if weight.is_cuda else "cpu"]
+    return token_logps(captured["hidden"][scored], weight, targets, bias, token_chunk, vocab_chunk)
 
 
 def _check_head_slicing(model, logits: Tensor, scored: Tensor) -> None:
@@ -233,16 +282,11 @@ def gated_logps(scorer: ResponseScorer, responses: list[list[int]], needs_grad: 
     return sums, tokens, mask
 
 
-def _collect(logits, targets, scored, responses, return_token_logps_for, device) -> ResponseBatchLogps:
-    """Per-response sums (and optionally one response's per-token log-probs) from the logits
-    of the scored positions."""
+def _collect(token_lp, scored, responses, return_token_logps_for, device) -> ResponseBatchLogps:
+    """Per-response sums (and optionally one response's per-token log-probs) from the log-probs
+    of the scored positions (row-major, as boolean indexing flattens ``scored``)."""
     num_prompts, num_per_prompt = len(responses), len(responses[0])
     lengths = torch.tensor([len(r) for group in responses for r in group], dtype=torch.long, device=device)
-
-    # Boolean indexing flattens row-major, the same order as `logits` and `targets`.
-    logits = logits.float()  # log-softmax in float32 even for bf16 models
-    token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
     rows = scored.nonzero(as_tuple=True)[0]
     sums = torch.zeros(len(lengths), dtype=token_lp.dtype, device=device).index_add(0, rows, token_lp)
     result = ResponseBatchLogps(

@@ -1,6 +1,6 @@
-"""Step 2 of the toy model: every loss of :mod:`dppo.losses` on the preference pairs of each
-scenario, from the same step-1 (reference) model, with the per-step records the figures and
-tables read.
+"""Training of the toy model: step 1 of every (scenario, seed), then step 2, every loss of
+:mod:`dppo.losses` on the preference pairs of each scenario from that same step-1 (reference)
+model, with the per-step records the figures and tables read.
 
 Everything is ONE batched computation: the (scenario, seed) step-1 fits are the runs of one
 :class:`~dppo.toy.model.StackedPolicy`, and so are the (scenario, seed, loss) step-2 runs. Each
@@ -61,45 +61,40 @@ def _select(logps: ResponseLogps, rows: slice | torch.Tensor) -> ResponseLogps:
 def _all_finite(values: torch.Tensor) -> torch.Tensor:
     """Per run (leading axis): are all values finite? (max and min propagate NaN and show an
     infinity; on CPU two reductions are much cheaper than ``torch.isfinite`` of every value)."""
-    flat = values.flatten(1)
-    return torch.isfinite(flat.amax(1)) & torch.isfinite(flat.amin(1))
+    dims = tuple(range(1, values.dim()))  # not flatten(1): a transposed gradient would be copied
+    return torch.isfinite(values.amax(dims)) & torch.isfinite(values.amin(dims))
 
 
 def _run_parts(terms: LossTerms, cfg: LossSettings, penalty: torch.Tensor, n_runs: int) -> dict[str, torch.Tensor]:
     """The logged parts of :func:`dppo.losses.preference_loss`, one value per run (the mean over
     that run's own pairs, not over the whole batch of runs); ``terms`` holds n_runs x pairs rows."""
 
-    def mean(values: torch.Tensor) -> torch.Tensor:
-        return values.reshape(n_runs, -1).mean(1)
-
     reward_w, reward_l = cfg.beta * terms.d_chosen, cfg.beta * terms.d_rejected
     pol = terms.policy
-    parts = {
-        "dpo": mean(get_loss("dpo")(terms, cfg)[0]),
-        "penalty": mean(penalty),
-        "reward_chosen": mean(reward_w),
-        "reward_rejected": mean(reward_l),
-        "margin": mean(reward_w - reward_l),
-        "r": mean(terms.r),
-        "f_r": mean(terms.f_r),
-        "frac_r_neg": mean((terms.r < 0).to(reward_w.dtype)),
-        "reward_acc": mean((reward_w > reward_l).to(reward_w.dtype)),
-        "logp_chosen": mean(pol.chosen),
-        "logp_rejected": mean(pol.rejected),
-        "reward_gen": mean(cfg.beta * terms.d_gen),
-        "logp_gen": mean(pol.gen),
+    rows = {  # per row; averaged per run below, all at once
+        "dpo": get_loss("dpo")(terms, cfg)[0],
+        "penalty": penalty,
+        "reward_chosen": reward_w,
+        "reward_rejected": reward_l,
+        "margin": reward_w - reward_l,
+        "r": terms.r,
+        "f_r": terms.f_r,
+        "frac_r_neg": (terms.r < 0).to(reward_w.dtype),
+        "reward_acc": (reward_w > reward_l).to(reward_w.dtype),
+        "logp_chosen": pol.chosen,
+        "logp_rejected": pol.rejected,
+        "reward_gen": cfg.beta * terms.d_gen,
+        "logp_gen": pol.gen,
     }
     if cfg.needs_gen:
-        dpo_weight, penalty_weight = gradient_weights(terms, cfg)
+        rows["grad_weight_dpo"], rows["grad_weight_penalty"] = gradient_weights(terms, cfg)
+    means = torch.stack(list(rows.values())).reshape(len(rows), n_runs, -1).mean(-1)
+    parts = dict(zip(rows, means))
+    if cfg.needs_gen:  # the mean over the rows where the penalty fires (0 where none does)
         fired = (terms.f_r > 0).reshape(n_runs, -1)
-
-        def fired_mean(values: torch.Tensor) -> torch.Tensor:  # 0 where none fires
-            return (values.reshape(n_runs, -1) * fired).sum(1) / fired.sum(1).clamp(min=1)
-
-        parts["grad_weight_dpo"] = mean(dpo_weight)
-        parts["grad_weight_penalty"] = mean(penalty_weight)
-        parts["grad_weight_penalty_fired"] = fired_mean(penalty_weight)
-        parts["grad_weight_dpo_fired"] = fired_mean(dpo_weight)
+        for name in ("penalty", "dpo"):
+            weight = rows[f"grad_weight_{name}"].reshape(n_runs, -1)
+            parts[f"grad_weight_{name}_fired"] = (weight * fired).sum(1) / fired.sum(1).clamp(min=1)
     return parts
 
 
@@ -135,8 +130,9 @@ def _objective(policy_logps: ResponseLogps, groups: Sequence[_LossGroup], n_runs
         with torch.no_grad():
             record["loss_value"][group.members] = run_loss
             for name, value in _run_parts(terms, group.cfg, penalty, len(group.members)).items():
-                column = record.setdefault(f"part_{name}", torch.full((n_runs,), torch.nan, dtype=dtype))
-                column[group.members] = value
+                if f"part_{name}" not in record:  # NaN for the losses without this part
+                    record[f"part_{name}"] = torch.full((n_runs,), torch.nan, dtype=dtype)
+                record[f"part_{name}"][group.members] = value
     return objective, record
 
 
@@ -215,20 +211,19 @@ def train_runs(
             record["step"] = torch.full((n_runs,), step)
             for key, value in record.items():
                 history[key].append(value)
-            stopped = active & ~finite
-            last_step[stopped] = step
+            last_step[active & ~finite] = step
             active &= finite
         if step == steps or not active.any():
             break
-        frozen = [p.detach().clone() for p in params] if not active.all() else None
+        stopped = ~active
+        frozen = [p.detach()[stopped] for p in params]  # a copy: boolean indexing
         for parameter, grad in zip(params, param_grads):
-            grad[~active] = 0.0  # a stopped run's gradient may be NaN: keep Adam's state clean
+            grad[stopped] = 0.0  # a stopped run's gradient may be NaN: keep Adam's state clean
             parameter.grad = grad
         optimizer.step()
-        if frozen is not None:  # Adam's momentum would still move a stopped run: put it back
-            with torch.no_grad():
-                for parameter, before in zip(params, frozen):
-                    parameter[~active] = before[~active]
+        with torch.no_grad():  # Adam's momentum would still move a stopped run: put it back
+            for parameter, before in zip(params, frozen):
+                parameter[stopped] = before
     return _history_frame(history, last_step)
 
 
