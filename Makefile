@@ -10,21 +10,25 @@ TORCH := torch==2.13.0
 
 install: $(VENV)/.installed
 
+# The SLURM executor plugin is part of it: the profile tests drive it (with stub SLURM commands).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet $(TORCH)
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet -e ".[test,slurm]"
 	touch $@
 
 run: install
 	$(VENV)/bin/snakemake --cores 2 all
 
+# -rs: tests that need an optional part (the vLLM environment, the SmolLM2 model) say why they skip.
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -rs
 
 bench: install
 	$(VENV)/bin/pip install --quiet -e ".[bench]"
 	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python benchmarks/logprob_memory.py
+	$(VENV)/bin/python benchmarks/e2e.py
 
 clean:
 	rm -rf results logs paper/figures paper/tables paper/main.pdf paper/build.log .snakemake

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from dppo.launch import run_job
+from dppo.sft import sft_job
 
 
 @pytest.mark.slow
@@ -23,7 +24,7 @@ def test_sft_job_under_torchrun_keeps_the_effective_batch_and_equals_one_process
         kwargs = dict(opt={"lr": 1e-2, "epochs": 1, "batch_size": 4, "warmup_ratio": 0.0}, model_dir=str(tiny_model_dir),
                       train_file=str(train), out_dir=str(tmp_path / name), metrics_file=str(tmp_path / f"{name}.jsonl"),
                       checkpoint_dir=str(tmp_path / f"ckpt-{name}"), trust_remote_code=False)
-        run_job("dppo.sft:sft_job", kwargs, n_gpus=n_gpus)
+        run_job(sft_job, kwargs, n_gpus=n_gpus)
         return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
 
     two, one = job("two", 2), job("one", 1)

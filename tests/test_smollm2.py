@@ -19,6 +19,7 @@ import pytest
 import torch
 from gguf.quants import dequantize, quantize
 from safetensors import safe_open
+from sft_checks import check_sft_loss_masks_the_prompt
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -27,7 +28,6 @@ from dppo.generation import generate_greedy
 from dppo.gguf_model import convert_gguf
 from dppo.io import load_causal_lm, load_tokenizer
 from dppo.logprobs import response_logps
-from sft_checks import check_sft_loss_masks_the_prompt
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".cache" / "smollm2" / "hf"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from transformers import AutoTokenizer
 
 from dppo.io import atomic_output_dir
 from dppo.settings import DatasetSettings, DataSettings
@@ -307,8 +308,6 @@ def prepare(
     poster's "context token length is truncated to N") shortens the response end;
     ``"drop"`` removes the row instead.
     """
-    from transformers import AutoTokenizer
-
     if kind not in ("sft", "pref"):
         raise ValueError(f"kind must be 'sft' or 'pref', got {kind!r}")
     if overlong not in ("truncate", "drop"):

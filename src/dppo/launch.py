@@ -3,8 +3,8 @@ process per GPU under ``torchrun``; the Trainer then trains with DDP, and the ef
 batch size stays the configured one (``dppo.training.accumulation_steps`` divides it by the
 number of processes).
 
-A job function is named by ``"module:function"`` and takes JSON-serialisable keyword
-arguments, so the same call runs in-process (CPU, one GPU) or under torchrun.
+A job function takes JSON-serialisable keyword arguments, so the same call runs in-process (CPU,
+one GPU) or under torchrun (which re-imports it by its ``"module:function"`` name).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def run_job(target: str, kwargs: dict, n_gpus: int = 0) -> None:
-    """Call ``target(**kwargs)`` here, or under torchrun with one process per GPU when the job
+def run_job(function, kwargs: dict, n_gpus: int = 0) -> None:
+    """Call ``function(**kwargs)`` here, or under torchrun with one process per GPU when the job
     holds more than one GPU and is not already a torchrun worker."""
     if n_gpus <= 1 or "LOCAL_RANK" in os.environ:
-        _resolve(target)(**kwargs)
+        function(**kwargs)
         return
+    target = f"{function.__module__}:{function.__name__}"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump({"target": target, "kwargs": kwargs}, fh)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpus}",

@@ -2,8 +2,9 @@
 per y_gen token to the DPO term's per y_w token (:func:`dppo.losses.gradient_weights`), read
 from the per-step training metrics.
 
-At the first step the policy is the SFT model, so that ratio describes the loss as configured
-(alpha, f, the unlikelihood form) before training moves it; alpha is read against it.
+Over the first epoch the policy is still close to the SFT model and every row has been seen
+once, so that ratio describes the loss as configured (alpha, f, the unlikelihood form) before
+training moves it; alpha is read against it.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ COLUMNS = ("name", "loss", "f", "alpha", "unll_level", "ratio_first", "ratio_fir
            "fired_first", "n_seeds")
 
 
-def _ratio(metrics: pd.DataFrame, penalty: str, dpo: str) -> pd.Series:
-    return metrics[penalty] / metrics[dpo].where(metrics[dpo] > 0)
+def _ratio(steps: pd.DataFrame, penalty: str, dpo: str) -> float:
+    """Ratio of the mean weights over ``steps`` (per seed, then the mean over seeds)."""
+    per_seed = steps.groupby("seed")[[penalty, dpo]].mean()
+    return float((per_seed[penalty] / per_seed[dpo].where(per_seed[dpo] > 0)).mean())
 
 
 def penalty_scale(experiments: list[dict], metrics: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per penalized experiment: the gradient-weight ratio at the first step (all rows,
-    and the rows where the penalty fires), its mean over training, and the share of rows where
-    the penalty fires at the first step; each a mean over the experiment's seeds."""
+    """One row per penalized experiment: the ratio of the penalty's to the DPO term's gradient
+    weight over the first epoch (all rows, and the rows where the penalty fires) and over all of
+    training, and the share of rows where the penalty fires in the first epoch; each the mean
+    over the experiment's seeds."""
     rows = []
     for experiment in experiments:
         name = experiment["name"]
@@ -35,15 +39,15 @@ def penalty_scale(experiments: list[dict], metrics: Mapping[str, pd.DataFrame]) 
         m = metrics[name]
         if "grad_weight_dpo" not in m:
             continue
-        m = m.assign(ratio=_ratio(m, "grad_weight_penalty", "grad_weight_dpo"),
-                     ratio_fired=_ratio(m, "grad_weight_penalty_fired", "grad_weight_dpo_fired"))
-        first = m[m["step"] == m["step"].min()]
+        first = m[m["epoch"] <= 1 + 1e-9]
+        fired = first[first["grad_weight_dpo_fired"] > 0]  # steps where the penalty fired on some row
         rows.append({
             "name": name, "loss": experiment["loss"], "f": experiment["f"], "alpha": experiment["alpha"],
             "unll_level": experiment["unll_level"] if experiment["loss"] == "unll" else None,
-            "ratio_first": float(first["ratio"].mean()),
-            "ratio_first_fired": float(first["ratio_fired"].mean()),
-            "ratio_mean": float(m.groupby("seed")["ratio"].mean().mean()),
+            "ratio_first": _ratio(first, "grad_weight_penalty", "grad_weight_dpo"),
+            "ratio_first_fired": _ratio(fired, "grad_weight_penalty_fired", "grad_weight_dpo_fired") if len(fired)
+            else float("nan"),
+            "ratio_mean": _ratio(m, "grad_weight_penalty", "grad_weight_dpo"),
             "fired_first": float(first["frac_r_neg"].mean()) if experiment["f"] != "expectile" else 1.0,
             "n_seeds": int(m["seed"].nunique()),
         })

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.batching import packed_lengths
 from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id, weights_digest
@@ -131,7 +132,7 @@ def train_seed(experiment: Experiment, seed: int, init_dir: Path, rows: pd.DataF
     optim = replace(experiment.optim, seed=seed, max_steps=max_steps)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(init_dir, trust_remote_code)
-    model = load_causal_lm(init_dir, trust_remote_code)
+    model = load_causal_lm(init_dir, trust_remote_code, dtype=torch.float32)  # fp32 weights; bf16 autocast on GPUs
     records = preference_records(rows.to_dict("records"))
     probe_records = preference_records(probe.to_dict("records")) if probe is not None else []
     record = {"stage": "preference", "experiment": experiment.name, "seed": seed, "settings": experiment.to_dict(),

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, write_parquet
 from dppo.logprobs import response_logps
@@ -18,7 +19,8 @@ def cache_reference_logps(model_dir, pref_file, ygen_file, out_file, batch_size:
                           trust_remote_code: bool = False) -> pd.DataFrame:
     """``prompt_id`` and the three reference log-probs (:data:`REF_COLUMNS`) of every row of
     ``pref_file``, in row order, written to ``out_file``."""
-    model = load_causal_lm(model_dir, trust_remote_code).eval()
+    # float32 like the policy's weights (a bf16 checkpoint would otherwise score in bf16)
+    model = load_causal_lm(model_dir, trust_remote_code, dtype=torch.float32).eval()
     if torch.cuda.is_available():
         model = model.cuda()
     pad = pad_token_id(load_tokenizer(model_dir, trust_remote_code))

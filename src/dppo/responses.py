@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch  # noqa: F401  (every generation job uses it: imported with the job, not inside it)
+from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.generation import generate_greedy
 from dppo.io import atomic_output_file, load_tokenizer, weights_digest, write_parquet

@@ -175,7 +175,7 @@ def write_penalty_scale(table: pd.DataFrame, csv_path, tex_path) -> None:
     with atomic_output_file(csv_path) as tmp:
         table.to_csv(tmp, index=False)
     lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\setbox0=\hbox{%", r"\begin{tabular}{lrrrr}",
-             r"\toprule", r"Experiment & $\alpha$ & ratio, step 1 & where it fires & mean over training \\",
+             r"\toprule", r"Experiment & $\alpha$ & ratio, first epoch & where it fires & over training \\",
              r"\midrule"]
     for row in table.to_dict("records"):
         cells = [r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row["alpha"]), _number(row["ratio_first"], 2),
@@ -184,8 +184,8 @@ def write_penalty_scale(table: pd.DataFrame, csv_path, tex_path) -> None:
     lines += [r"\bottomrule", r"\end{tabular}}%",
               r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi",
               r"\caption{Penalty scale: the penalty's gradient weight per $\ygen$ token over the DPO term's per $y_w$ "
-              r"token (batch means; at the first step the policy is the SFT model), over all rows and over the rows "
-              r"where the penalty fires.}", r"\label{tab:penalty-scale}", r"\end{table}"]
+              r"token, over the first epoch (the policy still near the SFT model, every row seen once; all rows, and "
+              r"the rows where the penalty fires) and over all of training.}", r"\label{tab:penalty-scale}", r"\end{table}"]
     with atomic_output_file(tex_path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id
 from dppo.logprobs import response_logps
@@ -52,7 +53,7 @@ def train_sft(model_dir: str | Path, train_file: str | Path, out_dir: str | Path
     per-step metrics to ``metrics_file``. A killed run resumes from ``checkpoint_dir``."""
     torch.manual_seed(opt.seed)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    model = load_causal_lm(model_dir, trust_remote_code)
+    model = load_causal_lm(model_dir, trust_remote_code, dtype=torch.float32)  # fp32 weights; bf16 autocast on GPUs
     rows = sft_rows(pd.read_parquet(train_file))
     task = SFTTask(rows, pad_token_id(tokenizer))
     run_dir = train(model, tokenizer, rows, task, opt, checkpoint_dir, {"stage": "sft", "rows": len(rows)})

@@ -1,9 +1,10 @@
 """Supervised fine-tuning on the prepared SFT split (logic in dppo.sft; several GPUs: torchrun)."""
 from dppo.launch import run_job
+from dppo.sft import sft_job
 from dppo.stage import stage
 
 with stage(snakemake):
-    run_job("dppo.sft:sft_job", dict(
+    run_job(sft_job, dict(
         opt=snakemake.params.opt, model_dir=snakemake.params.init, train_file=snakemake.input.train,
         out_dir=snakemake.output.model, metrics_file=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
         trust_remote_code=snakemake.params.trust_remote_code,
