@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_PATH = ROOT / "benchmarks" / "logprob_memory.csv"
@@ -36,8 +35,8 @@ PAD = 0
 
 # name -> description. Order is the table's order.
 VARIANTS = {
-    "today": "dppo.logprobs.response_logps: float32 logits (response tokens, vocab) at the scored positions",
-    "chunked": "base-model hidden states at the scored positions + dppo.chunked.token_logps, default tiles",
+    "today": "the full-logits head (the pipeline before the chunked head): float32 logits (response tokens, vocab)",
+    "chunked": "dppo.logprobs.response_logps: hidden states at the scored positions + dppo.chunked.token_logps",
     "chunked_small": "the same with CPU-sized tiles (--small-chunks)",
     "trl": "TRL DPOTrainer step, fused chunked head, precompute_ref_log_probs, no grad checkpointing, fp32",
 }
@@ -109,49 +108,30 @@ def make_rows(args) -> list[dict]:
 # ----------------------------------------------------------------------------- the two heads
 
 
-def today_sums(model, rows):
+def _sums(model, rows):
     from dppo.logprobs import response_logps
 
     return response_logps(model, [r["prompt_ids"] for r in rows],
                           [[r["chosen_ids"], r["rejected_ids"]] for r in rows], PAD).sums
 
 
-class _HiddenAtScored:
-    """Stands in for the causal LM in dppo.logprobs' forward helpers: runs the base model and
-    returns, as ``logits``, the last hidden states at the ``logits_to_keep`` positions (what the
-    LM head would see there). The inputs are built exactly as today's path builds them."""
+def today_sums(model, rows):
+    """The full-logits head (what dppo.logprobs does where the head is not a plain linear map,
+    and did everywhere before the chunked head): float32 logits at every scored position."""
+    from unittest import mock
 
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def __call__(self, logits_to_keep, **kwargs):
-        out = self.model.model(**kwargs)
-        return SimpleNamespace(logits=out.last_hidden_state[logits_to_keep], past_key_values=out.past_key_values)
+    with mock.patch("dppo.logprobs.linear_head", return_value=None):
+        return _sums(model, rows)
 
 
 def chunked_sums(model, rows, token_chunk: int, vocab_chunk: int):
-    """(B, 2) summed response log-probs: today's shared-prompt forward up to the last hidden
-    states at the scored positions, then dppo.chunked.token_logps through the LM head weight."""
-    import torch
+    """The pipeline's path: no head in the model's forward, the last hidden states at the
+    scored positions through dppo.chunked.token_logps, in tiles of (token_chunk, vocab_chunk)."""
+    from unittest import mock
 
-    from dppo.chunked import token_logps
-    from dppo.logprobs import _forward_continuations, can_share_prompt, check_inputs, encode_prompts
-
-    prompts = [r["prompt_ids"] for r in rows]
-    responses = [[r["chosen_ids"], r["rejected_ids"]] for r in rows]
-    check_inputs(prompts, responses)
-    if not can_share_prompt(model, prompts, responses):
-        raise RuntimeError("the benchmark rows must take the shared-prompt path, as today's does")
-    device = next(model.parameters()).device
-    trunk = _HiddenAtScored(model)
-    encoded = encode_prompts(trunk, prompts, PAD, "right", device)
-    hidden, targets, scored = _forward_continuations(
-        trunk, encoded, list(range(len(rows))), responses, PAD, "right", device
-    )
-    head = model.get_output_embeddings()
-    lp = token_logps(hidden, head.weight, targets, bias=head.bias, token_chunk=token_chunk, vocab_chunk=vocab_chunk)
-    row_of_token = scored.nonzero(as_tuple=True)[0]
-    return torch.zeros(scored.shape[0], dtype=lp.dtype, device=device).index_add(0, row_of_token, lp).view(-1, 2)
+    tiles = {"cpu": (token_chunk, vocab_chunk), "cuda": (token_chunk, vocab_chunk)}
+    with mock.patch.dict("dppo.logprobs.HEAD_TILES", tiles):
+        return _sums(model, rows)
 
 
 def dpo_loss(sums, ref, beta: float = 0.1):

@@ -58,8 +58,18 @@ def unbatched_sums(model, prompts, responses) -> torch.Tensor:
     )
 
 
+@pytest.fixture(params=("full", "chunked"))
+def head(request, monkeypatch):
+    """Both heads of dppo.logprobs: the full logits (small vocabularies) and the chunked one."""
+    if request.param == "chunked":
+        from dppo import logprobs
+
+        monkeypatch.setattr(logprobs, "FULL_LOGITS_MAX", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("padding_side", ("left", "right"))
-def test_batched_matches_per_sequence_loop(model, padding_side):
+def test_batched_matches_per_sequence_loop(model, padding_side, head):
     with torch.no_grad():
         batched = response_logps(model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2, padding_side=padding_side)
         looped = unbatched_sums(model, PROMPTS, RESPONSES)
@@ -107,7 +117,7 @@ def param_grads(model, loss) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("padding_side", ("left", "right"))
-def test_gradient_flows_and_matches_the_loop(model, padding_side):
+def test_gradient_flows_and_matches_the_loop(model, padding_side, head):
     weights = torch.tensor([[1.0, -0.5, 0.25], [0.3, 2.0, -1.0], [-0.7, 0.1, 1.5]])
     batched = response_logps(model, PROMPTS, RESPONSES, PAD, padding_side=padding_side)
     assert batched.sums.requires_grad
@@ -186,7 +196,7 @@ def test_bad_input_is_rejected(model, prompts, responses, kwargs, message):
         response_logps(model, prompts, responses, PAD, **kwargs)
 
 
-def test_the_chunked_head_runs_no_vocabulary_projection_and_a_logit_transform_falls_back(model):
+def test_the_chunked_head_runs_no_vocabulary_projection_and_a_logit_transform_falls_back(model, monkeypatch):
     from dppo import logprobs
 
     prompts, responses = [[1, 2, 3], [4, 5]], [[[6, 7]], [[8, 9, 10]]]
@@ -194,10 +204,13 @@ def test_the_chunked_head_runs_no_vocabulary_projection_and_a_logit_transform_fa
     calls = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: calls.append(o.shape[-2]))
     try:
+        small = response_logps(model, prompts, responses, pad_token_id=0)
+        monkeypatch.setattr(logprobs, "FULL_LOGITS_MAX", 0)  # as if the logits were large
         chunked = response_logps(model, prompts, responses, pad_token_id=0)
     finally:
         handle.remove()
-    assert calls == [0]  # the model's own head ran at no position
+    assert calls == [5, 0]  # small logits: the head at the 5 scored positions; large: at no position
+    assert torch.allclose(chunked.sums, small.sums, atol=1e-5, rtol=0)
     model.config.final_logit_softcapping = 30.0  # Gemma-style logits: not hidden @ W.T
     try:
         assert logprobs.linear_head(model) is None

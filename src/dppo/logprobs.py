@@ -198,6 +198,9 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", 
 # (positions, vocabulary entries) per tile of the chunked head: large on a GPU; on CPU smaller
 # tiles were faster (benchmarks/logprob_memory.py).
 HEAD_TILES = {"cuda": (4096, 32768), "cpu": (512, 4096)}
+# Up to this many logits (64 MiB of float32) the full head is cheaper than the chunked one, whose
+# tiles and recomputation only pay off when the logits would be large (a 152k vocabulary).
+FULL_LOGITS_MAX = 1 << 24
 
 
 def linear_head(model):
@@ -215,13 +218,14 @@ def linear_head(model):
 def token_logps_at(model, inputs: dict, scored: Tensor, targets: Tensor) -> Tensor:
     """float32 log-probs of ``targets`` at the ``scored`` positions of one forward with ``inputs``.
 
-    Where the head is a plain linear map (:func:`linear_head`), the model runs with no head at
-    all (``logits_to_keep`` all False), its last hidden states at the scored positions go through
-    the chunked head of :mod:`dppo.chunked` (never more than one tile of logits, recomputed in
-    backward: a 152k vocabulary costs no gigabytes); otherwise the head runs at the scored
-    positions only (boolean ``logits_to_keep``) and the log-softmax is taken over those logits."""
+    Where the head is a plain linear map (:func:`linear_head`) and the logits would be large
+    (more than :data:`FULL_LOGITS_MAX`), the model runs with no head at all (``logits_to_keep``
+    all False) and its last hidden states at the scored positions go through the chunked head of
+    :mod:`dppo.chunked` (never more than one tile of logits, recomputed in backward: a 152k
+    vocabulary costs no gigabytes); otherwise the head runs at the scored positions only
+    (boolean ``logits_to_keep``) and the log-softmax is taken over those logits."""
     head = linear_head(model)
-    if head is None:
+    if head is None or int(scored.sum()) * head[0].shape[0] <= FULL_LOGITS_MAX:
         logits = model(**inputs, logits_to_keep=scored).logits
         _check_head_slicing(model, logits, scored)
         logits = logits.float()  # log-softmax in float32 even for bf16 models

@@ -6,8 +6,8 @@ import os
 import shutil
 
 PAPER_SRC = os.path.join(workflow.basedir, "paper")
-PAPER_FIGURES = ["hparam_search", "paradigms", "differences", "reward_hist", "data_efficiency", "dynamics",
-                 "length_dist"]
+WIN_RATE_FIGURES = ["hparam_search", "paradigms", "differences"]  # from the win-rate table alone
+PAPER_FIGURES = [*WIN_RATE_FIGURES, "reward_hist", "data_efficiency", "dynamics", "length_dist"]
 WIN_RATES_CSV = "results/tables/win_rates.csv"
 DATA_STATS = {key: f"results/data/{key}/stats.json" for key in ("sft", "pref")}
 DATA_LENGTHS = {key: f"results/data/{key}/lengths.parquet" for key in ("sft", "pref")}
@@ -55,52 +55,21 @@ rule paper_macros:
         "../scripts/paper_macros.py"
 
 
-rule fig_hparam_search:
+rule fig_win_rates:
+    # The three figures drawn from the win-rate table alone: one job draws them all.
     input:
         win_rates=WIN_RATES_CSV,
     output:
-        **figure_outputs("hparam_search"),
+        **{f"{fig}_{ext}": path for fig in WIN_RATE_FIGURES for ext, path in figure_outputs(fig).items()},
     log:
-        "logs/fig_hparam_search/fig_hparam_search.log",
+        "logs/fig_win_rates/fig_win_rates.log",
     threads: 1
     resources:
-        **res("fig_hparam_search"),
+        **res("fig_win_rates"),
     conda:
         "../../envs/plot.yaml"
     script:
-        "../scripts/fig_hparam_search.py"
-
-
-rule fig_paradigms:
-    input:
-        win_rates=WIN_RATES_CSV,
-    output:
-        **figure_outputs("paradigms"),
-    log:
-        "logs/fig_paradigms/fig_paradigms.log",
-    threads: 1
-    resources:
-        **res("fig_paradigms"),
-    conda:
-        "../../envs/plot.yaml"
-    script:
-        "../scripts/fig_paradigms.py"
-
-
-rule fig_differences:
-    input:
-        win_rates=WIN_RATES_CSV,
-    output:
-        **figure_outputs("differences"),
-    log:
-        "logs/fig_differences/fig_differences.log",
-    threads: 1
-    resources:
-        **res("fig_differences"),
-    conda:
-        "../../envs/plot.yaml"
-    script:
-        "../scripts/fig_differences.py"
+        "../scripts/fig_win_rates.py"
 
 
 rule fig_reward_hist:

@@ -40,26 +40,23 @@ rule toy_run:
         "../scripts/toy_run.py"
 
 
-rule toy_figure:
+rule toy_figures:
+    # The three figures read the same records: one job draws them all (one process start).
     input:
         runs=TOY_RUNS,
     output:
-        pdf="paper/figures/toy_{figure}.pdf",
-        png="paper/figures/toy_{figure}.png",
-    wildcard_constraints:
-        figure="dynamics|gradients|grid",
+        [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png")],
     params:
-        figure=lambda wc: wc.figure,
         loss=S.toy.dynamics_loss if S.toy is not None else None,
     log:
-        "logs/toy/toy_fig_{figure}.log",
+        "logs/toy/toy_figures.log",
     threads: 1
     resources:
-        **res("toy_figure"),
+        **res("toy_figures"),
     conda:
         "../../envs/plot.yaml"
     script:
-        "../scripts/toy_figure.py"
+        "../scripts/toy_figures.py"
 
 
 rule toy_tables:

@@ -1,0 +1,11 @@
+"""Figures 'hparam_search', 'paradigms' and 'differences' from the win-rate table (dppo.plotting)."""
+from dppo import plotting
+from dppo.io import save_figure
+from dppo.results import read_win_rates
+from dppo.stage import stage
+
+with stage(snakemake):
+    win_rates = read_win_rates(snakemake.input.win_rates)
+    for name in ("hparam_search", "paradigms", "differences"):
+        figure = getattr(plotting, f"fig_{name}")(win_rates)
+        save_figure(figure, snakemake.output[f"{name}_pdf"], snakemake.output[f"{name}_png"])
