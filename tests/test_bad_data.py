@@ -88,6 +88,7 @@ BAD_PREF = [
     (pair("b11", "sort : " + items(LONG_ANSWER), "a", "b"), "prompt alone reaches the cut-off"),
     # chosen and rejected differ only past the cut-off: equal once truncated
     (pair("b12", "sort : o", items(LONG_ANSWER) + " a", items(LONG_ANSWER) + " b"), "chosen equals rejected after truncation"),
+    ({**pair("b13", "sort : q r", "q r", "r q"), "score_chosen": 1.0, "score_rejected": 4.5}, "chosen scores below rejected"),
 ]
 EXPECTED_REASONS = {"sft": BAD_SFT, "pref": BAD_PREF}
 
@@ -189,7 +190,16 @@ GOOD_ROWS = [r for r, _ in GOOD_SFT]
         ("missing path", lambda d: d / "nowhere", "dataset path does not exist"),
         ("missing split", lambda d: _write_rows(d, "train", GOOD_ROWS), "cannot load split 'test'"),
         ("empty train split", lambda d: _write_rows(_write_rows(d, "train", None), "test", GOOD_ROWS),
-         r"cannot read split 'train' of dataset .* \(is a file empty or corrupt\?\)"),
+         r"cannot prepare dataset .*; unreadable: data/train-00000-of-00001.parquet \(0 rows\)"),
+        # datasets reads every split at once: the message must name the test file, not "train"
+        ("empty test split", lambda d: _write_rows(_write_rows(d, "train", GOOD_ROWS), "test", None),
+         r"cannot prepare dataset .*; unreadable: data/test-00000-of-00001.parquet \(0 rows\)"),
+        ("integer content in a whole column",
+         lambda d: _write_rows(_write_rows(d, "train", [{"messages": [{"content": 1, "role": "user"},
+                                                                      {"content": 2, "role": "assistant"}],
+                                                         "source": "t"}] * 4),
+                               "test", GOOD_ROWS),
+         r"data/train-00000-of-00001.parquet: column messages.content holds int64, not text"),
         ("truncated parquet file", lambda d: _truncate(_write_rows(_write_rows(d, "train", GOOD_ROWS), "test", GOOD_ROWS)),
          r"cannot load split 'train' of dataset .*: Parquet magic bytes not found .* the file is corrupted"),
         ("only bad rows", lambda d: _write_rows(_write_rows(d, "train", [r for r, _ in BAD_SFT[:5]]), "test", GOOD_ROWS),

@@ -85,6 +85,9 @@ def test_schema_errors_name_the_key(default_config, key, value, expected):
         ("toy.dynamics_loss", "dpoo", "config key toy.dynamics_loss: 'dpoo' is not a label of toy.losses"),
         ("reward.backend", "seqcls", "config key reward.model: reward backend 'seqcls' needs a model"),
         ("win_rate.n_boot", 5, "config key win_rate.n_boot"),
+        ("experiments.dpo_small.n_train", 5000, "config key experiments.dpo_small.n_train: 5000 is more than the 1200"),
+        ("resources.sft.gpu", -1, "config key resources.sft.gpu: -1 is less than the minimum of 0"),
+        ("claims.dppo", "nope", "config key claims.dppo: 'nope' names no experiment"),
     ],
 )
 def test_bad_values_name_the_key(default_config, key, value, expected):

@@ -199,6 +199,13 @@ def test_partial_outputs_of_a_killed_writer_are_cleaned_by_name(tmp_path):
     removed = io.cleanup_partial_outputs(tmp_path, "model")
     assert [p.name for p in removed] == [".model.tmp-abc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-xyz", "model.tmp-not-hidden"]
+    # the next write of an output removes what a killed write of it left
+    (tmp_path / ".model.tmp-def").mkdir()
+    (tmp_path / ".table.csv.tmp-1.csv").write_text("half")
+    with io.atomic_output_dir(tmp_path / "model") as tmp:
+        (tmp / "w").write_text("x")
+    io.write_text(tmp_path / "table.csv", "a\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-xyz", "model", "model.tmp-not-hidden", "table.csv"]
 
 
 # --- checkpoints: only complete ones count ------------------------------------------------------

@@ -157,6 +157,12 @@ def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
     for key, name in named:
         if name is not None and name not in experiments:
             raise ConfigError(f"config key {key}: {name!r} names no experiment (experiments: {', '.join(experiments)})")
+    if sections["data"].pref.is_synthetic:  # the data size is known before any job: check n_train now
+        rows = sections["synthetic"].n_pref_train
+        for name, experiment in experiments.items():
+            if experiment.n_train is not None and experiment.n_train > rows:
+                raise ConfigError(f"config key experiments.{name}.n_train: {experiment.n_train} is more than the "
+                                  f"{rows} synthetic preference rows (synthetic.n_pref_train)")
     return PipelineSettings(
         **sections,
         experiments=experiments,

@@ -42,6 +42,8 @@ def load_split(path: str, split: str, name: str | None = None):
     looks_local = path.startswith((".", "/")) or local.exists()
     if looks_local and not local.exists():
         raise DataError(f"dataset path does not exist: {path}")
+    if local.is_dir():
+        check_text_columns(local)
     try:
         return datasets.load_dataset(path, name=name, split=split)
     except ValueError as err:  # unknown split name
@@ -50,9 +52,53 @@ def load_split(path: str, split: str, name: str | None = None):
         raise DataError(f"dataset not found: {path!r} ({err})") from err
     except datasets.exceptions.DatasetGenerationError as err:  # unreadable files, e.g. empty or truncated parquet
         cause = err.__cause__ or err
-        raise DataError(
-            f"cannot read split {split!r} of dataset {path!r} (is a file empty or corrupt?): {type(cause).__name__}: {cause}"
-        ) from err
+        # `datasets` prepares every split at once, so the file at fault may belong to another split.
+        culprits = unreadable_files(local) if local.is_dir() else []
+        where = f"; unreadable: {', '.join(culprits)}" if culprits else " (datasets reads every split at once)"
+        raise DataError(f"cannot prepare dataset {path!r}{where}: {type(cause).__name__}: {cause}") from err
+
+
+MESSAGE_COLUMNS = ("messages", "chosen", "rejected")
+
+
+def check_text_columns(root: Path) -> None:
+    """Every local parquet file's conversations must hold text: ``datasets`` casts every file to
+    the first one's types, so a file of integer messages would otherwise be read as the strings
+    "1", "2"... and trained on. A wrong column stops the run, naming the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in sorted(root.rglob("*.parquet")):
+        try:
+            schema = pq.read_schema(path)
+        except Exception:  # noqa: BLE001  (unreadable files are reported by the loader)
+            continue
+        for column in MESSAGE_COLUMNS:
+            if column not in schema.names:
+                continue
+            kind = schema.field(column).type
+            item = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else None
+            content = item.field("content").type if item is not None and pa.types.is_struct(item) and \
+                item.get_field_index("content") >= 0 else None
+            if content is not None and not (pa.types.is_string(content) or pa.types.is_large_string(content)
+                                            or pa.types.is_null(content)):
+                raise DataError(f"{path.relative_to(root)}: column {column}.content holds {content}, not text")
+
+
+def unreadable_files(root: Path) -> list[str]:
+    """The parquet files under ``root`` that hold no rows or cannot be read, with the reason."""
+    import pyarrow.parquet as pq
+
+    bad = []
+    for path in sorted(root.rglob("*.parquet")):
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as err:  # noqa: BLE001  (any reader error makes the file unusable)
+            bad.append(f"{path.relative_to(root)} ({type(err).__name__}: {err})")
+            continue
+        if rows == 0:
+            bad.append(f"{path.relative_to(root)} (0 rows)")
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +153,9 @@ def preference_fields(row: dict) -> tuple[str, str, str]:
         raise RowError("chosen and rejected answer different prompts")
     if chosen == rejected:
         raise RowError("chosen equals rejected")
+    scores = row.get("score_chosen"), row.get("score_rejected")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in scores) and scores[0] < scores[1]:
+        raise RowError("chosen scores below rejected")  # a swapped pair would teach the opposite
     return prompt_c, chosen, rejected
 
 

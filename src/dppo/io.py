@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+log = logging.getLogger(__name__)
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -54,11 +58,18 @@ def share_by_umask(path: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+def _clean_leftovers(path: Path) -> None:
+    """What a killed write of this same output left (only this job writes it)."""
+    for leftover in cleanup_partial_outputs(path.parent, path.name):
+        log.warning("removed %s, left by a killed write of %s", leftover, path)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path):
     """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
@@ -76,6 +87,7 @@ def atomic_output_file(path: str | Path):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
