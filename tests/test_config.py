@@ -215,3 +215,14 @@ def test_every_settings_field_has_a_default_or_is_the_experiment_name():
                 st.InitialLevels, st.PaperSettings, st.Resources):
         for f in fields(cls):
             assert f.default is not MISSING or f.default_factory is not MISSING, f"{cls.__name__}.{f.name}"
+
+
+def test_training_priority_puts_starting_points_then_longer_experiments_first(default_config):
+    settings = _load(default_config)
+    experiments = settings.experiments
+    starting_points = {e.init for e in experiments.values()} & experiments.keys()
+    assert starting_points  # the default chains one experiment on another
+    ranked = sorted(experiments, key=settings.training_priority, reverse=True)
+    assert set(ranked[: len(starting_points)]) == starting_points
+    rest = [len(experiments[name].seeds) for name in ranked[len(starting_points):]]
+    assert rest == sorted(rest, reverse=True)

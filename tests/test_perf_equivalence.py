@@ -158,15 +158,48 @@ def test_task_loss_and_gradient_equal_the_concatenated_computation(loss_config):
         loss, parts = task.loss(model, records())
     expected, expected_parts = loss_and_parts(model, loss_config, share_prompt=False)
     if loss_config.needs_gen:
-        # prompts, pair, then y_gen with and without autograd: on this batch f(r) is zero on
-        # some rows (r > 0) and not on others
-        assert counter.calls == 4
+        # prompts, pair, then y_gen with autograd on the rows f(r) weighs; on this batch f(r)
+        # is zero on some rows (r > 0), whose y_gen is not scored (not tracked)
+        assert counter.calls == 3
     else:
         assert counter.calls == 2  # prompts once, then the pair
     assert torch.allclose(loss, expected, atol=1e-6, rtol=1e-5)
     assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     got = param_grads(model, loss)
     assert torch.allclose(got, param_grads(model, expected), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_config", [c for c in LOSSES if c.needs_gen], ids=lambda c: c.name)
+def test_untracked_gen_gives_the_tracked_loss_and_gradient(loss_config):
+    """Without ``track_gen`` y_gen is scored only where f(r) > 0: one forward fewer, the same
+    loss, parts and gradient; y_gen's own parts are not logged (they would cover some rows only)."""
+    model = tiny_causal_lm("llama")
+    tracked, untracked = make_task(loss_config, track_gen=True), make_task(loss_config, track_gen=False)
+    with count_forwards(model) as counter:
+        loss_t, parts_t = tracked.loss(model, records())
+    assert counter.calls == 4  # prompts, pair, y_gen with and without autograd
+    with count_forwards(model) as counter:
+        loss_u, parts_u = untracked.loss(model, records())
+    assert counter.calls == 3
+    assert torch.allclose(loss_u, loss_t, atol=1e-6, rtol=1e-5)
+    assert {"logp_gen", "reward_gen"} <= parts_t.keys()
+    assert parts_u.keys() == parts_t.keys() - {"logp_gen", "reward_gen"}
+    for key in parts_u:
+        assert torch.allclose(parts_u[key], parts_t[key], atol=1e-5, rtol=1e-5), key
+    assert torch.allclose(param_grads(model, loss_u), param_grads(model, loss_t), atol=1e-6, rtol=1e-4)
+
+
+def test_untracked_gen_with_no_penalized_row_scores_no_gen():
+    model = tiny_causal_lm("llama")
+    quiet = replace(LOSSES[1], alpha=0.0)  # f(r) never weighs y_gen
+    batch = collate(records())
+    with count_forwards(model) as counter:
+        policy, reference, _ = policy_logps(model, batch, quiet, track_gen=False, pad=PAD)
+    assert counter.calls == 2  # prompts, pair
+    assert torch.equal(policy.gen, reference.gen) and not policy.gen_scored.any()
+    assert not policy.gen_token_mask.any()
+    loss, parts = preference_loss(policy, reference, quiet)
+    assert torch.isfinite(loss) and parts["penalty"].item() == 0.0
 
 
 def pair_and_gen(model, prompts, mask, share_prompt=True):

@@ -63,7 +63,7 @@ def test_training_logs_every_loss_part_per_step_and_seed(tiny_model_dir, pref_fi
     cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet", batch_size=4)
     experiment = Experiment(name="unll-test", loss=LossSettings(name="unll", alpha=0.5, f="sqrt"),
                             optim=OptimSettings(lr=1e-3, epochs=2, batch_size=4), seeds=(0, 1), probe_rows=3,
-                            probe_every=4)
+                            probe_every=4, track_gen=True)
     experiment_job(experiment.to_dict(), str(tiny_model_dir), str(pref_file), str(ygen_file), str(tmp_path / "ref.parquet"),
                    out_dir=str(tmp_path / "model"), metrics_file=str(tmp_path / "m.jsonl"),
                    checkpoint_dir=str(tmp_path / "ckpt"), subset_seed=0, trust_remote_code=False)

@@ -257,19 +257,23 @@ def _check_head_slicing(model, logits: Tensor, scored: Tensor) -> None:
 
 
 def gated_logps(scorer: ResponseScorer, responses: list[list[int]], needs_grad: list[bool],
-                token_logps: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                token_logps: bool, scored: list[bool] | None = None
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(sums (B,), per-token log-probs (B, T) or None, their mask or None) of one response per
-    prompt, scored with autograd only on the rows ``needs_grad`` marks.
+    prompt, scored with autograd only on the rows ``needs_grad`` marks, and not at all on rows
+    ``scored`` marks False (their sums and tokens are 0, their mask all False).
 
     The DPPO penalties weight y_gen by f(r), and r depends on y_w and y_l only: a row with a zero
     weight gives y_gen no gradient, so building its graph (forward activations and backward)
-    there is wasted. Values equal one full pass's up to float rounding."""
+    there is wasted, and when y_gen's log-prob is not logged either its forward is too. Values
+    equal one full pass's up to float rounding."""
     device = scorer.device
+    scored = scored if scored is not None else [True] * len(responses)
     width = max(len(r) for r in responses)
     sums = torch.zeros(len(responses), dtype=torch.float32, device=device)
     tokens = torch.zeros((len(responses), width), dtype=torch.float32, device=device)
     for grad in (True, False):
-        rows = [b for b in range(len(responses)) if needs_grad[b] == grad]
+        rows = [b for b in range(len(responses)) if scored[b] and needs_grad[b] == grad]
         if not rows:
             continue
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -281,7 +285,7 @@ def gated_logps(scorer: ResponseScorer, responses: list[list[int]], needs_grad: 
             tokens = tokens.index_put((index,), padded)
     if not token_logps:
         return sums, None, None
-    lengths = torch.tensor([len(r) for r in responses], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(r) if s else 0 for r, s in zip(responses, scored)], dtype=torch.long, device=device)
     mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
     return sums, tokens, mask
 

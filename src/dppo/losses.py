@@ -65,6 +65,9 @@ class ResponseLogps:
     gen_len: Tensor | None = None
     gen_token_logps: Tensor | None = None  # (B, T), padded
     gen_token_mask: Tensor | None = None  # (B, T) bool, True on real tokens
+    # (B,) bool, False on rows whose y_gen was not scored because no penalty fires there (their
+    # `gen` is the reference's); None: every row scored.
+    gen_scored: Tensor | None = None
 
 
 # ------------------------------------------------------------------- weightings f(r)
@@ -348,7 +351,8 @@ def preference_loss(
     Parts: loss, dpo (plain DPO value, for comparison under every loss), penalty (the
     loss's penalty/regularizer term; conll: its excess over dpo), reward_chosen,
     reward_rejected, margin (beta D(.), chosen - rejected), r, f_r, frac_r_neg,
-    reward_acc, logp_chosen, logp_rejected, and reward_gen / logp_gen when y_gen is given.
+    reward_acc, logp_chosen, logp_rejected, and reward_gen / logp_gen when y_gen is scored on every
+    row.
     ``trig``: the step's trigger when already computed (it gated y_gen's scoring).
     """
     terms = loss_terms(policy, reference, cfg, trig)
@@ -371,7 +375,7 @@ def preference_loss(
             "logp_chosen": _float(policy.chosen).mean(),
             "logp_rejected": _float(policy.rejected).mean(),
         }
-        if terms.d_gen is not None:
+        if terms.d_gen is not None and (policy.gen_scored is None or bool(policy.gen_scored.all())):
             parts["reward_gen"] = (cfg.beta * terms.d_gen).mean()
             parts["logp_gen"] = _float(policy.gen).mean()
         if cfg.needs_gen:

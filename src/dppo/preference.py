@@ -56,8 +56,10 @@ def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
                  pad: int) -> tuple[ResponseLogps, ResponseLogps, Trigger]:
     """The policy's and the cached reference's log-probs of one batch, and its trigger.
 
-    y_gen is scored when the loss penalizes it (with autograd on the rows whose alpha f(r) is
-    not zero) or when it is only tracked (``track_gen``: no autograd, for the dynamics figure)."""
+    y_gen is scored with autograd on the rows where the loss penalizes it (alpha f(r) not zero).
+    With ``track_gen`` it is also scored, without autograd, on every other row, so that its
+    log-prob can be logged; without, those rows are not scored at all and carry the reference's
+    log-prob (D(y_gen) = 0; their penalty weight is zero, so the loss is the same)."""
     rows = batch["rows"]
     prompts = [row["prompt_ids"] for row in rows]
     pairs = [[row["chosen_ids"], row["rejected_ids"]] for row in rows]
@@ -74,14 +76,18 @@ def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
     if not with_gen:
         return as_response_logps(pair), reference, trig
     needs_grad = trig.penalized(cfg).tolist() if cfg.needs_gen else [False] * len(rows)
+    scored = [True] * len(rows) if track_gen else needs_grad
     token_level = cfg.token_level
-    gen_sums, gen_tokens, gen_mask = gated_logps(scorer, gens, needs_grad, token_level)
+    gen_sums, gen_tokens, gen_mask = gated_logps(scorer, gens, needs_grad, token_level, scored)
+    scored_mask = torch.tensor(scored, dtype=torch.bool, device=scorer.device)
+    gen_sums = torch.where(scored_mask, gen_sums, batch["ref_gen"])
     both = ResponseBatchLogps(
         sums=torch.cat([pair.sums, gen_sums.unsqueeze(1)], dim=1),
         lengths=torch.tensor([[len(r) for r in group] for group in responses], dtype=torch.long, device=scorer.device),
         token_logps=gen_tokens, token_mask=gen_mask, token_logps_for=2 if token_level else None,
     )
     policy = as_response_logps(both)
+    policy.gen_scored = None if track_gen else scored_mask
     reference.gen, reference.gen_len = batch["ref_gen"], policy.gen_len
     return policy, reference, trig
 

@@ -67,6 +67,7 @@ rule train_preference:
     log:
         "logs/train_preference/{name}.log",
     threads: threads_of("train_preference")
+    priority: lambda wc: S.training_priority(wc.name)
     resources:
         **res("train_preference"),
     benchmark:
