@@ -65,7 +65,7 @@ def test_nonfinite_loss_stops_with_step_experiment_and_parts(tmp_path, tiny_mode
         train(tmp_path, tiny_model_dir, rows, loss="minll")
     message = str(err.value)
     assert message.startswith("non-finite loss at step 1 of 'nan_probe': loss=nan, dpo=nan")
-    assert "penalty=" in message and "reward_chosen=nan" in message and "logp_gen=" in message
+    assert "penalty=" in message and "reward_chosen=nan" in message and "grad_weight_penalty=" in message
     assert not list((tmp_path / "ckpt").glob("run-*/final"))  # no model
 
 

@@ -54,8 +54,9 @@ def _pair_rows(members: torch.Tensor, n_pairs: int) -> slice | torch.Tensor:
 
 
 def _select(logps: ResponseLogps, rows: slice | torch.Tensor) -> ResponseLogps:
-    """The rows ``rows`` of every tensor of ``logps``."""
-    return ResponseLogps(**{f.name: getattr(logps, f.name)[rows] for f in dataclasses.fields(logps)})
+    """The rows ``rows`` of every tensor of ``logps`` (a field that is None stays None)."""
+    values = {f.name: getattr(logps, f.name) for f in dataclasses.fields(logps)}
+    return ResponseLogps(**{name: None if value is None else value[rows] for name, value in values.items()})
 
 
 def _all_finite(values: torch.Tensor) -> torch.Tensor:
