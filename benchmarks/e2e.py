@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from common import machine, work_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = re.compile(r"^dppo-timing (\{.*\})$", re.M)
@@ -93,11 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", help="a commit to run right after this tree, on the same machine")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="dppo_e2e_"))
-    load = os.getloadavg()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load average at start "
-          f"{load:.2f}; snakemake --cores 2 all on each tree's config.yaml, fresh directories", flush=True)
-    try:
+    print(f"machine: {machine()}; snakemake --cores 2 all on each tree's config.yaml, fresh directories", flush=True)
+    with work_directory("dppo_e2e_", keep=args.keep) as work:
         results = {"this tree": run_tree(ROOT, work / "this", [])}
         print(table("this tree", results["this tree"]), flush=True)
         if args.baseline:
@@ -107,11 +103,6 @@ def main(argv=None) -> int:
             ratio = results["this tree"]["wall_s"] / results[args.baseline]["wall_s"]
             print(f"wall time, this tree / {args.baseline}: {ratio:.2f}")
         (ROOT / "benchmarks" / "e2e.json").write_text(json.dumps(results, indent=1) + "\n")
-    finally:
-        if args.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

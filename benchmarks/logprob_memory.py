@@ -18,16 +18,15 @@ path's summed log-probs and every parameter gradient on the initial model.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from common import fmt, has_trl, machine, proc_status_kib, publish, work_directory, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_PATH = ROOT / "benchmarks" / "logprob_memory.csv"
@@ -144,14 +143,6 @@ def dpo_loss(sums, ref, beta: float = 0.1):
 # ----------------------------------------------------------------------------- workers
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _sums_fn(args, name):
     if name == "today":
         return today_sums
@@ -166,7 +157,7 @@ def worker_ours(args, name: str, rows: list[dict]) -> dict:
     ref = torch.tensor([[r["ref_chosen"], r["ref_rejected"]] for r in rows])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sums_fn = _sums_fn(args, name)
-    baseline = _status_kib("VmRSS")
+    baseline = proc_status_kib("VmRSS")
     times, first = [], None
     for _ in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -226,7 +217,7 @@ def worker_trl(args, rows: list[dict], workdir: Path) -> dict:
         precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=False,
     )
     timer = StepTimer()
-    baseline = _status_kib("VmRSS")
+    baseline = proc_status_kib("VmRSS")
     trainer = PreTokenizedDPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                                      callbacks=[timer])
     trainer.train()
@@ -281,7 +272,7 @@ def run_worker(args) -> None:
     else:
         result = worker_ours(args, args.worker, rows)
     if "baseline_kib" in result:
-        peak = _status_kib("VmHWM")
+        peak = proc_status_kib("VmHWM")
         times = result.pop("times")
         result.update(peak_rss_mib=peak / 1024, peak_rss_delta_mib=(peak - result.pop("baseline_kib")) / 1024,
                       step_s=statistics.median(times), step_times=times)
@@ -333,7 +324,6 @@ def run_variant(args, name: str, workdir: Path) -> dict:
 def settings_header(args, info: dict) -> str:
     import torch
 
-    load = os.getloadavg()
     return (
         f"model: random Qwen2 (config only), hidden {args.hidden}, {args.layers} layers, 4 heads (2 kv), "
         f"intermediate {4 * args.hidden}, vocab {args.vocab}, {'tied' if info['tied'] else 'untied'} LM head, "
@@ -345,8 +335,7 @@ def settings_header(args, info: dict) -> str:
         f"step: DPO sigmoid beta 0.1, precomputed reference log-probs, backward, clip 1.0, AdamW lr 1e-4; "
         f"median of {args.steps} steps after {args.warmup} warm-up; chunked tiles {args.chunks[0]}x{args.chunks[1]}, "
         f"chunked_small {args.small_chunks[0]}x{args.small_chunks[1]}\n"
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus (shared with other jobs), "
-        f"torch {torch.__version__}, {args.threads} thread(s), load average at start {load[0]:.2f}\n"
+        f"machine: {machine()} (shared with other jobs); torch {torch.__version__}, {args.threads} thread(s)\n"
     )
 
 
@@ -383,23 +372,10 @@ def format_table(results: dict, check: dict | None) -> str:
     return "\n".join(lines)
 
 
-def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def write_csv(path: Path, results: dict, header: str) -> None:
-    fields = ["variant", "description", "peak_rss_delta_mib", "peak_rss_mib", "step_s", "step_times", "loss",
-              "logps_chosen", "logps_rejected", "settings", "error"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        for line in header.splitlines():
-            fh.write(f"# {line}\n")
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for name, r in results.items():
-            writer.writerow({"variant": name, "description": VARIANTS[name], **r,
-                             "step_times": json.dumps(r.get("step_times")) if "step_times" in r else "",
-                             "settings": json.dumps(r.get("settings")) if "settings" in r else ""})
+def write_results(path: Path, results: dict, header: str) -> None:
+    write_csv(path, results, header, "variant", VARIANTS,
+              ["peak_rss_delta_mib", "peak_rss_mib", "step_s", "step_times", "loss", "logps_chosen",
+               "logps_rejected", "settings", "error"], json_fields=("step_times", "settings"))
 
 
 def main(argv=None) -> int:
@@ -408,16 +384,14 @@ def main(argv=None) -> int:
         run_worker(args)
         return 0
     names = args.only or [*VARIANTS, "check"]
-    import shutil
 
-    workdir = Path(tempfile.mkdtemp(prefix="dppo_logprob_mem_"))
-    try:
+    with work_directory("dppo_logprob_mem_") as workdir:
         info = prepare(args, workdir)
         header = settings_header(args, info)
         print(header, flush=True)
         results, check = {}, None
         for name in names:
-            if name == "trl" and not _has_trl():
+            if name == "trl" and not has_trl():
                 results[name] = {"error": 'TRL not installed (pip install -e ".[bench]")'}
                 continue
             print(f"running {name} ...", flush=True)
@@ -427,19 +401,8 @@ def main(argv=None) -> int:
                 check = result
             else:
                 results[name] = result
-        table = format_table(results, check)
-        print("\n" + header + "\n" + table)
-        write_csv(args.csv, results, header + table)
-        print(f"\nwrote {args.csv}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        publish(header, format_table(results, check), write_results, args.csv, results)
     return 0
-
-
-def _has_trl() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("trl") is not None
 
 
 if __name__ == "__main__":

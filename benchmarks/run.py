@@ -16,16 +16,15 @@ data, batch size and number of steps, with ``torch.set_num_threads(--threads)``;
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import fmt, has_trl, machine, proc_status_kib, publish, work_directory, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_CSV = ROOT / "benchmarks" / "results.csv"
@@ -135,22 +134,12 @@ def build_inputs(args, workdir: Path) -> None:
 # ----------------------------------------------------------------------------- workers
 
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _rss_now_kib() -> int:
-    return _proc_status_kib("VmRSS")
+    return proc_status_kib("VmRSS")
 
 
 def _peak_rss_kib() -> int:
-    # VmHWM belongs to this process image; getrusage's ru_maxrss would carry the parent's peak
-    # over the fork + exec of the subprocess.
-    return _proc_status_kib("VmHWM")
+    return proc_status_kib("VmHWM")
 
 
 def _step_timer():
@@ -373,7 +362,6 @@ def run_workflow_row(name: str, workdir: Path) -> dict:
 def settings_header(args, info: dict) -> str:
     import torch
 
-    load = os.getloadavg()
     return (
         f"model: Llama, hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
         f"{info['num_attention_heads']} heads ({info['num_key_value_heads']} kv), intermediate "
@@ -383,9 +371,7 @@ def settings_header(args, info: dict) -> str:
         f"{args.response_len[0]}-{args.response_len[1]} tokens (uniform); batch {args.batch_size}; "
         f"{args.warmup} warm-up steps (own rows), then one timed epoch of {args.steps} optimizer steps; "
         f"AdamW lr 1e-4 constant\n"
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch "
-        f"{torch.__version__}, {args.threads} torch thread(s) per row, load average at start "
-        f"{load[0]:.2f}\n"
+        f"machine: {machine()}; torch {torch.__version__}, {args.threads} torch thread(s) per row\n"
     )
 
 
@@ -411,22 +397,10 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def write_csv(path: Path, results: dict, header: str) -> None:
-    fields = ["row", "description", "steps_per_s", "tokens_per_s", "seconds", "peak_rss_mib",
-              "peak_rss_delta_mib", "first_loss", "settings", "error"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        for line in header.splitlines():
-            fh.write(f"# {line}\n")
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for name, r in results.items():
-            writer.writerow({"row": name, "description": ROWS[name][1], **r,
-                             "settings": json.dumps(r.get("settings")) if "settings" in r else ""})
+def write_results(path: Path, results: dict, header: str) -> None:
+    write_csv(path, results, header, "row", {name: row[1] for name, row in ROWS.items()},
+              ["steps_per_s", "tokens_per_s", "seconds", "peak_rss_mib", "peak_rss_delta_mib", "first_loss",
+               "settings", "error"])
 
 
 def main(argv=None) -> int:
@@ -435,37 +409,22 @@ def main(argv=None) -> int:
         run_worker(args)
         return 0
     names = args.only or list(ROWS)
-    workdir = Path(tempfile.mkdtemp(prefix="dppo_bench_"))
-    try:
+    with work_directory("dppo_bench_", keep=args.keep) as workdir:
         build_inputs(args, workdir)
         info = json.loads((workdir / "model_info.json").read_text())
         header = settings_header(args, info)
         print(header, flush=True)
         results = {}
         for name in names:
-            if name.startswith("trl") and not _has_trl():
+            if name.startswith("trl") and not has_trl():
                 results[name] = {"error": 'TRL not installed (pip install -e ".[bench]")'}
                 continue
             print(f"running {name} ...", flush=True)
             kind = ROWS[name][0]
             results[name] = run_workflow_row(name, workdir) if kind == "workflow" else run_row(args, name, workdir)
             print(f"  {results[name]}", flush=True)
-        table = format_table(results)
-        print("\n" + header + "\n" + table)
-        write_csv(args.csv, results, header + table)
-        print(f"\nwrote {args.csv}")
-    finally:
-        if args.keep:
-            print(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        publish(header, format_table(results), write_results, args.csv, results)
     return 0
-
-
-def _has_trl() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("trl") is not None
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_hparam_search_panels_and_lines(tmp_path):
         xs = sorted(lines[0].lines[0].get_xdata())  # dodged by a factor 10**-0.02
         assert xs == pytest.approx(np.array([0.01, 0.1, 1.0]) * 10 ** -0.02)
         assert ax.get_xscale() == "log"  # alphas span a factor of 100
-        dashed = [l for l in ax.get_lines() if l.get_linestyle() == "--"]
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert dashed and dashed[0].get_ydata()[0] == pytest.approx(0.62)  # DPO
     _check_files(tmp_path, fig, "hparam_search")
 

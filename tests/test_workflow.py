@@ -98,7 +98,9 @@ def test_tiny_end_to_end_run_produces_every_result(tiny_run):
         assert metrics and all(key in metrics[0] for key in ("loss", "dpo", "logp_chosen", "logp_rejected", "grad_norm",
                                                              "seed"))
     unll_metrics = (tiny_run / "results/metrics/unll.jsonl").read_text().splitlines()
-    assert all(json.loads(line)["logp_gen"] is not None for line in unll_metrics)
+    # y_gen's log-prob: logged on the fixed probe rows (every step here), not per batch (track_gen off)
+    assert all(json.loads(line)["probe_logp_gen"] is not None for line in unll_metrics)
+    assert all("grad_weight_penalty" in json.loads(line) for line in unll_metrics)
     assert sorted({json.loads(line)["seed"] for line in unll_metrics}) == [0, 1]
     for fig in ("hparam_search", "paradigms", "differences", "reward_hist", "data_efficiency", "dynamics", "length_dist"):
         assert (tiny_run / f"paper/figures/{fig}.pdf").stat().st_size > 0

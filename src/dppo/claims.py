@@ -183,23 +183,24 @@ def test_claims(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSe
     else:
         rows.append(_not_tested("negative", "claims.dppo names no experiment"))
 
+    def beats(claim: str, a: str, b: str, which: str) -> dict:
+        """``a`` has a higher win rate against SFT than ``b`` (``which`` says what each is)."""
+        result = difference(prompts, a, b, "win", settings)
+        test = f"paired difference in win rate against SFT ({which}); holds if the interval lies above 0, refuted if below 0"
+        return _claim(claim, test, a, b, "win", result, better_verdict(result["low"], result["high"]), settings.level,
+                      win_rates)
+
     if claims.small_subset in names and baseline in names:
-        result = difference(prompts, claims.small_subset, baseline, "win", settings)
-        test = ("paired difference in win rate against SFT (unlikelihood on the subset minus DPO on every row); holds "
-                "if the interval lies above 0, refuted if below 0")
-        rows.append(_claim("efficiency", test, claims.small_subset, baseline, "win", result,
-                           better_verdict(result["low"], result["high"]), settings.level, win_rates))
+        rows.append(beats("efficiency", claims.small_subset, baseline,
+                          "unlikelihood on the subset minus DPO on every row"))
     else:
         rows.append(_not_tested("efficiency", "claims.small_subset names no experiment"))
 
     others = win_rates[win_rates["name"] != claims.chained]
     if claims.chained in names and len(others):
         best_other = others.loc[others["win_rate"].idxmax(), "name"]
-        result = difference(prompts, claims.chained, best_other, "win", settings)
-        test = ("paired difference in win rate against SFT (chained run minus the best other run of the grid, "
-                "picked by win rate); holds if the interval lies above 0, refuted if below 0")
-        rows.append(_claim("chained", test, claims.chained, best_other, "win", result,
-                           better_verdict(result["low"], result["high"]), settings.level, win_rates))
+        rows.append(beats("chained", claims.chained, best_other,
+                          "chained run minus the best other run of the grid, picked by win rate"))
     else:
         rows.append(_not_tested("chained", "claims.chained names no experiment"))
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))

@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 log = logging.getLogger(__name__)
 
 

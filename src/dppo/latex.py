@@ -1,5 +1,5 @@
 """LaTeX text helpers shared by every generated table and macro file: escaping, macro names
-(letters only), number formatting and the ``\\newcommand`` file."""
+(letters only), number formatting, booktabs tables and the ``\\newcommand`` file."""
 
 from __future__ import annotations
 
@@ -87,3 +87,21 @@ def latex_number(value: float) -> str:
         return f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}"
     mantissa, exponent = f"{value:.1e}".split("e")
     return rf"\ensuremath{{{mantissa}\times 10^{{{int(exponent)}}}}}"
+
+
+# Typeset into box 0 first, then shrink it to the line width only if it is wider (\resizebox
+# needs graphicx; without it the table keeps its natural width).
+_FIT_TO_WIDTH = r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi"
+
+
+def booktabs_table(columns: str, header: str, body: list, caption: str, label: str, env: str = "table",
+                   placement: str = "", fit: bool = True) -> str:
+    """A booktabs table. ``body``: rows, each a list of cells (already LaTeX) or a line as is
+    (``\\midrule``); ``fit``: shrunk to the line width when wider."""
+    lines = [rf"\begin{{{env}}}{placement}", r"\centering", r"\small"]
+    lines += [r"\setbox0=\hbox{%"] if fit else []
+    lines += [rf"\begin{{tabular}}{{{columns}}}", r"\toprule", header + r" \\", r"\midrule"]
+    lines += [" & ".join(row) + r" \\" if isinstance(row, list) else row for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}}%", _FIT_TO_WIDTH] if fit else [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\caption{" + caption + "}", r"\label{" + label + "}", rf"\end{{{env}}}"]
+    return "\n".join(lines) + "\n"

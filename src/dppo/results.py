@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from dppo.io import atomic_output_file
-from dppo.latex import latex_escape
+from dppo.latex import booktabs_table, latex_escape
 
 EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "unll_level", "n_train",
                       "seeds", "init")
@@ -107,36 +107,24 @@ def latex_table(df: pd.DataFrame, caption: str, label: str = "tab:win-rates", di
     """A booktabs table of :func:`win_rate_table`'s rows: a first line for the SFT model (its
     share of negative rewards), then the experiments with a ``\\midrule`` between groups."""
     header = (r"Experiment & $\alpha$ & $n_{\mathrm{train}}$ & seeds & Win rate & 95\% CI & $\Delta$ vs.\ baseline"
-              r" & 95\% CI & MDE & Neg.\ share & $\Delta$ neg. & 95\% CI \\")
-    lines = [
-        r"\begin{table}", r"\centering", r"\small",
-        # Typeset into a box first, to shrink it to the line width only if it is wider.
-        r"\setbox0=\hbox{%", r"\begin{tabular}{lrrrrcrcrrrc}", r"\toprule", header, r"\midrule",
-    ]
+              r" & 95\% CI & MDE & Neg.\ share & $\Delta$ neg. & 95\% CI")
+    body: list = []
     if len(df):
-        cells = [r"\texttt{sft}", "--", "--", "--", "--", "--", "--", "--", "--",
-                 _number(df.iloc[0]["frac_negative_reference"], digits), "--", "--"]
-        lines += [" & ".join(cells) + r" \\", r"\midrule"]
+        body += [[r"\texttt{sft}", "--", "--", "--", "--", "--", "--", "--", "--",
+                  _number(df.iloc[0]["frac_negative_reference"], digits), "--", "--"], r"\midrule"]
     previous_group = None
     for row in df.to_dict("records"):
         if previous_group is not None and row.get("group") != previous_group:
-            lines.append(r"\midrule")
+            body.append(r"\midrule")
         previous_group = row.get("group")
-        cells = [
+        body.append([
             r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row.get("alpha")), _plain(row.get("n_train")),
             _plain(row.get("n_seeds")), _number(row["win_rate"], digits), _interval(row, "win_rate", digits),
             _number(row.get("d_win_rate"), digits), _interval(row, "d_win_rate", digits),
             _number(row.get("d_win_rate_mde"), digits), _number(row["frac_negative"], digits),
             _number(row.get("d_frac_negative"), digits), _interval(row, "d_frac_negative", digits),
-        ]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [
-        r"\bottomrule", r"\end{tabular}}%",
-        # \resizebox needs graphicx; without it the table keeps its natural width.
-        r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi",
-        r"\caption{" + caption + "}", r"\label{" + label + "}", r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
+        ])
+    return booktabs_table("lrrrrcrcrrrc", header, body, caption, label)
 
 
 # ----------------------------------------------------------------------------- claims, penalty scale
@@ -145,25 +133,28 @@ CLAIMS = "results/tables/claims.csv"
 PENALTY_SCALE = "results/tables/penalty_scale.csv"
 
 
-def write_claims(table: pd.DataFrame, csv_path, tex_path) -> None:
-    """The verdicts on the poster's claims (:func:`dppo.claims.test_claims`): CSV and LaTeX."""
+def _write_csv_and_tex(table: pd.DataFrame, csv_path, tex_path, tex: str) -> None:
     with atomic_output_file(csv_path) as tmp:
         table.to_csv(tmp, index=False)
-    lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.23\textwidth}p{0.36\textwidth}rccr}",
-             r"\toprule", r"Claim & Test & Difference & Interval & MDE & Verdict \\", r"\midrule"]
+    with atomic_output_file(tex_path) as tmp:
+        tmp.write_text(tex)
+
+
+def write_claims(table: pd.DataFrame, csv_path, tex_path) -> None:
+    """The verdicts on the poster's claims (:func:`dppo.claims.test_claims`): CSV and LaTeX."""
+    body = []
     for row in table.to_dict("records"):
         tested = row["verdict"] != "not tested"
         interval = f"[{row['low']:+.3f}, {row['high']:+.3f}]" if tested else "--"
-        cells = [latex_escape(row["statement"]), latex_escape(row["test"]),
-                 f"{row['diff']:+.3f}" if tested else "--", interval, f"{row['mde']:.3f}" if tested else "--",
-                 r"\textbf{" + latex_escape(row["verdict"]) + "}"]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}",
-              r"\caption{The poster's claims, each with its test on the same held-out prompts (per prompt the mean "
-              r"over seeds), its paired difference, the bootstrap interval, the minimum detectable difference (80\% "
-              r"power) and the verdict.}", r"\label{tab:claims}", r"\end{table*}"]
-    with atomic_output_file(tex_path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        body.append([latex_escape(row["statement"]), latex_escape(row["test"]),
+                     f"{row['diff']:+.3f}" if tested else "--", interval, f"{row['mde']:.3f}" if tested else "--",
+                     r"\textbf{" + latex_escape(row["verdict"]) + "}"])
+    caption = (r"The poster's claims, each with its test on the same held-out prompts (per prompt the mean over "
+               r"seeds), its paired difference, the bootstrap interval, the minimum detectable difference (80\% "
+               r"power) and the verdict.")
+    tex = booktabs_table(r"p{0.23\textwidth}p{0.36\textwidth}rccr", r"Claim & Test & Difference & Interval & MDE & Verdict",
+                         body, caption, "tab:claims", env="table*", placement="[t]", fit=False)
+    _write_csv_and_tex(table, csv_path, tex_path, tex)
 
 
 def read_claims(path) -> pd.DataFrame:
@@ -172,22 +163,14 @@ def read_claims(path) -> pd.DataFrame:
 
 def write_penalty_scale(table: pd.DataFrame, csv_path, tex_path) -> None:
     """The penalty's gradient weight against DPO's (:func:`dppo.penalty_scale.penalty_scale`)."""
-    with atomic_output_file(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\setbox0=\hbox{%", r"\begin{tabular}{lrrrr}",
-             r"\toprule", r"Experiment & $\alpha$ & ratio, first epoch & where it fires & over training \\",
-             r"\midrule"]
-    for row in table.to_dict("records"):
-        cells = [r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row["alpha"]), _number(row["ratio_first"], 2),
-                 _number(row["ratio_first_fired"], 2), _number(row["ratio_mean"], 2)]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}%",
-              r"\ifdim\wd0>\linewidth\ifdefined\resizebox\resizebox{\linewidth}{!}{\box0}\else\box0\fi\else\box0\fi",
-              r"\caption{Penalty scale: the penalty's gradient weight per $\ygen$ token over the DPO term's per $y_w$ "
-              r"token, over the first epoch (the policy still near the SFT model, every row seen once; all rows, and "
-              r"the rows where the penalty fires) and over all of training.}", r"\label{tab:penalty-scale}", r"\end{table}"]
-    with atomic_output_file(tex_path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    body = [[r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row["alpha"]), _number(row["ratio_first"], 2),
+             _number(row["ratio_first_fired"], 2), _number(row["ratio_mean"], 2)] for row in table.to_dict("records")]
+    caption = (r"Penalty scale: the penalty's gradient weight per $\ygen$ token over the DPO term's per $y_w$ token, "
+               r"over the first epoch (the policy still near the SFT model, every row seen once; all rows, and the "
+               r"rows where the penalty fires) and over all of training.")
+    tex = booktabs_table("lrrrr", r"Experiment & $\alpha$ & ratio, first epoch & where it fires & over training", body,
+                         caption, "tab:penalty-scale", placement="[t]")
+    _write_csv_and_tex(table, csv_path, tex_path, tex)
 
 
 def read_penalty_scale(path) -> pd.DataFrame:
