@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 TORCH := torch==2.13.0
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,11 @@ run: install
 	$(VENV)/bin/snakemake --cores 2 all
 
 # -rs: tests that need an optional part (the vLLM environment, the SmolLM2 model) say why they skip.
+# `long` tests run a shipped config's whole grid (minutes each): test-all and CI run them too.
 test: install
+	$(VENV)/bin/python -m pytest -q -rs -m "not long"
+
+test-all: install
 	$(VENV)/bin/python -m pytest -q -rs
 
 bench: install

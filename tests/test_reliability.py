@@ -423,3 +423,12 @@ def test_sigterm_saves_the_current_step_and_stops_without_a_model(tmp_path, tiny
     info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
     assert info["resumed_from"] == str(run_dir / "checkpoint-2") and info["steps"] == 4
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_a_run_no_longer_than_its_warm_up_warns_that_nothing_will_change(tmp_path, tiny_model_dir, tokenizer, caplog):
+    rows = preference_rows(tokenizer, 4)  # one batch: one update, and it is a warm-up step
+    experiment = Experiment(name="one_step", loss=LossSettings(name="dpo"),
+                            optim=OptimSettings(lr=1e-2, batch_size=4, warmup_ratio=0.1, bf16=False), probe_rows=0)
+    with caplog.at_level("WARNING", logger="dppo.trainer"):
+        preference.train_seed(experiment, 0, Path(tiny_model_dir), rows, None, tmp_path / "ckpt", False, max_steps=-1)
+    assert "one_step: every one of its 1 update(s) has learning rate 0" in caplog.text

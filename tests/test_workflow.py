@@ -7,30 +7,18 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from pipeline import ROOT, snakemake
 
 from dppo.config import expand_experiments
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SHIPPED_CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))  # given after config.yaml
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile with ``workdir`` as working directory."""
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
-    return done
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
@@ -72,15 +60,6 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     assert done.returncode != 0
     assert "config key experiments.dpo.zeta: 2 is greater than the maximum of 1" in done.stderr + done.stdout
     assert not (tmp_path / "results").exists()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny config end to end (every stage, figure and table) in a fresh directory."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    shutil.copy(ROOT / "configs" / "tiny.yaml", workdir / "tiny.yaml")
-    snakemake(workdir, "all", "--cores", "2", "--configfile", str(workdir / "tiny.yaml"))
-    return workdir
 
 
 @pytest.mark.slow
@@ -161,3 +140,72 @@ def test_a_changed_experiment_regenerates_and_rescores_only_its_answers(tiny_run
     assert "reward-model loads: 1 (programmatic) for 2 of 7 files" in scored
     for name, table in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(run / f"results/scores/{name}.parquet"), table)
+
+
+TEX_ENGINES = {"latexmk", "pdflatex", "bibtex"}  # what dppo.pdf looks for
+
+
+def _without_tex(tmp_path: Path) -> dict:
+    """An environment whose PATH holds every program of today's PATH but the TeX engines."""
+    bin_dir = tmp_path / "bin-without-tex"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for program in Path(directory).glob("*") if Path(directory).is_dir() else ():
+            link = bin_dir / program.name
+            if program.name not in TEX_ENGINES and not link.exists() and os.access(program, os.X_OK):
+                link.symlink_to(program)
+    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}"}
+
+
+def _smallest(config: dict, rows: int = 120) -> dict:
+    """``config`` at its smallest: every experiment, seed, figure and table, on few rows and steps."""
+    config = json.loads(json.dumps(config))
+    config["synthetic"].update(n_sft_train=200, n_sft_test=20, n_pref_train=rows, n_pref_test=40)
+    config["data"]["pref"]["max_eval_prompts"] = 20
+    config["sft"].update(epochs=1)
+    config["preference_defaults"].update(epochs=1, batch_size=16, probe_rows=8)
+    for experiment in config["experiments"].values():
+        if experiment.get("n_train") is not None:
+            experiment["n_train"] = rows // 3
+    config["win_rate"]["n_boot"] = 200
+    config["toy"].update(seeds=[0], sft_steps=50, steps=20)
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_the_embedded_default_at_its_smallest_runs_through_the_paper_without_tex(tmp_path):
+    """config.yaml's whole grid (every experiment and seed, every figure and table) on few rows,
+    on a machine without TeX: the run succeeds and says how to get the PDF."""
+    config = _smallest(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path, "all", "--cores", "2", "--configfile", str(tmp_path / "small.yaml"), env=_without_tex(tmp_path))
+    table = pd.read_csv(tmp_path / "results/tables/win_rates.csv")
+    assert set(table["name"]) == set(expand_experiments(config))
+    claims = pd.read_csv(tmp_path / "results/tables/claims.csv")
+    assert list(claims["claim"]) == ["alpha", "negative", "efficiency", "chained"]
+    for fig in ("hparam_search", "paradigms", "differences", "dynamics", "toy_dynamics", "toy_grid"):
+        assert (tmp_path / f"paper/figures/{fig}.pdf").stat().st_size > 0
+    assert not (tmp_path / "paper/main.pdf").exists()
+    assert "apt-get install" in (tmp_path / "paper/build.log").read_text()
+
+
+SMOLLM2_DIR = ROOT / ".cache" / "smollm2" / "hf"
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.skipif(not (SMOLLM2_DIR / "model.safetensors").is_file(),
+                    reason=f"SmolLM2-135M-Instruct not converted at {SMOLLM2_DIR}: run `bash .ci/smollm2.sh`")
+def test_the_real_model_config_runs_through_the_paper(tmp_path):
+    """configs/smollm2-cpu.yaml's ``all`` (already its smallest: a few steps per stage) on the real
+    pretrained model; the model path made absolute for the test's own directory."""
+    config = yaml.safe_load((ROOT / "configs" / "smollm2-cpu.yaml").read_text())
+    config["model"]["init"] = str(SMOLLM2_DIR)
+    (tmp_path / "smollm2.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path, "all", "--cores", "2", "--configfile", str(tmp_path / "smollm2.yaml"), timeout=1800)
+    table = pd.read_csv(tmp_path / "results/tables/win_rates.csv")
+    assert set(table["name"]) == set(expand_experiments(config))
+    assert (tmp_path / "paper/tables/macros.tex").stat().st_size > 0
+    if shutil.which("latexmk"):
+        assert (tmp_path / "paper/main.pdf").read_bytes()[:5] == b"%PDF-"

@@ -393,6 +393,11 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     fields = {"seed": record["seed"]} if "seed" in record else {}
 
     total = total_steps(opt, len(rows))
+    if not any(lr_factor(opt, step, total) > 0 for step in range(total)):
+        # Linear warm-up starts at 0 (as in transformers): a run no longer than its warm-up
+        # never changes the weights.
+        log.warning("%s: every one of its %d update(s) has learning rate 0 (warm-up ratio %g); the model will "
+                    "not change", run, total, opt.warmup_ratio)
     per_process, micro = micro_batches(opt)
     lengths = task.lengths() if opt.group_by_length else None
     use_bf16 = opt.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
