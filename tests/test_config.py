@@ -88,6 +88,10 @@ def test_schema_errors_name_the_key(default_config, key, value, expected):
         ("experiments.dpo_small.n_train", 5000, "config key experiments.dpo_small.n_train: 5000 is more than the 1200"),
         ("resources.sft.gpu", -1, "config key resources.sft.gpu: -1 is less than the minimum of 0"),
         ("claims.dppo", "nope", "config key claims.dppo: 'nope' names no experiment"),
+        # found by benchmarks/reliability.py: numpy refuses a negative seed inside the job
+        ("experiments.dpo.seeds", [-1], "config key experiments.dpo.seeds: must be >= 0"),
+        ("tiny_model.num_attention_heads", 5, "config key tiny_model.num_attention_heads: must divide hidden_size 96"),
+        ("tiny_model.num_key_value_heads", 2, "config key tiny_model.num_key_value_heads: must divide"),
     ],
 )
 def test_bad_values_name_the_key(default_config, key, value, expected):

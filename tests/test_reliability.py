@@ -192,6 +192,23 @@ def test_atomic_outputs_respect_the_umask(tmp_path):
     assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o644
 
 
+def test_a_full_disk_is_named_and_leaves_no_output(tmp_path):
+    """torch.save on a full disk says only "unexpected pos ..." or "iostream error": the atomic
+    writers add a note naming the full disk. A real 1 MiB tmpfs (needs root; CI runs as root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises((RuntimeError, OSError)) as err:
+            with io.atomic_output_dir(mount / "checkpoint-1") as tmp:
+                torch.save({"weights": torch.zeros(1 << 20)}, tmp / "optimizer.pt")  # 4 MiB
+        assert any("the disk is probably full" in note for note in getattr(err.value, "__notes__", [])), err.value
+        assert not (mount / "checkpoint-1").exists() and list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def test_partial_outputs_of_a_killed_writer_are_cleaned_by_name(tmp_path):
     (tmp_path / ".model.tmp-abc").mkdir()
     (tmp_path / ".other.tmp-xyz").mkdir()  # another job's write in progress: left alone
@@ -322,6 +339,16 @@ def test_metrics_log_is_cut_back_to_the_resumed_step_and_a_torn_line_dropped(tmp
     path.write_text('{"step": 1}\n{"st')
     trainer.MetricsLog(path, resume_step=9)
     assert path.read_text() == '{"step": 1}\n'
+
+
+def test_undecodable_or_non_record_metrics_lines_are_dropped(tmp_path, caplog):
+    """Found by benchmarks/reliability.py: bytes that are not UTF-8 made every rerun fail."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n\x00\xff\xfe\n[1, 2]\n{"step": 2}\n')
+    with caplog.at_level("WARNING"):
+        trainer.MetricsLog(path, resume_step=2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert "dropping a torn line 2" in caplog.text and "dropping a torn line 3" in caplog.text
 
 
 def test_fault_injection_is_off_unless_the_environment_names_the_run(monkeypatch):

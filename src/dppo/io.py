@@ -63,6 +63,19 @@ def _clean_leftovers(path: Path) -> None:
         log.warning("removed %s, left by a killed write of %s", leftover, path)
 
 
+LOW_SPACE_BYTES = 16 << 20
+
+
+def _note_if_disk_full(err: BaseException, where: Path) -> None:
+    """Some writers fail on a full disk without saying so (torch.save: "unexpected pos ...",
+    "iostream error"): name the cause when the filesystem is (nearly) full."""
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(where).free
+        if free < LOW_SPACE_BYTES:
+            err.add_note(f"{where}: {free // 1024} KiB free on this filesystem: the disk is probably full "
+                         "(nothing was written; free space and rerun)")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path):
     """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``."""
@@ -76,6 +89,9 @@ def atomic_output_dir(out_dir: str | Path):
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+    except Exception as err:
+        _note_if_disk_full(err, out_dir.parent)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -93,6 +109,9 @@ def atomic_output_file(path: str | Path):
         yield Path(tmp)
         share_by_umask(Path(tmp))
         os.replace(tmp, path)
+    except Exception as err:
+        _note_if_disk_full(err, path.parent)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

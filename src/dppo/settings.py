@@ -240,7 +240,7 @@ class OptimSettings(Section):
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_number("max_grad_norm", self.max_grad_norm, above=0)
         check_int("save_steps", self.save_steps, minimum=1)
-        check_int("seed", self.seed)
+        check_int("seed", self.seed, minimum=0)
         for name in ("bf16", "gradient_checkpointing", "group_by_length"):
             check_bool(name, getattr(self, name))
 
@@ -283,7 +283,7 @@ class Experiment:
         if not isinstance(self.seeds, tuple) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise FieldError("seeds", f"must be a list of distinct whole numbers, got {self.seeds!r}")
         for seed in self.seeds:
-            check_int("seeds", seed)
+            check_int("seeds", seed, minimum=0)
         check_bool("track_gen", self.track_gen)
         check_bool("match_full_steps", self.match_full_steps)
         check_int("probe_rows", self.probe_rows, minimum=0)
@@ -361,6 +361,19 @@ class TinyModelSpec(Section):
     max_position_embeddings: int = 256
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        # otherwise the model is built (and fails) inside a job
+        if self.hidden_size % self.num_attention_heads:
+            raise FieldError("num_attention_heads", f"must divide hidden_size {self.hidden_size}, "
+                                                    f"got {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise FieldError("num_key_value_heads", f"must divide num_attention_heads {self.num_attention_heads}, "
+                                                    f"got {self.num_key_value_heads}")
+
 
 @dataclass(frozen=True)
 class TaskSpec(Section):
@@ -418,7 +431,7 @@ class DataSettings:
     def __post_init__(self):
         check_number("max_len_percentile", self.max_len_percentile, above=0, maximum=100)
         check_choice("overlong", self.overlong, ("truncate", "drop"))
-        check_int("subset_seed", self.subset_seed)
+        check_int("subset_seed", self.subset_seed, minimum=0)
 
     @classmethod
     def from_dict(cls, values, where: str = "data") -> "DataSettings":
@@ -492,7 +505,7 @@ class WinRateSettings(Section):
 
     def __post_init__(self):
         check_int("n_boot", self.n_boot, minimum=10)
-        check_int("seed", self.seed)
+        check_int("seed", self.seed, minimum=0)
         check_number("level", self.level, above=0, maximum=0.999)
 
 
@@ -548,7 +561,7 @@ class ToySettings:
         if not self.seeds:
             raise FieldError("seeds", "name at least one seed")
         for seed in self.seeds:
-            check_int("seeds", seed)
+            check_int("seeds", seed, minimum=0)
         for name in ("hidden", "sft_steps", "steps", "pairs_per_prompt"):
             check_int(name, getattr(self, name), minimum=1)
         for name in ("sft_lr", "lr"):

@@ -271,16 +271,20 @@ def run_fingerprint(model, rows: Sequence[dict], opt: OptimSettings, record: dic
 
 class MetricsLog:
     """One JSON line per optimizer step. On resume it is cut back to the checkpoint's step; a
-    torn last line (a kill mid-write) is dropped with a warning."""
+    torn or unreadable line (a kill mid-write, bytes that are not UTF-8 JSON) is dropped with a
+    warning."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
         kept = []
         if resume_step and path.exists():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            for number, raw in enumerate(path.read_bytes().splitlines(), 1):
                 try:
-                    record = json.loads(line)
+                    line = raw.decode("utf-8")
+                    record = json.loads(line)  # UnicodeDecodeError is a ValueError too
                 except ValueError:
+                    record = None
+                if not isinstance(record, dict):
                     log.warning("dropping a torn line %d of %s", number, path)
                     continue
                 if record.get("step", 0) <= resume_step:
