@@ -5,6 +5,7 @@ written ones are discarded by name), torn metrics lines, and the config checks s
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import shutil
@@ -203,10 +204,14 @@ def test_a_full_disk_is_named_and_leaves_no_output(tmp_path):
         with pytest.raises((RuntimeError, OSError)) as err:
             with io.atomic_output_dir(mount / "checkpoint-1") as tmp:
                 torch.save({"weights": torch.zeros(1 << 20)}, tmp / "optimizer.pt")  # 4 MiB
-        assert any("the disk is probably full" in note for note in getattr(err.value, "__notes__", [])), err.value
+        notes, message = getattr(err.value, "__notes__", []), str(err.value)
+        del err  # its traceback holds torch's open file, which keeps the mount busy
+        gc.collect()
+        assert any("the disk is probably full" in note for note in notes), message
         assert not (mount / "checkpoint-1").exists() and list(mount.iterdir()) == []
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        unmounted = subprocess.run(["umount", str(mount)], capture_output=True, text=True)
+    assert unmounted.returncode == 0, unmounted.stderr
 
 
 def test_partial_outputs_of_a_killed_writer_are_cleaned_by_name(tmp_path):
