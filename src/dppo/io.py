@@ -64,15 +64,19 @@ def _clean_leftovers(path: Path) -> None:
 
 
 LOW_SPACE_BYTES = 16 << 20
+DISK_FULL_NOTE = "the disk is probably full"
 
 
 def _note_if_disk_full(err: BaseException, where: Path) -> None:
     """Some writers fail on a full disk without saying so (torch.save: "unexpected pos ...",
-    "iostream error"): name the cause when the filesystem is (nearly) full."""
+    "iostream error"): name the cause when the filesystem is (nearly) full. Once per error:
+    nested writers (a manifest inside a checkpoint directory) see the same one."""
+    if any(DISK_FULL_NOTE in note for note in getattr(err, "__notes__", ())):
+        return
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(where).free
         if free < LOW_SPACE_BYTES:
-            err.add_note(f"{where}: {free // 1024} KiB free on this filesystem: the disk is probably full "
+            err.add_note(f"{where}: {free // 1024} KiB free on this filesystem: {DISK_FULL_NOTE} "
                          "(nothing was written; free space and rerun)")
 
 
