@@ -123,17 +123,24 @@ def with_changes(changes: dict) -> dict:
     return config
 
 
-def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """The repository's Snakefile on ``workdir``, with ``workdir/config.yaml``."""
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            "--cores", "2", *args, "--configfile", str(workdir / "config.yaml")]
+
+
+def job_env(extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", **(extra or {})}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=600, env=job_env())
 
 
 def plan(config: dict, workdir: Path) -> subprocess.CompletedProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    return snakemake(workdir, "-n", "all", "--configfile", str(workdir / "config.yaml"))
+    return snakemake(workdir, "-n", "all")
 
 
 def config_corpus(work: Path) -> list[tuple[str, str, str]]:
@@ -180,41 +187,40 @@ def same_as(workdir: Path, reference: Path) -> bool:
     return all((workdir / p).read_bytes() == (reference / p).read_bytes() for p in (TARGET, *MODELS))
 
 
-def rerun_outcome(workdir: Path, reference: Path) -> tuple[str, str]:
+def job_logs(workdir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in (workdir / "logs").rglob("dpo*.log"))
+
+
+def rerun_outcome(workdir: Path, reference: Path) -> str:
     """Rerun the target (as a resubmitted job would); a second try only after an --unlock."""
-    done = snakemake(workdir, TARGET, "--configfile", str(workdir / "config.yaml"))
-    text = done.stdout + done.stderr
-    if done.returncode != 0 and "LockException" in text:
-        snakemake(workdir, "--unlock", "--configfile", str(workdir / "config.yaml"))
-        done = snakemake(workdir, TARGET, "--configfile", str(workdir / "config.yaml"))
-        text = done.stdout + done.stderr
+    done = snakemake(workdir, TARGET)
+    prefix = ""
+    if done.returncode != 0 and "LockException" in done.stdout + done.stderr:
+        snakemake(workdir, "--unlock")
+        done = snakemake(workdir, TARGET)
         prefix = "after --unlock: "
-    else:
-        prefix = ""
     if done.returncode != 0:
-        again = snakemake(workdir, TARGET, "--configfile", str(workdir / "config.yaml"))
-        return prefix + ("stuck (fails on every rerun)" if again.returncode != 0 else "failed once, then ran"), text
-    logs = "".join(p.read_text(errors="replace") for p in (workdir / "logs").rglob("dpo*.log"))
+        again = snakemake(workdir, TARGET)
+        return prefix + ("stuck (fails on every rerun)" if again.returncode != 0 else "failed once, then ran")
+    logs = job_logs(workdir)
     if not same_as(workdir, reference):
-        return prefix + "ran, but not bit-identical", logs
+        return prefix + "ran, but not bit-identical"
     if "already finished" in logs:
-        return prefix + "kept the seeds finished before the kill (bit-identical)", logs
+        return prefix + "kept the seeds finished before the kill (bit-identical)"
     if "discard" in logs.lower() or "removed" in logs.lower():
-        return prefix + "restarted clean, naming what it discarded (bit-identical)", logs
+        return prefix + "restarted clean, naming what it discarded (bit-identical)"
     if "resum" in logs.lower():
-        return prefix + "resumed bit-identical", logs
-    return prefix + "reran bit-identical", logs
+        return prefix + "resumed bit-identical"
+    return prefix + "reran bit-identical"
 
 
 def start_training(workdir: Path, env: dict | None = None, output=subprocess.DEVNULL) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", TARGET, "--forcerun", "train_preference", "--configfile", str(workdir / "config.yaml")]
-    return subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    cmd = snakemake_cmd(workdir, TARGET, "--forcerun", "train_preference")
+    return subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=job_env(env))
 
 
 def job_process(snakemake_proc: subprocess.Popen, timeout: float = 120) -> psutil.Process | None:
-    """The training job's python process (the newest descendant running a python)."""
+    """The training job's process: the first python below Snakemake (its job shell's child)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and snakemake_proc.poll() is None:
         for child in psutil.Process(snakemake_proc.pid).children(recursive=True):
@@ -233,7 +239,7 @@ def reference_run(work: Path) -> tuple[Path, float]:
     reference = work / "reference"
     reference.mkdir(parents=True)
     (reference / "config.yaml").write_text(yaml.safe_dump(kill_config()))
-    done = snakemake(reference, TARGET, "--configfile", str(reference / "config.yaml"))
+    done = snakemake(reference, TARGET)
     if done.returncode != 0:
         raise SystemExit(f"the uninterrupted reference run failed:\n{done.stderr[-3000:]}")
     start = time.monotonic()
@@ -252,7 +258,7 @@ def kill_corpus(work: Path, reference: Path, job_s: float) -> list[tuple[str, st
         if job is not None and job.is_running():
             job.kill()  # a preemption: no handler runs
         proc.wait(timeout=120)
-        outcome, _ = rerun_outcome(workdir, reference)
+        outcome = rerun_outcome(workdir, reference)
         rows.append(("training SIGKILL", f"job killed at {fraction:.0%} of its run", outcome))
     for fraction in (0.3, 0.7):
         workdir = work / f"kill-snakemake-{fraction}"
@@ -261,7 +267,7 @@ def kill_corpus(work: Path, reference: Path, job_s: float) -> list[tuple[str, st
         time.sleep(fraction * job_s)
         os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, as a lost login session
         proc.wait()
-        outcome, _ = rerun_outcome(workdir, reference)
+        outcome = rerun_outcome(workdir, reference)
         rows.append(("snakemake SIGKILL", f"snakemake and job killed at {fraction:.0%}", outcome))
     return rows
 
@@ -288,8 +294,7 @@ def disk_full_corpus(work: Path, reference: Path) -> list[tuple[str, str, str]]:
                 proc = start_training(workdir, output=output)
                 proc.wait(timeout=300)
                 output.seek(0)
-                said = output.read() + "".join(
-                    p.read_text(errors="replace") for p in (workdir / "logs").rglob("dpo*.log"))
+                said = output.read() + job_logs(workdir)
             first = ("finished" if proc.returncode == 0 else
                      "stopped, saying the disk is full" if ("No space left" in said or "disk is probably full" in said) else
                      "stopped, reason unclear")
@@ -297,7 +302,7 @@ def disk_full_corpus(work: Path, reference: Path) -> list[tuple[str, str, str]]:
             shutil.copytree(workdir, moved, symlinks=True)
         finally:
             subprocess.run(["umount", str(mount)], check=False)
-        outcome, _ = rerun_outcome(moved, reference)
+        outcome = rerun_outcome(moved, reference)
         rows.append(("disk full", f"{headroom_kib} KiB free", f"{first}; then {outcome}"))
     return rows
 
@@ -358,7 +363,7 @@ def corrupt_corpus(work: Path, reference: Path) -> list[tuple[str, str, str]]:
         except (StopIteration, ValueError) as missing:
             rows.append(("corruption", case, f"not applicable ({missing!r})"))
             continue
-        outcome, _ = rerun_outcome(workdir, reference)
+        outcome = rerun_outcome(workdir, reference)
         rows.append(("corruption", case, outcome))
     return rows
 
