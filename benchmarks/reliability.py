@@ -12,7 +12,8 @@ counts outcomes, so the totals of the reliability issue can be measured again on
   a crash is a traceback; accepted means it planned the jobs (right only for the valid controls).
 - **kill**: a DPO job (2 seeds, a checkpoint every step) SIGKILLed from outside at several delays
   after its start (imports, training, checkpoint writes, the final save), then SIGKILL of
-  Snakemake itself; each rerun of the same target must succeed at once, bit-identical (metrics
+  Snakemake itself, then (where the job ran in a warm worker, dppo.warm) the worker's child
+  that trains; each rerun of the same target must succeed at once, bit-identical (metrics
   and weights) to an uninterrupted run.
 - **corrupt**: the job frozen at step 3 and killed, then one file of its state damaged; the
   rerun must succeed at once, bit-identical, saying what it discarded where it discarded.
@@ -23,7 +24,9 @@ counts outcomes, so the totals of the reliability issue can be measured again on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import math
 import os
 import shutil
@@ -233,18 +236,58 @@ def job_process(snakemake_proc: subprocess.Popen, timeout: float = 120) -> psuti
     return None
 
 
+def stopped_in(workdir: Path) -> list[psutil.Process]:
+    """Stopped processes working in ``workdir``: the training job, or the warm worker's child
+    (dppo.warm) that trains for it."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if process.status() == psutil.STATUS_STOPPED and process.cwd() == str(workdir):
+                found.append(process)
+    return found
+
+
+def warm_children_in(workdir: Path) -> list[psutil.Process]:
+    """A warm worker's children (dppo.warm) training for a job in ``workdir``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if "dppo.warm" in (process.info["cmdline"] or []) and process.cwd() == str(workdir):
+                found.append(process)
+    return found
+
+
 def reference_run(work: Path) -> tuple[Path, float]:
-    """The uninterrupted run every case is compared with, and how long its training job takes
-    (to spread the kills over it)."""
+    """The uninterrupted run every case is compared with, and how long its training job's own
+    process lives, start-up and work (its dppo-timing line), to spread the kills over it."""
     reference = work / "reference"
     reference.mkdir(parents=True)
     (reference / "config.yaml").write_text(yaml.safe_dump(kill_config()))
     done = snakemake(reference, TARGET)
     if done.returncode != 0:
         raise SystemExit(f"the uninterrupted reference run failed:\n{done.stderr[-3000:]}")
-    start = time.monotonic()
     start_training(reference).wait()
-    return reference, time.monotonic() - start
+    timing = json.loads(job_logs(reference).rsplit("dppo-timing ", 1)[1].splitlines()[0])
+    return reference, timing["startup_s"] + timing["work_s"]
+
+
+def kill_when(fraction: float, job_s: float, job: psutil.Process | None, find=None) -> bool:
+    """SIGKILL the job's process (or what ``find()`` returns: its warm worker's child) once
+    ``fraction`` of the job's life has passed since the job's process started; False if there
+    was nothing to kill by then."""
+    if job is None:
+        return False
+    with contextlib.suppress(psutil.NoSuchProcess):
+        started = job.create_time()
+        target = job
+        while find is not None and (target := find()) is None:
+            if not job.is_running():
+                return False
+            time.sleep(0.02)
+        time.sleep(max(0.0, fraction * job_s - (time.time() - started)))
+        target.kill()  # a preemption: no handler runs
+        return True
+    return False
 
 
 def kill_corpus(work: Path, reference: Path, job_s: float) -> list[tuple[str, str, str]]:
@@ -253,22 +296,31 @@ def kill_corpus(work: Path, reference: Path, job_s: float) -> list[tuple[str, st
         workdir = work / f"kill-{fraction}"
         shutil.copytree(reference, workdir, symlinks=True)
         proc = start_training(workdir)
-        job = job_process(proc)
-        time.sleep(max(0.0, fraction * job_s - 0.5))
-        if job is not None and job.is_running():
-            job.kill()  # a preemption: no handler runs
+        killed = kill_when(fraction, job_s, job_process(proc))
         proc.wait(timeout=120)
-        outcome = rerun_outcome(workdir, reference)
-        rows.append(("training SIGKILL", f"job killed at {fraction:.0%} of its run", outcome))
+        outcome = rerun_outcome(workdir, reference) if killed else "not run: the job ended first"
+        rows.append(("training SIGKILL", f"job killed at {fraction:.0%} of its life", outcome))
+    for fraction in (0.5, 0.7, 0.9):
+        workdir = work / f"kill-worker-child-{fraction}"
+        shutil.copytree(reference, workdir, symlinks=True)
+        proc = start_training(workdir)
+        # the child that trains is killed (as the OOM killer would pick it), not the job's own process
+        killed = kill_when(fraction, job_s, job_process(proc), lambda: next(iter(warm_children_in(workdir)), None))
+        proc.wait(timeout=120)
+        outcome = rerun_outcome(workdir, reference) if killed else "not run: no warm worker's child found"
+        rows.append(("warm worker's child SIGKILL", f"child killed at {fraction:.0%} of the job's life", outcome))
     for fraction in (0.3, 0.7):
         workdir = work / f"kill-snakemake-{fraction}"
         shutil.copytree(reference, workdir, symlinks=True)
         proc = start_training(workdir)
-        time.sleep(fraction * job_s)
+        job = job_process(proc)
+        if job is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                time.sleep(max(0.0, fraction * job_s - (time.time() - job.create_time())))
         os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, as a lost login session
         proc.wait()
         outcome = rerun_outcome(workdir, reference)
-        rows.append(("snakemake SIGKILL", f"snakemake and job killed at {fraction:.0%}", outcome))
+        rows.append(("snakemake SIGKILL", f"snakemake and job killed at {fraction:.0%} of the job's life", outcome))
     return rows
 
 
@@ -314,7 +366,7 @@ def frozen_at_step_3(reference: Path, workdir: Path) -> Path:
                                         "DPPO_FAULT_SIGNAL": "SIGSTOP"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        stopped = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.status() == psutil.STATUS_STOPPED]
+        stopped = stopped_in(workdir)
         if stopped:
             stopped[0].kill()
             break

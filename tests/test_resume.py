@@ -89,16 +89,17 @@ def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_pa
     assert not checkpoints.exists()
 
 
-def _stopped_training_process(snakemake: subprocess.Popen, timeout: float = 300) -> psutil.Process:
-    """The job's python process once it has stopped itself (SIGSTOP from the fault hook)."""
+def _stopped_training_process(snakemake: subprocess.Popen, workdir: Path, timeout: float = 300) -> psutil.Process:
+    """The process that trains, once it has stopped itself (SIGSTOP from the fault hook): the job's
+    own process, or its warm worker's child (dppo.warm), which runs in the job's directory."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert snakemake.poll() is None, "snakemake ended before the training job stopped"
-        for child in psutil.Process(snakemake.pid).children(recursive=True):
+        for process in psutil.process_iter():
             try:
-                if child.status() == psutil.STATUS_STOPPED:
-                    return child
-            except psutil.NoSuchProcess:
+                if process.status() == psutil.STATUS_STOPPED and process.cwd() == str(workdir):
+                    return process
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         time.sleep(0.2)
     raise AssertionError("the training job never reached the fault step")
@@ -111,7 +112,7 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
     snakemake = subprocess.Popen(snakemake_cmd(workdir, TARGETS[1], "--forcerun", "train_preference"),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        job = _stopped_training_process(snakemake)
+        job = _stopped_training_process(snakemake, workdir)
         [run_dir] = (workdir / "results/checkpoints/dpo/seed-0").glob("run-*")
         assert (run_dir / "checkpoint-2" / "manifest.json").is_file()
         os.kill(job.pid, signal.SIGKILL)  # the preemption: no handler runs, nothing is flushed
@@ -126,3 +127,16 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
     assert done.returncode == 0, done.stderr[-4000:]
     info = assert_same_training(workdir, uninterrupted, "dpo", "dpo/seed-0")
     assert info["resumed_from"] == str(run_dir.relative_to(workdir) / "checkpoint-2") and info["steps"] == 4
+
+
+def test_a_warm_worker_trains_what_a_fresh_process_trains(uninterrupted, tmp_path):
+    """The uninterrupted run trained in a warm worker's child (dppo.warm, on by default here);
+    the same job in a fresh process of its own gives the same bytes."""
+    said = "running in a warm worker's child"
+    assert said in (uninterrupted / "logs/train_preference/dpo.log").read_text()
+    workdir = copy_run(uninterrupted, tmp_path / "run")
+    (workdir / "logs/train_preference/dpo.log").unlink()
+    done = run(workdir, TARGETS[1], "--forcerun", "train_preference", fault={"DPPO_WARM_WORKER": "0"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert said not in (workdir / "logs/train_preference/dpo.log").read_text()
+    assert_same_training(workdir, uninterrupted, "dpo", "dpo/seed-0")

@@ -25,6 +25,36 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
+def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0) -> None:
+    """A workflow script's whole body: ``target`` ("module:function") called with ``kwargs`` inside
+    ``dppo.stage.stage``; on a local CPU in a warm worker (dppo.warm), which has imported the
+    target's module already, else in this process."""
+    from dppo import warm
+    from dppo.stage import process_start_time
+
+    job = {"rule": snakemake.rule, "log": str(snakemake.log[0]), "threads": int(snakemake.threads)}
+    if warm.usable(n_gpus):
+        request = {"target": target, "kwargs": kwargs, "job": job, "n_gpus": n_gpus, "started": process_start_time()}
+        status = warm.submit(request, preload=(target.partition(":")[0],))
+        if status is not None:
+            warm.exit_with(status)
+        log.warning("no warm worker could take the job; running it in this process")
+    run_in_stage(target, kwargs, job, n_gpus)
+
+
+def run_in_stage(target: str, kwargs: dict, job: dict, n_gpus: int = 0, started: float | None = None) -> None:
+    """``target(**kwargs)`` inside the rule's stage; the import comes first, so it counts as start-up."""
+    from types import SimpleNamespace
+
+    from dppo.stage import stage
+
+    function = _resolve(target)
+    with stage(SimpleNamespace(rule=job["rule"], log=[job["log"]], threads=job["threads"]), started=started):
+        if started is not None:
+            log.info("running in a warm worker's child (pid %d, worker %d)", os.getpid(), os.getppid())
+        run_job(function, kwargs, n_gpus)
+
+
 def run_job(function, kwargs: dict, n_gpus: int = 0) -> None:
     """Call ``function(**kwargs)`` here, or under torchrun with one process per GPU when the job
     holds more than one GPU and is not already a torchrun worker."""

@@ -37,13 +37,14 @@ def process_start_time() -> float | None:
 
 
 @contextlib.contextmanager
-def stage(snakemake):
+def stage(snakemake, started: float | None = None):
     """Send logging, stdout and stderr (progress bars included) to the rule's log file and
     limit the job to the rule's threads; re-raise any error after logging it. On success the
     log ends with one ``dppo-timing`` line: start-up (process start to here: the interpreter,
-    Snakemake's script preamble, the script's imports) and work (the body)."""
+    Snakemake's script preamble, the script's imports) and work (the body). ``started``: when
+    the job's process started, where that is not this process (a warm worker's child)."""
     entered = time.time()
-    started = process_start_time()
+    started = started or process_start_time()
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):

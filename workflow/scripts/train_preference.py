@@ -1,12 +1,9 @@
 """Train one preference experiment (logic in dppo.preference; several GPUs: torchrun)."""
-from dppo.launch import run_job
-from dppo.preference import experiment_job
-from dppo.stage import stage
+from dppo.launch import run_rule_job
 
-with stage(snakemake):
-    run_job(experiment_job, dict(
-        experiment=snakemake.params.experiment, init_dir=snakemake.input.init, train_file=snakemake.input.train,
-        ygen_file=snakemake.input.ygen, ref_file=snakemake.input.ref, out_dir=snakemake.output.model,
-        metrics_file=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
-        subset_seed=snakemake.params.subset_seed, trust_remote_code=snakemake.params.trust_remote_code,
-    ), n_gpus=snakemake.resources.gpu)
+run_rule_job(snakemake, "dppo.preference:experiment_job", dict(
+    experiment=snakemake.params.experiment, init_dir=snakemake.input.init, train_file=snakemake.input.train,
+    ygen_file=snakemake.input.ygen, ref_file=snakemake.input.ref, out_dir=snakemake.output.model,
+    metrics_file=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
+    subset_seed=snakemake.params.subset_seed, trust_remote_code=snakemake.params.trust_remote_code,
+), n_gpus=snakemake.resources.gpu)

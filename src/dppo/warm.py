@@ -1,0 +1,312 @@
+"""A warm worker: on a laptop the embedded default runs dozens of short training jobs, and each
+fresh process spends about 3 s importing torch and transformers' model stack before it trains
+for 10. The worker imports them once; every job process (the "client", what Snakemake started)
+hands its job to it, and the worker forks a child that has the imports already and runs the job.
+
+What stays as it was for a job:
+- its own process for the work: every job is a fresh fork of a worker that never runs a job
+  itself, so no state passes from one job to the next;
+- its log, stdout and stderr (the client passes its file descriptors), its working directory;
+- its exit status (a child killed by a signal kills the client with that signal);
+- kills: SIGTERM and SIGINT sent to the client are forwarded to the child (a SLURM-style time
+  limit still checkpoints); a client that dies without a word (SIGKILL) closes its connection,
+  and the child then kills itself, so no orphan trains on;
+- start-up is measured from the client's start, so the ``dppo-timing`` line stays honest.
+
+A worker is keyed by everything that decides what a fresh process would import and compute: the
+interpreter, the full environment (but the shell's PWD and OLDPWD, which the child takes from
+its client), the dppo sources (paths, sizes, mtimes) and the installed packages it preloads. A job whose key differs (an edited source file, another PYTHONPATH) starts
+its own worker; an idle worker exits after ``IDLE_S`` seconds. Off (the job runs in its own
+process, as before) under SLURM, for GPU or torchrun jobs, off Linux, and with
+``DPPO_WARM_WORKER=0``; ``DPPO_WARM_IDLE_S`` sets the idle time. Snakemake's ``benchmark:`` files then cover the client only: measure a
+job's memory with the worker off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+SWITCH = "DPPO_WARM_WORKER"  # "0" runs every job in its own fresh process
+IDLE_S = float(os.environ.get("DPPO_WARM_IDLE_S", "60"))  # a worker with no job for this long exits
+START_TIMEOUT_S = 120.0  # a worker that has not bound its socket by then is given up on
+PER_DIRECTORY = ("PWD", "OLDPWD")  # the shell's, differ per working directory: set in the child, not keyed
+HEAVY_PACKAGES = ("torch", "transformers")  # installed packages whose change must not reach a live worker
+_HEADER = struct.Struct("!I")
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+
+def usable(n_gpus: int = 0) -> bool:
+    """Whether a job may go to a warm worker here (see the module docstring for when it may not)."""
+    return (os.environ.get(SWITCH, "1") != "0" and n_gpus == 0 and sys.platform == "linux"
+            and not any(v in os.environ for v in ("SLURM_JOB_ID", "LOCAL_RANK")))
+
+
+def _fingerprint(path: Path) -> list:
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def worker_key(preload: tuple[str, ...]) -> str:
+    """What a fresh process would import and compute with; equal keys may share a worker."""
+    package = Path(__file__).resolve().parent
+    sources = [_fingerprint(p) for p in sorted(package.rglob("*.py"))]
+    installed = []
+    for name in sorted({m.split(".")[0] for m in preload} | set(HEAVY_PACKAGES)):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            installed.append(_fingerprint(Path(spec.origin)))
+    env = sorted((k, v) for k, v in os.environ.items() if k not in PER_DIRECTORY)
+    state = {"python": [sys.executable, sys.version], "env": env,
+             "preload": list(preload), "sources": sources, "installed": installed}
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:20]
+
+
+def worker_dir() -> Path:
+    """Where workers' sockets live: private to this user (a socket path must stay short)."""
+    path = Path(tempfile.gettempdir()) / f"dppo-warm-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.stat().st_uid != os.getuid() or path.stat().st_mode & 0o077:
+        raise RuntimeError(f"{path} is not private to this user; remove it or set {SWITCH}=0")
+    return path
+
+
+# --- the client: what the job's own process does ------------------------------------------------
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def _start_worker(path: Path, preload: tuple[str, ...]) -> subprocess.Popen:
+    log = path.with_suffix(".log").open("ab")
+    # -P: no script directory or cwd on sys.path, so the worker imports exactly what the key names
+    return subprocess.Popen([sys.executable, "-P", "-m", "dppo.warm", str(path), str(Path(__file__).resolve()),
+                             *preload], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+def connect_worker(preload: tuple[str, ...]) -> socket.socket | None:
+    """A connection to a live worker with this key, starting one if there is none; None if one
+    could not be started (the caller then runs the job itself)."""
+    path = worker_dir() / f"{worker_key(preload)}.sock"
+    sock = _connect(path)
+    if sock is not None:
+        return sock
+    with path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one job starts the worker; the others wait, then connect
+        sock = _connect(path)
+        if sock is not None:
+            return sock
+        path.unlink(missing_ok=True)  # a dead worker's socket
+        worker = _start_worker(path, preload)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and worker.poll() is None:
+            sock = _connect(path) if path.exists() else None
+            if sock is not None:
+                return sock
+            time.sleep(0.02)
+        if worker.poll() is None:
+            worker.kill()
+        return None
+
+
+def _send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    payload = json.dumps(message).encode()
+    socket.send_fds(sock, [_HEADER.pack(len(payload)) + payload], list(fds))
+
+
+def _receive(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
+    data, fds = b"", []
+    while len(data) < _HEADER.size:
+        chunk, more_fds, _, _ = socket.recv_fds(sock, _HEADER.size - len(data), max_fds)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data, fds = data + chunk, fds + more_fds
+    (size,) = _HEADER.unpack(data)
+    body = b""
+    while len(body) < size:
+        chunk = sock.recv(size - len(body))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        body += chunk
+    return json.loads(body), fds
+
+
+def submit(request: dict, preload: tuple[str, ...]) -> int | None:
+    """Run ``request`` (see ``run_request``) in a warm worker's child; return the exit status for
+    this process (negative: killed by that signal), or None if no worker could take it."""
+    sock = connect_worker(preload)
+    if sock is None:
+        return None
+    child: list[int] = []
+    pending: list[int] = []
+
+    def forward(signum, _frame):
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+        else:
+            pending.append(signum)
+
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
+    try:
+        with sock:
+            try:
+                _send(sock, {**request, "cwd": os.getcwd(), "shell": {k: os.environ.get(k) for k in PER_DIRECTORY}},
+                  [0, 1, 2])
+                child.append(_receive(sock)[0]["pid"])
+            except (OSError, KeyError, ValueError):
+                return None  # the worker died before forking (its log says why): run the job here
+            for signum in pending:
+                forward(signum, None)
+            try:
+                return _receive(sock)[0]["status"]
+            except (OSError, KeyError, ValueError):
+                print(f"dppo warm worker died while running the job (child {child[0]})", file=sys.stderr)
+                return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def exit_with(status: int) -> None:
+    """End this process as the job's child ended: the same exit code, or the same signal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status < 0:
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's handler cannot be set (nor need be)
+            signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    os._exit(status if status >= 0 else 128 - status)
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+def run_request(request: dict) -> None:
+    """The job in the child: exactly what the job's own process would have run (dppo.launch)."""
+    from dppo.launch import run_in_stage
+
+    run_in_stage(request["target"], request["kwargs"], request["job"], request["n_gpus"], started=request["started"])
+
+
+def _die_with_client(conn: socket.socket) -> None:
+    """In the child: the client sends nothing after its request, so end-of-file means it died."""
+    def watch():
+        with contextlib.suppress(OSError):
+            while conn.recv(1):
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _child(listener: socket.socket, others: list[socket.socket], conn: socket.socket, request: dict,
+           fds: list[int]) -> None:
+    """Never returns."""
+    status = 1
+    try:
+        for sock in (listener, *others):  # other jobs' connections: their clients must see the worker's end
+            sock.close()
+        for s in _FORWARDED:
+            signal.signal(s, signal.SIG_DFL)
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        for name, value in request["shell"].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _die_with_client(conn)
+        run_request(request)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def serve(path: Path, preload: tuple[str, ...], idle_s: float = IDLE_S) -> None:
+    """Accept jobs on ``path`` until idle for ``idle_s`` or until the socket file is replaced.
+    One thread only: forking from a threaded process can copy a lock another thread holds."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    inode = path.stat().st_ino
+    for module in preload:  # after bind: the first clients wait in the backlog, not in a retry loop
+        importlib.import_module(module)
+    running: dict[int, socket.socket] = {}
+    last_busy = time.monotonic()
+    while True:
+        ready, _, _ = select.select([listener], [], [], 0.1)
+        if ready:
+            conn, _ = listener.accept()
+            try:
+                conn.settimeout(10)
+                request, fds = _receive(conn, max_fds=3)
+                conn.settimeout(None)
+            except (OSError, ValueError) as error:
+                print(f"bad request: {error!r}", file=sys.stderr, flush=True)
+                conn.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _child(listener, list(running.values()), conn, request, fds)
+            for fd in fds:
+                os.close(fd)
+            running[pid] = conn
+            with contextlib.suppress(OSError):
+                _send(conn, {"pid": pid})
+        while running:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = running.pop(pid)
+            with contextlib.suppress(OSError):
+                _send(conn, {"status": os.waitstatus_to_exitcode(wait_status)})
+            conn.close()
+        if running:
+            last_busy = time.monotonic()
+            continue
+        try:
+            replaced = path.stat().st_ino != inode
+        except FileNotFoundError:
+            replaced = True
+        if replaced or time.monotonic() - last_busy > idle_s:
+            break
+    if not replaced:
+        path.unlink(missing_ok=True)  # before closing: a client that cannot connect now starts a new worker
+    listener.close()
+
+
+if __name__ == "__main__":
+    socket_path, expected_module, *modules = sys.argv[1:]
+    if str(Path(__file__).resolve()) != expected_module:  # -P: the client's dppo, not another one
+        raise SystemExit(f"this worker's dppo is {__file__}, the client's {expected_module}")
+    serve(Path(socket_path), tuple(modules))

@@ -1,0 +1,167 @@
+"""The warm worker (dppo.warm) with real processes: a client per job, as Snakemake starts it,
+and a worker that forks a child per job. The jobs are tests/warm_jobs.py (no torch: fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dppo import warm
+
+TESTS = Path(__file__).resolve().parent
+CLIENT = """
+import json, sys, types
+from dppo.launch import run_rule_job
+spec = json.loads(sys.argv[1])
+run_rule_job(types.SimpleNamespace(rule="warm_test", log=[spec["log"]], threads=1), spec["target"], spec["kwargs"])
+"""
+
+
+@pytest.fixture
+def env():
+    """A private socket directory (short: a socket path has at most 107 bytes) and a quick idle
+    exit; afterwards no worker of this test is left running."""
+    sockets = tempfile.mkdtemp(prefix="wt", dir="/tmp")
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    yield {**os.environ, "PYTHONPATH": pythonpath, "TMPDIR": sockets, "DPPO_WARM_IDLE_S": "20"}
+    for process in psutil.process_iter(["cmdline"]):
+        if any(sockets in part for part in process.info["cmdline"] or []):
+            process.kill()
+    shutil.rmtree(sockets, ignore_errors=True)
+
+
+def client(tmp_path: Path, env: dict, target: str, **kwargs) -> subprocess.Popen:
+    spec = {"log": str(tmp_path / "job.log"), "target": f"warm_jobs:{target}", "kwargs": kwargs}
+    return subprocess.Popen([sys.executable, "-c", CLIENT, json.dumps(spec)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+def workers(env: dict) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "dppo.warm" in (p.info["cmdline"] or []) and any(env["TMPDIR"] in c for c in p.info["cmdline"])]
+
+
+def wait_for(path: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_jobs_run_in_fresh_children_of_one_worker(tmp_path, env):
+    runs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        proc = client(tmp_path / name, {**env, "PWD": str(tmp_path / name)}, "record", out=str(tmp_path / name / "who"))
+        code, stderr = finish(proc)
+        assert code == 0, stderr
+        pid, ppid, cwd, pwd = (tmp_path / name / "who").read_text().split()
+        runs.append((proc.pid, int(pid), int(ppid)))
+        assert cwd == pwd == str(tmp_path / name)  # the client's working directory, and the shell's word for it
+        assert "written to the job's own stderr" in stderr  # fds 1 and 2 are the client's
+        log = (tmp_path / name / "job.log").read_text()
+        assert "printed to the log" in log
+        timing = json.loads(log.split("dppo-timing ")[1])
+        assert timing["rule"] == "warm_test" and timing["startup_s"] > 0  # counted from the client's start
+    [worker] = workers(env)
+    (client_1, job_1, parent_1), (client_2, job_2, parent_2) = runs
+    assert parent_1 == parent_2 == worker.pid  # one worker served both directories
+    assert len({client_1, job_1, client_2, job_2}) == 4  # each job in a child of its own
+
+
+@pytest.mark.parametrize("target, kwargs, code, said", [
+    ("fail", {"message": "boom"}, 1, "ValueError: boom"),
+    ("exit_with", {"code": 3}, 3, ""),
+    ("die_by_sigkill", {}, -signal.SIGKILL, ""),
+])
+def test_the_client_ends_as_its_job_did(tmp_path, env, target, kwargs, code, said):
+    warm_code, warm_stderr = finish(client(tmp_path, env, target, **kwargs))
+    cold_code, cold_stderr = finish(client(tmp_path, {**env, warm.SWITCH: "0"}, target, **kwargs))
+    assert warm_code == cold_code == code
+    assert said in warm_stderr and said in cold_stderr
+    if said:
+        assert "rule warm_test failed" in warm_stderr
+        assert said in (tmp_path / "job.log").read_text()
+
+
+def test_a_client_killed_without_a_word_takes_its_job_with_it(tmp_path, env):
+    proc = client(tmp_path, env, "wait_for_sigterm", out=str(tmp_path / "pid"))
+    job = psutil.Process(int(wait_for(tmp_path / "pid")))
+    assert job.pid != proc.pid
+    proc.kill()  # SIGKILL: the client runs no handler
+    job.wait(timeout=5)  # the job saw its client's connection close and killed itself
+    assert not (tmp_path / "pid.term").exists()
+
+
+def test_sigterm_to_the_client_reaches_the_job(tmp_path, env):
+    proc = client(tmp_path, env, "wait_for_sigterm", out=str(tmp_path / "pid"))
+    assert int(wait_for(tmp_path / "pid")) != proc.pid
+    proc.send_signal(signal.SIGTERM)  # a time limit: the job's own handler runs (a checkpoint, in training)
+    code, stderr = finish(proc)
+    assert code == 7, stderr
+    assert (tmp_path / "pid.term").read_text() == "terminated"
+
+
+def test_a_worker_that_dies_while_starting_leaves_the_job_to_its_client(tmp_path, env):
+    env = {**env, "WARM_JOBS_SLOW_IMPORT": "3"}
+    proc = client(tmp_path, env, "record", out=str(tmp_path / "who"))
+    deadline = time.monotonic() + 30
+    while not workers(env):
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # bound its socket, importing the job's module
+    for worker in workers(env):
+        worker.kill()
+    code, stderr = finish(proc)
+    assert code == 0, stderr
+    assert int((tmp_path / "who").read_text().split()[0]) == proc.pid  # ran in the client itself
+    assert "no warm worker could take the job" in stderr
+
+
+def test_no_worker_under_slurm_for_gpu_jobs_or_when_switched_off(tmp_path, env, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv(warm.SWITCH, raising=False)
+    assert warm.usable(0)
+    assert not warm.usable(1)
+    monkeypatch.setenv(warm.SWITCH, "0")
+    assert not warm.usable(0)
+    monkeypatch.delenv(warm.SWITCH)
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    assert not warm.usable(0)
+    proc = client(tmp_path, {**env, "SLURM_JOB_ID": "17"}, "record", out=str(tmp_path / "who"))
+    assert finish(proc)[0] == 0
+    assert int((tmp_path / "who").read_text().split()[0]) == proc.pid
+    assert not workers(env)
+
+
+def test_the_worker_key_follows_sources_environment_and_preload(monkeypatch):
+    key = warm.worker_key(("dppo.preference",))
+    assert warm.worker_key(("dppo.preference",)) == key
+    assert warm.worker_key(("dppo.sft",)) != key
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert warm.worker_key(("dppo.preference",)) != key
+    monkeypatch.undo()
+    source = Path(warm.__file__).with_name("losses.py")
+    mtime = source.stat().st_mtime_ns
+    try:
+        os.utime(source, ns=(mtime, mtime + 1_000_000_000))  # an edited source must not reach a live worker
+        assert warm.worker_key(("dppo.preference",)) != key
+    finally:
+        os.utime(source, ns=(mtime, mtime))
+    assert warm.worker_key(("dppo.preference",)) == key
