@@ -165,3 +165,28 @@ def test_the_worker_key_follows_sources_environment_and_preload(monkeypatch):
     finally:
         os.utime(source, ns=(mtime, mtime))
     assert warm.worker_key(("dppo.preference",)) == key
+
+
+def test_an_idle_worker_leaves_only_its_log_if_it_said_something(tmp_path, env):
+    env = {**env, "DPPO_WARM_IDLE_S": "1"}
+    sockets = Path(env["TMPDIR"]) / f"dppo-warm-{os.getuid()}"
+
+    def serve_one_job(key_env: dict, bad_request: bool) -> tuple[set[str], Path]:
+        code, stderr = finish(client(tmp_path, key_env, "record", out=str(tmp_path / "who")))
+        assert code == 0, stderr
+        [socket_path] = sockets.glob("*.sock")
+        if bad_request:  # a request that is not one: the worker logs it
+            with warm.socket.socket(warm.socket.AF_UNIX) as bad:
+                bad.connect(str(socket_path))
+                bad.sendall(b"\0\0\0\2{x")
+        deadline = time.monotonic() + 30
+        while workers(env):
+            assert time.monotonic() < deadline, "the idle worker did not exit"
+            time.sleep(0.1)
+        return {p.name for p in sockets.iterdir()}, socket_path.with_suffix(".log")
+
+    left, _ = serve_one_job(env, bad_request=False)
+    assert left == {"start.lock"}  # no socket, no empty log, no lock file of its own
+    left, log = serve_one_job({**env, "WARM_JOBS_OTHER_KEY": "1"}, bad_request=True)
+    assert left == {"start.lock", log.name}
+    assert "bad request" in log.read_text()

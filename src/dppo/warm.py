@@ -112,7 +112,8 @@ def connect_worker(preload: tuple[str, ...]) -> socket.socket | None:
     sock = _connect(path)
     if sock is not None:
         return sock
-    with path.with_suffix(".lock").open("w") as lock:
+    # One lock for all keys (starting takes well under a second), so no lock file per key piles up
+    with (path.parent / "start.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one job starts the worker; the others wait, then connect
         sock = _connect(path)
         if sock is not None:
@@ -301,6 +302,11 @@ def serve(path: Path, preload: tuple[str, ...], idle_s: float = IDLE_S) -> None:
         if replaced or time.monotonic() - last_busy > idle_s:
             break
     if not replaced:
+        # An empty log goes while the socket still answers, so no new worker can have opened it yet;
+        # one that says something (a worker's error) stays.
+        log = path.with_suffix(".log")
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
         path.unlink(missing_ok=True)  # before closing: a client that cannot connect now starts a new worker
     listener.close()
 
