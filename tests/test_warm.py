@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -176,7 +177,7 @@ def test_an_idle_worker_leaves_only_its_log_if_it_said_something(tmp_path, env):
         assert code == 0, stderr
         [socket_path] = sockets.glob("*.sock")
         if bad_request:  # a request that is not one: the worker logs it
-            with warm.socket.socket(warm.socket.AF_UNIX) as bad:
+            with socket.socket(socket.AF_UNIX) as bad:
                 bad.connect(str(socket_path))
                 bad.sendall(b"\0\0\0\2{x")
         deadline = time.monotonic() + 30

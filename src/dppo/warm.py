@@ -98,8 +98,13 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
+def _worker_log(path: Path) -> Path:
+    """Where the worker on socket ``path`` prints (its own errors; jobs print to their clients' fds)."""
+    return path.with_suffix(".log")
+
+
 def _start_worker(path: Path, preload: tuple[str, ...]) -> subprocess.Popen:
-    log = path.with_suffix(".log").open("ab")
+    log = _worker_log(path).open("ab")
     # -P: no script directory or cwd on sys.path, so the worker imports exactly what the key names
     return subprocess.Popen([sys.executable, "-P", "-m", "dppo.warm", str(path), str(Path(__file__).resolve()),
                              *preload], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -112,7 +117,8 @@ def connect_worker(preload: tuple[str, ...]) -> socket.socket | None:
     sock = _connect(path)
     if sock is not None:
         return sock
-    # One lock for all keys (starting takes well under a second), so no lock file per key piles up
+    # One lock for all keys, so no lock file per key piles up: a worker binds in well under a
+    # second, but one that never binds makes other keys' first jobs wait up to START_TIMEOUT_S too
     with (path.parent / "start.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one job starts the worker; the others wait, then connect
         sock = _connect(path)
@@ -304,9 +310,10 @@ def serve(path: Path, preload: tuple[str, ...], idle_s: float = IDLE_S) -> None:
     if not replaced:
         # An empty log goes while the socket still answers, so no new worker can have opened it yet;
         # one that says something (a worker's error) stays.
-        log = path.with_suffix(".log")
-        if log.exists() and log.stat().st_size == 0:
-            log.unlink()
+        log = _worker_log(path)
+        with contextlib.suppress(FileNotFoundError):
+            if log.stat().st_size == 0:
+                log.unlink()
         path.unlink(missing_ok=True)  # before closing: a client that cannot connect now starts a new worker
     listener.close()
 
