@@ -3,6 +3,9 @@ and a worker that forks a child per job. The jobs are tests/warm_jobs.py (no tor
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +24,14 @@ from dppo import warm
 
 TESTS = Path(__file__).resolve().parent
 CLIENT = """
-import json, sys, types
+import errno, json, os, pathlib, sys, types
+if os.environ.get("WARM_TEST_LOCK_ENOSPC"):  # a full disk where the start lock would be created
+    real_open = pathlib.Path.open
+    def full_open(self, *args, **kwargs):
+        if self.name == "start.lock":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_open(self, *args, **kwargs)
+    pathlib.Path.open = full_open
 from dppo.launch import run_rule_job
 spec = json.loads(sys.argv[1])
 run_rule_job(types.SimpleNamespace(rule="warm_test", log=[spec["log"]], threads=1), spec["target"], spec["kwargs"])
@@ -34,7 +44,8 @@ def env():
     exit; afterwards no worker of this test is left running."""
     sockets = tempfile.mkdtemp(prefix="wt", dir="/tmp")
     pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    yield {**os.environ, "PYTHONPATH": pythonpath, "TMPDIR": sockets, "DPPO_WARM_IDLE_S": "20"}
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    yield {**env, "PYTHONPATH": pythonpath, "TMPDIR": sockets, "DPPO_WARM_IDLE_S": "20"}
     for process in psutil.process_iter(["cmdline"]):
         if any(sockets in part for part in process.info["cmdline"] or []):
             process.kill()
@@ -55,6 +66,33 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 def workers(env: dict) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
             if "dppo.warm" in (p.info["cmdline"] or []) and any(env["TMPDIR"] in c for c in p.info["cmdline"])]
+
+
+def gone(process: psutil.Process, timeout: float = 10) -> None:
+    """Wait until ``process`` has ended (a zombie counts: its parent may be a client that never reaps it)."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while process.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"{process.pid} still running"
+            time.sleep(0.02)
+
+
+def socket_path(env: dict) -> Path:
+    """The socket of the worker that a job of tests/warm_jobs.py in ``env`` would use."""
+    code = "from dppo import warm; print(warm.worker_dir() / f'{warm.worker_key((\"warm_jobs\",))}.sock')"
+    return Path(subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                               text=True).stdout.strip())
+
+
+def assert_ran_in_its_client(tmp_path: Path, env: dict, cause: str) -> None:
+    """A job succeeds in its own process, with one warning line that names ``cause``; no worker runs."""
+    proc = client(tmp_path, env, "record", out=str(tmp_path / "who"))
+    code, stderr = finish(proc)
+    assert code == 0, stderr
+    assert int((tmp_path / "who").read_text().split()[0]) == proc.pid
+    [warning] = [line for line in stderr.splitlines() if "warm worker" in line]
+    assert cause in warning, warning
+    assert not workers(env)
 
 
 def wait_for(path: Path, timeout: float = 60) -> str:
@@ -158,14 +196,7 @@ def test_the_worker_key_follows_sources_environment_and_preload(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     assert warm.worker_key(("dppo.preference",)) != key
     monkeypatch.undo()
-    source = Path(warm.__file__).with_name("losses.py")
-    mtime = source.stat().st_mtime_ns
-    try:
-        os.utime(source, ns=(mtime, mtime + 1_000_000_000))  # an edited source must not reach a live worker
-        assert warm.worker_key(("dppo.preference",)) != key
-    finally:
-        os.utime(source, ns=(mtime, mtime))
-    assert warm.worker_key(("dppo.preference",)) == key
+    assert warm.worker_key(("dppo.preference",)) == key  # sources: see the next test
 
 
 def test_an_idle_worker_leaves_only_its_log_if_it_said_something(tmp_path, env):
@@ -191,3 +222,76 @@ def test_an_idle_worker_leaves_only_its_log_if_it_said_something(tmp_path, env):
     left, log = serve_one_job({**env, "WARM_JOBS_OTHER_KEY": "1"}, bad_request=True)
     assert left == {"start.lock", log.name}
     assert "bad request" in log.read_text()
+
+
+def test_a_directory_at_the_socket_path_leaves_every_rerun_to_its_own_process(tmp_path, env):
+    socket_path(env).mkdir()
+    for _ in range(2):  # a rerun is not stuck either
+        assert_ran_in_its_client(tmp_path, env, "Is a directory")
+
+
+@pytest.mark.parametrize("spoil", ["mode 0777", "another owner", "a symlink", "a file"])
+def test_a_socket_directory_not_private_to_this_user_is_never_used(tmp_path, env, spoil):
+    sockets = Path(env["TMPDIR"]) / f"dppo-warm-{os.getuid()}"  # a name anyone can guess
+    if spoil == "a symlink":  # to a private directory: still not ours to trust
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        sockets.symlink_to(tmp_path / "elsewhere")
+    elif spoil == "a file":
+        sockets.write_text("")
+    else:
+        sockets.mkdir(mode=0o700)
+        if spoil == "mode 0777":
+            sockets.chmod(0o777)
+        else:
+            os.chown(sockets, 65534, 65534)  # needs root, as the other user needs nothing
+    assert_ran_in_its_client(tmp_path, env, "not private")
+
+
+def test_a_full_disk_at_the_start_lock_leaves_the_job_to_its_client(tmp_path, env):
+    assert_ran_in_its_client(tmp_path, {**env, "WARM_TEST_LOCK_ENOSPC": "1"}, os.strerror(errno.ENOSPC))
+
+
+def test_sockets_live_in_a_private_runtime_dir(tmp_path, env):
+    runtime = Path(env["TMPDIR"]) / "run"
+    runtime.mkdir(mode=0o700)
+    code, stderr = finish(client(tmp_path, {**env, "XDG_RUNTIME_DIR": str(runtime)}, "record", out=str(tmp_path / "who")))
+    assert code == 0, stderr
+    assert list((runtime / "dppo-warm").glob("*.sock"))
+    runtime.chmod(0o755)  # another user's to read: the shared temporary directory then
+    code, stderr = finish(client(tmp_path, {**env, "XDG_RUNTIME_DIR": str(runtime)}, "record", out=str(tmp_path / "who")))
+    assert code == 0, stderr
+    assert list((Path(env["TMPDIR"]) / f"dppo-warm-{os.getuid()}").glob("*.sock"))
+
+
+def test_a_worker_killed_while_its_job_runs_loses_nothing(tmp_path, env):
+    out = tmp_path / "who"
+    proc = client(tmp_path, env, "record_when_told", out=str(out))
+    job = psutil.Process(int(wait_for(out.with_suffix(".pid"))))
+    worker = psutil.Process(job.ppid())
+    assert worker.pid != proc.pid and worker.pid in {p.pid for p in workers(env)}
+    worker.kill()
+    gone(worker)
+    out.with_suffix(".go").touch()  # the job goes on without its worker and finishes
+    code, stderr = finish(proc)
+    assert code == 0, stderr
+    assert int(out.read_text().split()[0]) == job.pid
+
+
+def test_the_worker_key_follows_the_sources_bytes(tmp_path):
+    """A copy of dppo (the real sources stay untouched): a same-size edit whose mtime was put back,
+    as ``cp -p`` or ``rsync -t`` leave it, changes the key."""
+    package = tmp_path / "dppo"
+    shutil.copytree(Path(warm.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("warm_copy", package / "warm.py")
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    key = copy.worker_key(("dppo.preference",))
+    source = package / "losses.py"
+    before = source.stat()
+    text = source.read_bytes()
+    source.write_bytes(text.replace(b"a", b"b", 1))
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (source.stat().st_size, source.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert copy.worker_key(("dppo.preference",)) != key
+    source.write_bytes(text)
+    assert copy.worker_key(("dppo.preference",)) == key

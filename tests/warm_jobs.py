@@ -41,3 +41,11 @@ def wait_for_sigterm(out: str) -> None:
     signal.signal(signal.SIGTERM, handler)
     Path(out).write_text(str(os.getpid()))
     time.sleep(60)
+
+
+def record_when_told(out: str) -> None:
+    """Write the pid to ``out``.pid, wait until ``out``.go exists, then ``record``."""
+    Path(out).with_suffix(".pid").write_text(str(os.getpid()))
+    while not Path(out).with_suffix(".go").exists():
+        time.sleep(0.02)
+    record(out)

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+from dppo import warm
+
 log = logging.getLogger(__name__)
 
 
@@ -29,16 +31,15 @@ def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0) -> None:
     """A workflow script's whole body: ``target`` ("module:function") called with ``kwargs`` inside
     ``dppo.stage.stage``; on a local CPU in a warm worker (dppo.warm), which has imported the
     target's module already, else in this process."""
-    from dppo import warm
     from dppo.stage import process_start_time
 
     job = {"rule": snakemake.rule, "log": str(snakemake.log[0]), "threads": int(snakemake.threads)}
     if warm.usable(n_gpus):
         request = {"target": target, "kwargs": kwargs, "job": job, "n_gpus": n_gpus, "started": process_start_time()}
-        status = warm.submit(request, preload=(target.partition(":")[0],))
-        if status is not None:
-            warm.exit_with(status)
-        log.warning("no warm worker could take the job; running it in this process")
+        try:
+            warm.exit_with(warm.submit("dppo.launch:run_in_stage", request, preload=(target.partition(":")[0],)))
+        except warm.Unavailable as why:
+            log.warning("no warm worker could take the job (%s); running it in this process", why)
     run_in_stage(target, kwargs, job, n_gpus)
 
 

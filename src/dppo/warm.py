@@ -7,7 +7,9 @@ What stays as it was for a job:
 - its own process for the work: every job is a fresh fork of a worker that never runs a job
   itself, so no state passes from one job to the next;
 - its log, stdout and stderr (the client passes its file descriptors), its working directory;
-- its exit status (a child killed by a signal kills the client with that signal);
+- its exit status (a child killed by a signal kills the client with that signal): the child
+  reports it over the client's connection itself, so a worker killed meanwhile loses no finished
+  job (nor kills running ones); the worker reports only what the child cannot, a death by signal;
 - kills: SIGTERM and SIGINT sent to the client are forwarded to the child (a SLURM-style time
   limit still checkpoints); a client that dies without a word (SIGKILL) closes its connection,
   and the child then kills itself, so no orphan trains on;
@@ -15,11 +17,15 @@ What stays as it was for a job:
 
 A worker is keyed by everything that decides what a fresh process would import and compute: the
 interpreter, the full environment (but the shell's PWD and OLDPWD, which the child takes from
-its client), the dppo sources (paths, sizes, mtimes) and the installed packages it preloads. A job whose key differs (an edited source file, another PYTHONPATH) starts
-its own worker; an idle worker exits after ``IDLE_S`` seconds. Off (the job runs in its own
+its client), the dppo sources (paths and contents) and the installed packages it preloads. A job
+whose key differs (an edited source file, another PYTHONPATH) starts its own worker; an idle
+worker exits after ``IDLE_S`` seconds. Sockets live in a directory private to the user
+(``$XDG_RUNTIME_DIR/dppo-warm``, else ``$TMPDIR/dppo-warm-<uid>``). Off (the job runs in its own
 process, as before) under SLURM, for GPU or torchrun jobs, off Linux, and with
-``DPPO_WARM_WORKER=0``; ``DPPO_WARM_IDLE_S`` sets the idle time. Snakemake's ``benchmark:`` files then cover the client only: measure a
-job's memory with the worker off.
+``DPPO_WARM_WORKER=0``; ``DPPO_WARM_IDLE_S`` sets the idle time. Whatever goes wrong before a
+child starts the job (a socket directory that is not private, a full disk, a worker that dies)
+raises ``Unavailable``, and the job runs in its own process after one warning line. Snakemake's
+``benchmark:`` files cover the client only: measure a job's memory with the worker off.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -57,32 +64,50 @@ def usable(n_gpus: int = 0) -> bool:
             and not any(v in os.environ for v in ("SLURM_JOB_ID", "LOCAL_RANK")))
 
 
-def _fingerprint(path: Path) -> list:
-    stat = path.stat()
-    return [str(path), stat.st_size, stat.st_mtime_ns]
+class Unavailable(Exception):
+    """No warm worker took the job (the message says why): the caller runs it in its own process."""
 
 
 def worker_key(preload: tuple[str, ...]) -> str:
     """What a fresh process would import and compute with; equal keys may share a worker."""
     package = Path(__file__).resolve().parent
-    sources = [_fingerprint(p) for p in sorted(package.rglob("*.py"))]
-    installed = []
+    # Contents, not sizes and mtimes: cp -p, rsync -t and tar restore an edited file's mtime
+    sources = [[str(p), hashlib.sha256(p.read_bytes()).hexdigest()] for p in sorted(package.rglob("*.py"))]
+    installed = []  # an installed package's files are rewritten, never edited in place: mtimes suffice
     for name in sorted({m.split(".")[0] for m in preload} | set(HEAVY_PACKAGES)):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
-            installed.append(_fingerprint(Path(spec.origin)))
+            info = Path(spec.origin).stat()
+            installed.append([spec.origin, info.st_size, info.st_mtime_ns])
     env = sorted((k, v) for k, v in os.environ.items() if k not in PER_DIRECTORY)
     state = {"python": [sys.executable, sys.version], "env": env,
              "preload": list(preload), "sources": sources, "installed": installed}
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:20]
 
 
+def _private(path: Path) -> bool:
+    """Whether ``path`` is a directory (not a link to one) of this user that no one else may enter."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
 def worker_dir() -> Path:
-    """Where workers' sockets live: private to this user (a socket path must stay short)."""
-    path = Path(tempfile.gettempdir()) / f"dppo-warm-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    if path.stat().st_uid != os.getuid() or path.stat().st_mode & 0o077:
-        raise RuntimeError(f"{path} is not private to this user; remove it or set {SWITCH}=0")
+    """Where workers' sockets live (a socket path must stay short): a directory only this user may
+    enter, in the user's runtime directory where it has a private one. In the shared temporary
+    directory anyone can create the name first; such a directory is never used (Unavailable)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and _private(Path(runtime)):
+        path = Path(runtime) / "dppo-warm"
+    else:
+        path = Path(tempfile.gettempdir()) / f"dppo-warm-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    if not _private(path):
+        raise Unavailable(f"{path} is not private (it must be a directory of uid {os.getuid()} with mode 0700); "
+                          "remove it")
     return path
 
 
@@ -110,16 +135,15 @@ def _start_worker(path: Path, preload: tuple[str, ...]) -> subprocess.Popen:
                              *preload], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
-def connect_worker(preload: tuple[str, ...]) -> socket.socket | None:
-    """A connection to a live worker with this key, starting one if there is none; None if one
-    could not be started (the caller then runs the job itself)."""
+def connect_worker(preload: tuple[str, ...]) -> socket.socket:
+    """A connection to a live worker with this key, starting one if there is none."""
     path = worker_dir() / f"{worker_key(preload)}.sock"
     sock = _connect(path)
     if sock is not None:
         return sock
     # One lock for all keys, so no lock file per key piles up: a worker binds in well under a
     # second, but one that never binds makes other keys' first jobs wait up to START_TIMEOUT_S too
-    with (path.parent / "start.lock").open("w") as lock:
+    with (path.parent / "start.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one job starts the worker; the others wait, then connect
         sock = _connect(path)
         if sock is not None:
@@ -134,7 +158,8 @@ def connect_worker(preload: tuple[str, ...]) -> socket.socket | None:
             time.sleep(0.02)
         if worker.poll() is None:
             worker.kill()
-        return None
+            raise Unavailable(f"no worker listened on {path} within {START_TIMEOUT_S:g} s")
+        raise Unavailable(f"the worker exited ({worker.returncode}) before listening; see {_worker_log(path)}")
 
 
 def _send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
@@ -159,12 +184,20 @@ def _receive(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
     return json.loads(body), fds
 
 
-def submit(request: dict, preload: tuple[str, ...]) -> int | None:
-    """Run ``request`` (see ``run_request``) in a warm worker's child; return the exit status for
-    this process (negative: killed by that signal), or None if no worker could take it."""
-    sock = connect_worker(preload)
-    if sock is None:
-        return None
+def _unavailable(error: Exception) -> Unavailable:
+    if isinstance(error, Unavailable):
+        return error
+    return Unavailable(f"{type(error).__name__}: {error}".replace("\n", " "))
+
+
+def submit(call: str, kwargs: dict, preload: tuple[str, ...]) -> int:
+    """Run ``call(**kwargs)`` ("module:function") in a fresh child of a warm worker that has
+    imported ``preload``; return the child's exit status (negative: killed by that signal). Raises
+    Unavailable if no child started the job: the caller then runs it itself."""
+    try:
+        sock = connect_worker(preload)
+    except Exception as error:  # whatever it is, the job can still run in this process
+        raise _unavailable(error) from error
     child: list[int] = []
     pending: list[int] = []
 
@@ -178,18 +211,24 @@ def submit(request: dict, preload: tuple[str, ...]) -> int | None:
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:
         with sock:
+            request = {"call": call, "kwargs": kwargs, "cwd": os.getcwd(),
+                       "shell": {k: os.environ.get(k) for k in PER_DIRECTORY}}
+            # The child sends its pid before it starts the job, then its exit status; the worker
+            # sends the status too (the only one there is if the child died by a signal).
             try:
-                _send(sock, {**request, "cwd": os.getcwd(), "shell": {k: os.environ.get(k) for k in PER_DIRECTORY}},
-                  [0, 1, 2])
-                child.append(_receive(sock)[0]["pid"])
-            except (OSError, KeyError, ValueError):
-                return None  # the worker died before forking (its log says why): run the job here
-            for signum in pending:
-                forward(signum, None)
-            try:
-                return _receive(sock)[0]["status"]
-            except (OSError, KeyError, ValueError):
-                print(f"dppo warm worker died while running the job (child {child[0]})", file=sys.stderr)
+                _send(sock, request, [0, 1, 2])
+                while True:
+                    message = _receive(sock)[0]
+                    if "status" in message:
+                        return int(message["status"])
+                    child.append(int(message["pid"]))
+                    for signum in pending:
+                        forward(signum, None)
+            except Exception as error:
+                if not child:  # no child started the job: it is still this process's to run
+                    raise _unavailable(error) from error
+                print(f"dppo warm worker: the job's child {child[0]} and its worker ended without its exit status "
+                      f"({error!r})", file=sys.stderr)
                 return 1
     finally:
         for s, handler in previous.items():
@@ -209,11 +248,10 @@ def exit_with(status: int) -> None:
 
 # --- the worker ------------------------------------------------------------------------------
 
-def run_request(request: dict) -> None:
-    """The job in the child: exactly what the job's own process would have run (dppo.launch)."""
-    from dppo.launch import run_in_stage
-
-    run_in_stage(request["target"], request["kwargs"], request["job"], request["n_gpus"], started=request["started"])
+def _call(call: str, kwargs: dict) -> None:
+    """In the child: what the job's own process would have run (dppo.launch's run_in_stage)."""
+    module, _, name = call.partition(":")
+    getattr(importlib.import_module(module), name)(**kwargs)
 
 
 def _die_with_client(conn: socket.socket) -> None:
@@ -236,6 +274,7 @@ def _child(listener: socket.socket, others: list[socket.socket], conn: socket.so
             sock.close()
         for s in _FORWARDED:
             signal.signal(s, signal.SIG_DFL)
+        _send(conn, {"pid": os.getpid()})
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -246,16 +285,21 @@ def _child(listener: socket.socket, others: list[socket.socket], conn: socket.so
             else:
                 os.environ[name] = value
         _die_with_client(conn)
-        run_request(request)
+        _call(request["call"], request["kwargs"])
         status = 0
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 1
+    except SystemExit as stop:  # as Python itself exits on it
+        if stop.code is None or isinstance(stop.code, int):
+            status = (stop.code or 0) & 0xFF
+        else:
+            print(stop.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        with contextlib.suppress(Exception):  # from here, not only the worker: it may be dead by now
+            _send(conn, {"status": status})
         os._exit(status)
 
 
@@ -288,8 +332,6 @@ def serve(path: Path, preload: tuple[str, ...], idle_s: float = IDLE_S) -> None:
             for fd in fds:
                 os.close(fd)
             running[pid] = conn
-            with contextlib.suppress(OSError):
-                _send(conn, {"pid": pid})
         while running:
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
