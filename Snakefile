@@ -10,7 +10,7 @@ from dppo.config import (
     ConfigError,
     check_local_paths,
     check_resource_rules,
-    check_unique_keys,
+    check_config_files,
     load_settings,
     validate_config,
 )
@@ -27,7 +27,7 @@ if not workflow.overwrite_configfiles:
 
 # The whole config, checked and parsed once: rules read S, never `config`.
 try:
-    check_unique_keys(workflow.configfiles)
+    check_config_files(workflow.configfiles)
     validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
     S = load_settings(config)
     check_local_paths(S)

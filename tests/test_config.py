@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
 import yaml
+from pipeline import snakemake
 
 from dppo import settings as st
-from dppo.config import SECTIONS, ConfigError, check_unique_keys, expand_experiments, load_settings, validate_config
+from dppo.config import (
+    SECTIONS,
+    ConfigError,
+    check_config_files,
+    expand_experiments,
+    load_settings,
+    load_yaml,
+    validate_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -22,7 +32,7 @@ SHIPPED = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 
 @pytest.fixture(scope="module")
 def default_config():
-    return yaml.safe_load((ROOT / "config.yaml").read_text())
+    return load_yaml(ROOT / "config.yaml")
 
 
 def _load(config):
@@ -32,7 +42,7 @@ def _load(config):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    settings = _load(yaml.safe_load(path.read_text()))
+    settings = _load(load_yaml(path))
     assert settings.experiments and all(isinstance(e, st.Experiment) for e in settings.experiments.values())
 
 
@@ -90,6 +100,7 @@ def test_schema_errors_name_the_key(default_config, key, value, expected):
         ("claims.dppo", "nope", "config key claims.dppo: 'nope' names no experiment"),
         # found by benchmarks/reliability.py: numpy refuses a negative seed inside the job
         ("experiments.dpo.seeds", [-1], "config key experiments.dpo.seeds: must be >= 0"),
+        ("toy.seeds", [0, 0], "config key toy.seeds: must be a list of distinct"),  # the paper would count 2 seeds
         ("tiny_model.num_attention_heads", 5, "config key tiny_model.num_attention_heads: must divide hidden_size 96"),
         ("tiny_model.num_key_value_heads", 2, "config key tiny_model.num_key_value_heads: must divide"),
     ],
@@ -152,7 +163,100 @@ def test_duplicate_experiment_names_are_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("experiments:\n  dpo: {loss: dpo}\n  dpo: {loss: ipo}\n")
     with pytest.raises(ConfigError, match="line 3: key 'dpo' is defined twice"):
-        check_unique_keys([path])
+        check_config_files([path])
+
+
+# ------------------------------------------------------------------ YAML aliases and merge keys
+
+# A merge key (`<<: *base`) in an experiment of the tiny config; `extra` goes after it.
+def _tiny_with_merge(extra: str) -> str:
+    text = (ROOT / "configs" / "tiny.yaml").read_text()
+    text = text.replace("  unll: {loss: unll,", "  unll: &unll {loss: unll,", 1)  # the experiment, not the toy loss
+    old = "  unll_small: {loss: unll, n_train: 16,"
+    assert old in text and "&unll" in text
+    return text.replace(old, f"  unll_small: {{<<: *unll, seeds: [1], {extra}n_train: 16,")
+
+
+def _alias_bomb(depth: int, fan: int = 9) -> str:
+    """``fan ** depth`` values in a file of a few hundred bytes (each level repeats the last)."""
+    lines = ["  l0: &l0 [" + ", ".join(["x"] * fan) + "]"]
+    lines += [f"  l{d}: &l{d} [" + ", ".join([f"*l{d - 1}"] * fan) + "]" for d in range(1, depth + 1)]
+    return "paper:\n setup:\n" + "\n".join(" " + line for line in lines) + "\n"
+
+
+def test_merge_keys_apply_with_explicit_keys_winning(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(_tiny_with_merge(""))
+    config = load_yaml(path)
+    assert config["experiments"]["unll_small"]["loss"] == "unll"  # merged
+    assert config["experiments"]["unll_small"]["seeds"] == [1]  # explicit, over the merged [0, 1]
+    assert _load(config).experiments["unll_small"].seeds == (1,)
+
+
+def test_a_key_given_twice_beside_a_merge_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(_tiny_with_merge("n_train: 8, "))
+    line = 1 + next(i for i, text in enumerate(path.read_text().splitlines()) if "n_train: 8" in text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}, line {line}: key 'n_train' is defined twice")):
+        check_config_files([path])
+
+
+def test_nested_aliases_are_refused_quickly_naming_the_file(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(depth=8))  # 9 ** 8 values once expanded
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        check_config_files([path])
+    assert time.perf_counter() - start < 0.5
+    assert str(path) in str(err.value) and "aliases" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_recursive_aliases_are_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}, line 1: the alias")):
+        check_config_files([path])
+
+
+def test_a_schema_error_on_a_large_value_stays_short(default_config):
+    config = copy.deepcopy(default_config)
+    shared = ["x"] * 10
+    for _ in range(4):
+        shared = [shared] * 10  # 10 ** 5 values, shared the way YAML aliases share them
+    config["paper"] = {"setup": {"model": shared}}
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, SCHEMA)
+    assert time.perf_counter() - start < 2
+    message = str(err.value)
+    assert message.startswith("config key paper.setup.model: ") and message.endswith("is not of type 'string'")
+    assert len(message) < 300
+
+
+# The route the pipeline takes: Snakemake reads --configfile itself, then the Snakefile's checks.
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("bomb.yaml", _alias_bomb(depth=8), "aliases expand to more than"),
+        ("twice.yaml", _tiny_with_merge("n_train: 8, "), "key 'n_train' is defined twice"),
+    ],
+)
+def test_snakemake_refuses_bad_yaml_before_any_job(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    start = time.perf_counter()
+    done = snakemake(tmp_path, "-n", "--configfile", str(path), check=False, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and expected in output and str(path) in output, output[-3000:]
+    assert time.perf_counter() - start < 60 and len(output) < 5000
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_accepts_merge_keys(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(_tiny_with_merge(""))
+    done = snakemake(tmp_path, "-n", "--configfile", str(path), check=False, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
 
 
 def test_rule_resources_merge_the_defaults_the_default_entry_and_the_rule(default_config):

@@ -35,51 +35,90 @@ from dppo.settings import (
     parse,
 )
 
-__all__ = ["ConfigError", "load_settings", "expand_experiments", "check_unique_keys", "validate_config",
+__all__ = ["ConfigError", "load_settings", "expand_experiments", "check_config_files", "load_yaml", "validate_config",
            "check_local_paths", "check_resource_rules"]
 
 SWEEP_SEPARATOR = "__"
 RESERVED_NAMES = ("sft", "init")  # model directories of the SFT stage and the initial model
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys (plain YAML keeps the last one silently,
-    which would drop an experiment defined twice)."""
+# Expanded YAML nodes a config may hold: the shipped ones hold a few hundred, while nested
+# aliases can make a small file expand exponentially.
+MAX_CONFIG_NODES = 100_000
 
-    def construct_mapping(self, node, deep=False):
+
+class _ConfigLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last
+    one silently, which would drop an experiment defined twice) and aliases that expand past
+    MAX_CONFIG_NODES. Merge keys (``<<: *base``) work as usual: explicit keys win. Both checks
+    run on the composed nodes, before merge keys are flattened into the mappings."""
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"{node.start_mark.name}, line {key_node.start_mark.line + 1}: key {key!r} is defined twice")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+            if isinstance(key_node, yaml.ScalarNode):
+                # a merge key has no constructor of its own; two in one mapping are refused too
+                key = "<<" if key_node.tag == "tag:yaml.org,2002:merge" else self.construct_object(key_node)
+                if key in seen:
+                    raise ConfigError(f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: "
+                                      f"key {key!r} is defined twice")
+                seen.add(key)
+        return node
+
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise ConfigError(f"{node.start_mark.name}: the YAML aliases expand to more than {MAX_CONFIG_NODES} "
+                              "values (aliases nested in aliases?)")
+        return node
 
 
-def check_unique_keys(paths) -> None:
-    """Raise ConfigError when a config file defines a key (e.g. an experiment name) twice."""
+def _expanded_size(node, sizes: dict) -> int:
+    """The number of nodes once every alias is replaced by a copy of its anchor (an alias is the
+    anchor's node itself, hence the memo)."""
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            raise ConfigError(f"{node.start_mark.name}, line {node.start_mark.line + 1}: the alias refers to a "
+                              "value that contains it")
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    children = node.value if isinstance(node, yaml.SequenceNode) else ()
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def load_yaml(path) -> Any:
+    """A config file read with the checks of :class:`_ConfigLoader` (ConfigError naming the file)."""
+    with open(path) as fh:
+        return yaml.load(fh, Loader=_ConfigLoader)
+
+
+def check_config_files(paths) -> None:
+    """Raise ConfigError when a config file defines a key (e.g. an experiment name) twice or its
+    aliases expand past MAX_CONFIG_NODES (before anything walks the expanded config)."""
     for path in paths:
-        with open(path) as fh:
-            yaml.load(fh, Loader=_UniqueKeyLoader)
+        load_yaml(path)
 
 
 def validate_config(config: dict, schema_path: str) -> None:
-    """The schema check (Snakemake's ``validate()``), with the error cut down to the
-    offending key and the reason instead of a dump of the schema."""
-    from snakemake.utils import validate
+    """The schema check, with the error cut down to the offending key and the reason. Not
+    Snakemake's ``validate()``: its error prints the whole config and the schema."""
+    import jsonschema
 
-    try:
-        validate(config, schema_path, set_default=False)
-    except Exception:
-        import jsonschema
-
-        with open(schema_path) as fh:
-            schema = yaml.safe_load(fh)
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-        if error is None:
-            raise
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
-        raise ConfigError(f"config key {key}: {error.message}") from None
+        raise ConfigError(f"config key {key}: {_shorten(error.message)}")
+
+
+def _shorten(message: str, limit: int = 200) -> str:
+    """jsonschema's message quotes the offending value whole: keep its start and the reason."""
+    return message if len(message) <= limit else f"{message[:limit // 2]} ... {message[-limit // 2:]}"
 
 
 def _format_value(value) -> str:

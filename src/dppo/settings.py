@@ -560,6 +560,8 @@ class ToySettings:
     def __post_init__(self):
         if not self.seeds:
             raise FieldError("seeds", "name at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):  # the paper counts the seeds
+            raise FieldError("seeds", f"must be a list of distinct whole numbers, got {list(self.seeds)!r}")
         for seed in self.seeds:
             check_int("seeds", seed, minimum=0)
         for name in ("hidden", "sft_steps", "steps", "pairs_per_prompt"):
