@@ -317,6 +317,77 @@ def test_a_damaged_checkpoint_is_discarded_by_name_and_the_rerun_starts_clean(
     assert (run / "metrics.jsonl").read_text() == metrics
 
 
+# --- finished models: published with a manifest, checked on every load ---------------------------
+
+
+def publish_tiny_sft(tmp_path, model_dir, tokenizer) -> str:
+    """``results/models/sft`` published by the SFT job (relative paths, as Snakemake passes them;
+    ``tmp_path`` is the working directory)."""
+    from dppo.sft import train_sft
+
+    pd.DataFrame(sft_rows(tokenizer)).to_parquet(tmp_path / "sft.parquet")
+    opt = OptimSettings(lr=1e-3, batch_size=2, save_steps=100, warmup_ratio=0.0, bf16=False)
+    train_sft(model_dir, "sft.parquet", "results/models/sft", "results/metrics/sft.jsonl", "results/checkpoints/sft", opt)
+    return "results/models/sft"
+
+
+FINISHED_MODEL_DAMAGE = {  # what happens to a model after its job published it -> the file the error names
+    "flipped byte in the weights": ("model.safetensors", r"model\.safetensors does not match its manifest"),
+    "truncated weights": ("model.safetensors", r"model\.safetensors has \d+ bytes, its manifest says \d+"),
+    "weights 0 bytes": ("model.safetensors", r"model\.safetensors has 0 bytes"),
+    "flipped byte in the tokenizer": ("tokenizer.json", r"tokenizer\.json does not match its manifest"),
+    "missing config": ("config.json", r"config\.json is missing"),
+    "added file": ("added_tokens.json", r"added_tokens\.json is not in its manifest"),
+    "torn manifest": (io.MODEL_MANIFEST, rf"no valid {io.MODEL_MANIFEST}"),
+    "missing manifest": (io.MODEL_MANIFEST, rf"no {io.MODEL_MANIFEST}, but its dppo_training\.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(FINISHED_MODEL_DAMAGE))
+def test_a_damaged_finished_model_is_refused_naming_directory_file_and_rebuild(
+        tmp_path, tiny_model_dir, tokenizer, monkeypatch, damage):
+    """Before, a plain rerun said "Nothing to be done" and the job reading the model failed
+    with a SafetensorError naming no file (or, for a flipped byte, ran on the damaged weights)."""
+    monkeypatch.chdir(tmp_path)
+    model = publish_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    io.load_causal_lm(model)  # intact: loads
+    name, message = FINISHED_MODEL_DAMAGE[damage]
+    path = tmp_path / model / name
+    if damage.startswith("flipped byte"):
+        data = bytearray(path.read_bytes())
+        data[len(data) - 5] ^= 0x10
+        path.write_bytes(bytes(data))
+    elif damage == "truncated weights":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "weights 0 bytes":
+        path.write_bytes(b"")
+    elif damage == "added file":
+        path.write_text("{\"<evil>\": 7}")
+    elif damage == "torn manifest":
+        path.write_text(path.read_text()[:40])
+    else:
+        path.unlink()
+    for load in (io.load_causal_lm, io.load_tokenizer):
+        with pytest.raises(io.DamagedModelError, match=rf"^{model}: {message}.*snakemake --forcerun results/models/sft"):
+            load(model)
+
+
+def test_a_damaged_finished_run_is_trained_again_bit_identical(tmp_path, tiny_model_dir, tokenizer, caplog):
+    """A killed job's finished run (``final/``, not yet published) damaged before the rerun: the
+    rerun discards it by name and trains again, rather than publishing damaged weights."""
+    weights, _ = _uninterrupted(tmp_path, tiny_model_dir, tokenizer)
+    fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    [run] = (tmp_path / "ckpt").glob("run-*")
+    final = run / "final" / "model.safetensors"
+    data = bytearray(final.read_bytes())
+    data[-7] ^= 0x01
+    final.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
+    assert f"discarding the finished model {run / 'final'}: model.safetensors does not match" in caplog.text
+    assert final.read_bytes() == weights
+
+
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_model_dir, tokenizer):
     weights, metrics = _uninterrupted(tmp_path, tiny_model_dir, tokenizer)
     with pytest.raises(KeyboardInterrupt):

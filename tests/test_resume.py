@@ -140,3 +140,23 @@ def test_a_warm_worker_trains_what_a_fresh_process_trains(uninterrupted, tmp_pat
     assert done.returncode == 0, done.stderr[-4000:]
     assert said not in (workdir / "logs/train_preference/dpo.log").read_text()
     assert_same_training(workdir, uninterrupted, "dpo", "dpo/seed-0")
+
+
+def test_a_damaged_finished_model_is_named_and_its_forcerun_rebuilds_it_bit_identical(uninterrupted, tmp_path):
+    """A finished model damaged after its job published it: the next job that loads it fails
+    naming the directory, the file and the command; that command rebuilds it, bit-identical."""
+    workdir = copy_run(uninterrupted, tmp_path / "run")
+    weights = workdir / "results/models/sft/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside a tensor: safetensors alone would load it without a word
+    weights.write_bytes(bytes(data))
+    done = run(workdir, TARGETS[1], "--forcerun", "ref_logps")
+    assert done.returncode != 0
+    said = (workdir / "logs/ref_logps/ref_logps.log").read_text()
+    assert ("results/models/sft: model.safetensors does not match its manifest" in said
+            and "snakemake --forcerun results/models/sft" in said), said[-3000:]
+
+    done = run(workdir, TARGETS[1], "--forcerun", "results/models/sft")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert_same_training(workdir, uninterrupted, "sft", "sft")
+    assert_same_training(workdir, uninterrupted, "dpo", "dpo/seed-0")

@@ -4,11 +4,19 @@ Outputs appear atomically (complete or absent): they are written under a tempora
 the same directory and renamed into place, so a killed job never leaves a half-written file
 or model directory that a rerun would take as complete. Models load only from safetensors,
 without remote code unless the config asks for it.
+
+Manifests: a checkpoint and a finished model carry a JSON manifest with every file's size and
+SHA-256 (:func:`write_manifest`, :func:`manifest_problem`). A model directory this pipeline
+published (``dppo_manifest.json``) is checked against it on every load, and a mismatch is an
+error naming the directory, the file and the ``snakemake --forcerun`` that rebuilds it.
+Directories without one (a hub model, the tiny init model, a test fixture) were not published
+here and load as before, unless a ``dppo_training.json`` says this pipeline trained them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +29,10 @@ log = logging.getLogger(__name__)
 
 class UnsafeCheckpointError(RuntimeError):
     """A model directory holds only pickle weights (pytorch_model.bin / *.pt)."""
+
+
+class DamagedModelError(RuntimeError):
+    """A model directory's files differ from its manifest, or its safetensors are unreadable."""
 
 
 def _umask() -> int:
@@ -147,14 +159,174 @@ def save_figure(fig, *paths: str | Path, dpi: int = 200) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- manifests
+
+MODEL_MANIFEST = "dppo_manifest.json"  # a finished model's manifest, written when its job publishes it
+TRAINING_RECORD = "dppo_training.json"  # ... and its training record: the pipeline trained it
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listed_files(directory: Path, name: str) -> list[Path]:
+    """What a manifest covers: the directory's files but itself and hidden ones (the atomic
+    writers' ``.<name>.tmp-*``, an NFS ``.nfs*``)."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name != name and not p.name.startswith("."))
+
+
+def write_manifest(directory: str | Path, name: str, **fields) -> dict:
+    """Write ``directory/name``: ``fields`` then every file's size and SHA-256; returns it."""
+    directory = Path(directory)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in _listed_files(directory, name)}
+    manifest = {**fields, "files": files}
+    write_text(directory / name, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def read_manifest(directory: str | Path, name: str) -> dict:
+    """``directory/name`` (raises OSError, ValueError, KeyError, TypeError or AttributeError
+    when it is missing or malformed)."""
+    manifest = json.loads((Path(directory) / name).read_text())
+    for meta in manifest["files"].values():
+        int(meta["bytes"]), str(meta["sha256"])
+    return manifest
+
+
+def manifest_problem(directory: str | Path, name: str, exact: bool = False) -> str | None:
+    """Why ``directory``'s files differ from its manifest ``name`` (the first file found), or
+    None. Sizes are compared first (a truncated file costs no hashing); ``exact``: a file the
+    manifest does not list is a difference too."""
+    directory = Path(directory)
+    try:
+        files = read_manifest(directory, name)["files"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"no valid {name} ({type(err).__name__}: {err})"
+    for file, meta in files.items():
+        path = directory / file
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            return f"{file} is missing"
+        if size != meta["bytes"]:
+            return f"{file} has {size} bytes, its manifest says {meta['bytes']} (truncated or changed)"
+    if exact:
+        extra = [p.name for p in _listed_files(directory, name) if p.name not in files]
+        if extra:
+            return f"{extra[0]} is not in its manifest (added after it was written)"
+    for file, meta in files.items():
+        try:
+            if file_sha256(directory / file) != meta["sha256"]:
+                return f"{file} does not match its manifest (SHA-256 differs: changed or damaged)"
+        except OSError as err:  # removed meanwhile, or unreadable
+            return f"{file} cannot be read ({type(err).__name__}: {err})"
+    return None
+
+
+def rebuild_command(model_dir: str | Path) -> str:
+    """The command that rebuilds a published model: ``snakemake --forcerun`` of the rule's
+    output, which the manifest records relative to the model (``.``, or ``..`` for an
+    experiment's ``seed-<s>/``)."""
+    model_dir = Path(model_dir)
+    try:
+        output = json.loads((model_dir / MODEL_MANIFEST).read_text())["output"]
+    except (OSError, ValueError, KeyError, TypeError):
+        output = None
+    if output not in (".", ".."):  # no readable manifest: the pipeline's layout says
+        output = ".." if model_dir.name.startswith("seed-") else "."
+    target = Path(os.path.normpath(model_dir / output))
+    with contextlib.suppress(ValueError):
+        target = target.relative_to(Path.cwd()) if target.is_absolute() else target
+    return f"snakemake --forcerun {target}"
+
+
+_VERIFIED: set[tuple] = set()  # (directory, every file's stat) already checked in this process
+
+
+def _stat_key(model_dir: Path) -> tuple:
+    stats = sorted((p.name, p.stat()) for p in model_dir.iterdir())
+    return (str(model_dir.resolve()), *((name, s.st_size, s.st_mtime_ns, s.st_ino) for name, s in stats))
+
+
+def verify_model(model_dir: str | Path) -> None:
+    """Check a local model directory this pipeline published against its manifest; raise
+    :class:`DamagedModelError` naming the directory, the first file that differs and the
+    command that rebuilds it. Without a manifest the directory was not published here (a hub
+    model, the tiny init model, a fixture) and passes, unless its ``dppo_training.json`` says
+    this pipeline trained it: then the manifest was lost. Each file is hashed once per load: a
+    directory that passed is not hashed again while none of its files changes (size, mtime,
+    inode), so a job's tokenizer and model loads read the weights once."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return  # a hub id
+    if not (model_dir / MODEL_MANIFEST).exists():
+        if (model_dir / TRAINING_RECORD).exists():
+            raise DamagedModelError(
+                f"{model_dir}: no {MODEL_MANIFEST}, but its {TRAINING_RECORD} says this pipeline trained it (the "
+                f"manifest was removed, the model copied without it, or published before models carried one); "
+                f"rebuild it with: "
+                f"{rebuild_command(model_dir)}")
+        return
+    key = _stat_key(model_dir)
+    if key in _VERIFIED:
+        return
+    problem = manifest_problem(model_dir, MODEL_MANIFEST, exact=True)
+    if problem:
+        raise DamagedModelError(f"{model_dir}: {problem}; the model was changed or damaged after its job published "
+                                f"it. Rebuild it (and what depends on it) with: {rebuild_command(model_dir)}")
+    _VERIFIED.add(key)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file, from its header alone (no tensor is read):
+    a header past the end, a header that is not JSON, or a size other than the one the header
+    describes (a truncated or extended file). None when it is consistent."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            if size < 8 or 8 + length > size:
+                return f"{path.name} is not a whole safetensors file (header of {length} bytes, file of {size})"
+            header = json.loads(fh.read(length))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        return f"{path.name} has an unreadable safetensors header ({type(err).__name__}: {err})"
+    if 8 + length + end != size:
+        return f"{path.name} has {size} bytes, its safetensors header describes {8 + length + end} (truncated or changed)"
+    return None
+
+
+def _pickles(model_dir: Path) -> list[str]:
+    return sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+
+
+def _damaged_weights(model_dir: Path, problem: str) -> DamagedModelError:
+    pickles = _pickles(model_dir)
+    beside = f"; the pickle weights beside it ({', '.join(pickles)}) are never loaded" if pickles else ""
+    rebuild = (f"rebuild it with: {rebuild_command(model_dir)}" if (model_dir / MODEL_MANIFEST).exists()
+               else "replace the file with a good copy")
+    return DamagedModelError(f"{model_dir}: {problem}{beside}; {rebuild}")
+
+
 def check_safetensors(model_dir: str | Path) -> None:
-    """Refuse a local model directory whose weights exist only as pickle files."""
+    """Refuse a local model directory whose weights exist only as pickle files, one that differs
+    from its manifest (:func:`verify_model`) and one whose safetensors files are torn (their
+    headers alone are read), naming the directory and the file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return  # a hub id: from_pretrained(use_safetensors=True) enforces it there
-    if any(model_dir.glob("*.safetensors")):
+    verify_model(model_dir)
+    weights = sorted(model_dir.glob("*.safetensors"))
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            raise _damaged_weights(model_dir, problem)
+    if weights:
         return
-    pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    pickles = _pickles(model_dir)
     if pickles:
         raise UnsafeCheckpointError(
             f"{model_dir} holds only pickle weights ({', '.join(pickles)}); loading them can run "
@@ -165,9 +337,8 @@ def check_safetensors(model_dir: str | Path) -> None:
 
 
 def weights_digest(model_dir: str | Path) -> str:
-    """SHA-256 over a model directory's safetensors files: which weights a run started from."""
-    import hashlib
-
+    """SHA-256 over a model directory's safetensors files: which weights a run started from
+    (the other files, its manifest among them, do not count)."""
     digest = hashlib.sha256()
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with path.open("rb") as fh:
@@ -179,8 +350,15 @@ def weights_digest(model_dir: str | Path) -> str:
 def load_pretrained(auto_class, model_dir: str | Path, trust_remote_code: bool = False, **kwargs):
     """``auto_class.from_pretrained`` from safetensors only (never pickle), without remote code
     unless asked for."""
+    from safetensors import SafetensorError
+
     check_safetensors(model_dir)
-    return auto_class.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+    try:
+        return auto_class.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code,
+                                          **kwargs)
+    except SafetensorError as err:  # it names no file: name the directory and its weights
+        names = ", ".join(p.name for p in sorted(Path(model_dir).glob("*.safetensors"))) or "its weights"
+        raise _damaged_weights(Path(model_dir), f"{names}: unreadable safetensors ({err})") from err
 
 
 def load_causal_lm(model_dir: str | Path, trust_remote_code: bool = False, dtype=None, device=None):
@@ -194,6 +372,7 @@ def load_causal_lm(model_dir: str | Path, trust_remote_code: bool = False, dtype
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    verify_model(model_dir)
     return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
 
 

@@ -32,7 +32,7 @@ from dppo.logprobs import (
 from dppo.losses import ResponseLogps, Trigger, preference_loss, trigger
 from dppo.rows import REF_COLUMNS, load_training_rows, preference_records, subset_indices
 from dppo.settings import Experiment, LossSettings
-from dppo.trainer import FINAL, METRICS, total_steps, train
+from dppo.trainer import METRICS, publish_model, total_steps, train
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: 
         return
     with atomic_output_dir(out_dir) as tmp:
         for seed, run_dir in runs.items():
-            shutil.copytree(run_dir / FINAL, tmp / f"seed-{seed}")
+            publish_model(run_dir, tmp / f"seed-{seed}", output="..")  # rebuilt by the experiment's rule
     with atomic_output_file(metrics_file) as tmp:
         tmp.write_text("".join((run_dir / METRICS).read_text() for run_dir in runs.values()))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel  # noqa: F401  (the model stack: its im
 from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id
 from dppo.logprobs import response_logps
 from dppo.settings import OptimSettings
-from dppo.trainer import FINAL, METRICS, train
+from dppo.trainer import METRICS, publish_model, train
 
 
 def sft_rows(frame: pd.DataFrame) -> list[dict]:
@@ -60,7 +60,7 @@ def train_sft(model_dir: str | Path, train_file: str | Path, out_dir: str | Path
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
     with atomic_output_dir(out_dir) as tmp:
-        shutil.copytree(run_dir / FINAL, tmp, dirs_exist_ok=True)
+        publish_model(run_dir, tmp, output=".")  # with its manifest: every load checks it
     with atomic_output_file(metrics_file) as tmp:
         shutil.copyfile(run_dir / METRICS, tmp)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -11,7 +11,8 @@ Checkpoints (``<checkpoint_dir>/run-<fingerprint>/checkpoint-<step>/``) are writ
 temporary directory and renamed into place; a manifest with every file's size and SHA-256 is
 written last. A checkpoint counts only when its manifest and every file validate; anything
 else is removed with a warning naming it, so a kill at any moment never leaves a state that
-a rerun trips over.
+a rerun trips over. The finished model (``final/``) carries a manifest too (written by
+:func:`save_model`); :func:`publish_model` copies it to the rule's output, checked against it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dppo.io import atomic_output_dir, cleanup_partial_outputs, write_text
+from dppo.io import (
+    MODEL_MANIFEST,
+    TRAINING_RECORD,
+    DamagedModelError,
+    atomic_output_dir,
+    cleanup_partial_outputs,
+    manifest_problem,
+    read_manifest,
+    write_manifest,
+    write_text,
+)
 from dppo.settings import OptimSettings
 
 log = logging.getLogger(__name__)
@@ -167,14 +178,6 @@ def batch_rows(n_rows: int, opt: OptimSettings, step: int, lengths: list[int] | 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(run_dir: Path, step: int, model, optimizer) -> Path:
     """``run_dir/checkpoint-<step>``: weights (safetensors), optimizer state and RNG state,
     then the manifest; renamed into place whole. Earlier checkpoints are removed after."""
@@ -186,8 +189,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer) -> Path:
         save_file(_untied(state), tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-        write_text(tmp / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
+        write_manifest(tmp, MANIFEST, step=step)
     for old in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -207,18 +209,10 @@ def _untied(state: dict) -> dict:
 def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete checkpoint, or None when every file validates."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
-        int(manifest["step"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        int(read_manifest(path, MANIFEST)["step"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return f"no valid {MANIFEST} ({type(err).__name__}: {err})"
-    for name, meta in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != meta["bytes"] or _sha256(file) != meta["sha256"]:
-            return f"{name} does not match its manifest (torn or changed)"
-    return None
+    return manifest_problem(path, MANIFEST)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -352,9 +346,17 @@ FINAL = "final"  # a run directory's finished model
 METRICS = "metrics.jsonl"  # ... and its per-step metrics
 
 
+def finished_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` does not hold a finished run, or None: its model (written atomically,
+    last) must match its manifest, and its metrics exist."""
+    if not (run_dir / METRICS).is_file():
+        return f"no {METRICS}"
+    return manifest_problem(run_dir / FINAL, MODEL_MANIFEST, exact=True)
+
+
 def finished_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a finished run (its model is written atomically, last)."""
-    return (run_dir / FINAL / "dppo_training.json").is_file() and (run_dir / METRICS).is_file()
+    """Whether ``run_dir`` holds a finished run whose model matches its manifest."""
+    return finished_problem(run_dir) is None
 
 
 def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings, checkpoint_dir: str | Path,
@@ -377,9 +379,13 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
         if rank == 0:
             log.warning("discarding %s: a run with other settings, data or initial weights", stale)
             shutil.rmtree(stale, ignore_errors=True)
-    if finished_run(run_dir):
+    unfinished = finished_problem(run_dir)
+    if unfinished is None:
         log.info("%s: already finished in %s (a killed job's earlier part), not trained again", run, run_dir)
         return run_dir
+    if (run_dir / FINAL).exists() and rank == 0:  # damaged after it was saved: trained again
+        log.warning("discarding the finished model %s: %s", run_dir / FINAL, unfinished)
+        shutil.rmtree(run_dir / FINAL, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     for leftover in cleanup_partial_outputs(run_dir):
         log.warning("removed %s, left by a killed write", leftover)
@@ -479,8 +485,8 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
 
 
 def save_model(model, tokenizer, out_dir: str | Path, record: dict) -> None:
-    """Weights (safetensors), tokenizer, generation config and the training record, written
-    atomically; a model with non-finite weights is never saved."""
+    """Weights (safetensors), tokenizer, generation config and the training record, then the
+    manifest of them all, written atomically; a model with non-finite weights is never saved."""
     model = unwrap(model)
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
@@ -488,4 +494,19 @@ def save_model(model, tokenizer, out_dir: str | Path, record: dict) -> None:
     with atomic_output_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_text(tmp / "dppo_training.json", json.dumps(record, indent=2))
+        write_text(tmp / TRAINING_RECORD, json.dumps(record, indent=2))
+        write_manifest(tmp, MODEL_MANIFEST)
+
+
+def publish_model(run_dir: Path, dest: Path, output: str) -> None:
+    """Copy ``run_dir``'s finished model into ``dest`` (inside the caller's atomic output
+    directory), check the copy against the manifest :func:`save_model` wrote, and record in it
+    where the rule's output is relative to ``dest`` (``"."``, or ``".."`` for an experiment's
+    ``seed-<s>/``): a load that finds the model damaged names the ``snakemake --forcerun`` that
+    rebuilds it (:func:`dppo.io.verify_model`). Every file is read once more, by the check."""
+    shutil.copytree(run_dir / FINAL, dest, dirs_exist_ok=True)
+    problem = manifest_problem(dest, MODEL_MANIFEST, exact=True)
+    if problem:
+        raise DamagedModelError(f"{run_dir / FINAL}: {problem} (changed while it was published); rerun the job")
+    manifest = read_manifest(dest, MODEL_MANIFEST)
+    write_text(dest / MODEL_MANIFEST, json.dumps({"output": output, "files": manifest["files"]}, indent=1))
