@@ -91,6 +91,11 @@ BAD_PREF = [
     ({**pair("b13", "sort : q r", "q r", "r q"), "score_chosen": 1.0, "score_rejected": 4.5}, "chosen scores below rejected"),
 ]
 EXPECTED_REASONS = {"sft": BAD_SFT, "pref": BAD_PREF}
+# test splits: prompts no train row has (test prompts found in train are dropped)
+TEST_ROWS = {
+    "sft": [{"messages": turn(f"copy : {items(1 + k, k)}", items(1 + k, k)), "source": "t"} for k in range(6)],
+    "pref": [pair(f"t{k}", f"copy : {items(2 + k, k)}", items(2 + k, k), items(2 + k, k)[::-1]) for k in range(6)],
+}
 
 
 def write_split(path: Path, rows: list[dict]) -> None:
@@ -107,7 +112,7 @@ def write_hub(root: Path, kind: str) -> Path:
     good, bad = (GOOD_SFT, BAD_SFT) if kind == "sft" else (GOOD_PREF, BAD_PREF)
     train, test = ("train", "test") if kind == "sft" else ("train_prefs", "test_prefs")
     write_split(root / "data" / f"{train}-00000-of-00001.parquet", [r for r, _ in good + bad])
-    write_split(root / "data" / f"{test}-00000-of-00001.parquet", [r for r, _ in good[:6]])
+    write_split(root / "data" / f"{test}-00000-of-00001.parquet", TEST_ROWS[kind])
     return root
 
 

@@ -22,6 +22,11 @@ def _sft_row(user, assistant):
     return {"messages": [{"content": user, "role": "user"}, {"content": assistant, "role": "assistant"}], "source": "t"}
 
 
+def _held_out(n):
+    """Test rows with prompts no train row has (test prompts found in train are dropped)."""
+    return [_sft_row(f"reverse : {' '.join('b' * k)}", " ".join("b" * k)) for k in range(1, n + 1)]
+
+
 def test_percentile_cutoff_matches_numpy_and_rounds_up():
     lengths = [3, 7, 8, 10, 11, 15, 40, 41, 42, 100]
     assert data.percentile_cutoff(lengths, 95) == int(np.ceil(np.percentile(lengths, 95)))  # 74
@@ -92,7 +97,7 @@ def test_prepare_sft_counts_skips_and_truncates_at_the_percentile(tmp_path, tiny
         _sft_row("copy : b", ""),  # empty answer
         good[0],  # duplicate
     ]
-    root = _write_hub(tmp_path / "hub", {"train": good + bad, "test": good[:5]})
+    root = _write_hub(tmp_path / "hub", {"train": good + bad, "test": _held_out(5)})
     stats = data.prepare("sft", str(root), str(tiny_model_dir), tmp_path / "out", "train", "test", percentile=90, overlong="truncate")
 
     # prompt = im_start user copy : + n items + im_end im_start assistant = n + 7; response = n + 1
@@ -114,7 +119,7 @@ def test_prepare_sft_counts_skips_and_truncates_at_the_percentile(tmp_path, tiny
 
 def test_prepare_drop_mode_removes_overlong_rows(tmp_path, tiny_model_dir):
     good = [_sft_row(f"copy : {' '.join('a' * n)}", " ".join("a" * n)) for n in range(1, 21)]
-    root = _write_hub(tmp_path / "hub", {"train": good, "test": good[:3]})
+    root = _write_hub(tmp_path / "hub", {"train": good, "test": _held_out(3)})
     stats = data.prepare("sft", str(root), str(tiny_model_dir), tmp_path / "out", "train", "test",
                          percentile=90, overlong="drop")
     assert stats.rows_kept["train"] == 18 and stats.rows_truncated["train"] == 0

@@ -3,22 +3,25 @@ tokenize, and cut at a percentile of the TRAIN split's token lengths.
 
 One code path serves a hub id (``HuggingFaceTB/smoltalk``) and a local directory in the hub
 layout (the embedded default), so the loader tested here is the one the paper run uses.
-Malformed rows are skipped and counted by reason; nothing malformed crashes the run.
+Malformed rows, and pairs that are no preference, are skipped and counted by reason; nothing
+malformed crashes the run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from transformers import AutoTokenizer
 
-from dppo.io import atomic_output_dir
+from dppo.io import atomic_output_dir, load_tokenizer
 from dppo.settings import DatasetSettings, DataSettings
+
+log = logging.getLogger(__name__)
 
 REPORTED_PERCENTILES = (50, 90, 95, 99)
 REQUIRED_COLUMNS = {"sft": ("messages",), "pref": ("chosen", "rejected")}
@@ -53,9 +56,14 @@ def load_split(path: str, split: str, name: str | None = None):
     except datasets.exceptions.DatasetGenerationError as err:  # unreadable files, e.g. empty or truncated parquet
         cause = err.__cause__ or err
         # `datasets` prepares every split at once, so the file at fault may belong to another split.
-        culprits = unreadable_files(local) if local.is_dir() else []
-        where = f"; unreadable: {', '.join(culprits)}" if culprits else " (datasets reads every split at once)"
-        raise DataError(f"cannot prepare dataset {path!r}{where}: {type(cause).__name__}: {cause}") from err
+        unreadable = unreadable_files(local) if local.is_dir() else []
+        odd = odd_schema_files(local) if local.is_dir() else []
+        culprits = ([f"unreadable: {', '.join(unreadable)}"] if unreadable else []) + \
+            ([f"other columns: {', '.join(odd)}"] if odd else [])
+        where = f"; {'; '.join(culprits)}" if culprits else " (datasets reads every split at once)"
+        # a CastError's text is both whole schemas; the shard named above says what differs
+        reason = "columns differ" if odd and type(cause).__name__ == "CastError" else f"{type(cause).__name__}: {cause}"
+        raise DataError(f"cannot prepare dataset {path!r}{where}: {reason}") from err
 
 
 MESSAGE_COLUMNS = ("messages", "chosen", "rejected")
@@ -99,6 +107,37 @@ def unreadable_files(root: Path) -> list[str]:
         if rows == 0:
             bad.append(f"{path.relative_to(root)} (0 rows)")
     return bad
+
+
+def odd_schema_files(root: Path) -> list[str]:
+    """The parquet files under ``root`` whose columns differ from those of most files (``datasets``
+    casts every file, of every split, to one schema), each with how it differs."""
+    import pyarrow.parquet as pq
+
+    schemas = {}
+    for path in sorted(root.rglob("*.parquet")):
+        try:
+            meta = pq.read_metadata(path)
+        except Exception:  # noqa: BLE001  (unreadable files are reported by unreadable_files)
+            continue
+        if meta.num_rows:  # empty files are reported by unreadable_files
+            schemas[path.relative_to(root)] = meta.schema.to_arrow_schema().remove_metadata()
+    groups: dict = {}
+    for name, schema in schemas.items():
+        groups.setdefault(schema, []).append(name)
+    if len(groups) < 2:
+        return []
+    common, ref_files = max(groups.items(), key=lambda g: len(g[1]))  # ties: the first file's schema
+    odd = []
+    for schema, names in groups.items():
+        if schema == common:
+            continue
+        diff = [f"extra column {n!r}" for n in schema.names if n not in common.names]
+        diff += [f"no column {n!r}" for n in common.names if n not in schema.names]
+        diff += [f"column {n!r} is {schema.field(n).type}, not {common.field(n).type}"
+                 for n in schema.names if n in common.names and schema.field(n).type != common.field(n).type]
+        odd += [f"{name} (against {ref_files[0]}: {', '.join(diff)})" for name in names]
+    return odd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +193,11 @@ def preference_fields(row: dict) -> tuple[str, str, str]:
     if chosen == rejected:
         raise RowError("chosen equals rejected")
     scores = row.get("score_chosen"), row.get("score_rejected")
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in scores) and scores[0] < scores[1]:
-        raise RowError("chosen scores below rejected")  # a swapped pair would teach the opposite
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in scores):
+        if scores[0] < scores[1]:
+            raise RowError("chosen scores below rejected")  # a swapped pair would teach the opposite
+        if scores[0] == scores[1]:
+            raise RowError("chosen and rejected score the same (tie)")  # no preference to learn
     return prompt_c, chosen, rejected
 
 
@@ -164,7 +206,13 @@ def preference_fields(row: dict) -> tuple[str, str, str]:
 
 
 def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as err:  # e.g. a SecurityError from the sandbox, which names nothing
+        raise DataError(f"the chat template of {tokenizer.name_or_path!r} cannot be used: "
+                        f"{type(err).__name__}: {err}") from err
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -268,11 +316,13 @@ def _tokenize_split(rows, kind: str, tokenizer) -> tuple[list[dict], Counter]:
                 prompt_ids, response_ids = prompt_and_response_ids(tokenizer, prompt, response)
                 out = {"prompt": prompt, "response": response, "prompt_ids": prompt_ids, "response_ids": response_ids}
                 length = len(prompt_ids) + len(response_ids)
-                key = (prompt, response)
+                key = (tuple(prompt_ids), tuple(response_ids))
             else:
                 prompt, chosen, rejected = preference_fields(row)
                 prompt_ids, chosen_ids = prompt_and_response_ids(tokenizer, prompt, chosen)
                 _, rejected_ids = prompt_and_response_ids(tokenizer, prompt, rejected)
+                if chosen_ids == rejected_ids:  # different strings (e.g. NFC / NFD), one answer to the model
+                    raise RowError("chosen equals rejected")
                 out = {
                     "prompt": prompt,
                     "chosen": chosen,
@@ -282,11 +332,11 @@ def _tokenize_split(rows, kind: str, tokenizer) -> tuple[list[dict], Counter]:
                     "rejected_ids": rejected_ids,
                 }
                 length = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
-                key = (prompt, chosen, rejected)
+                key = (tuple(prompt_ids), tuple(chosen_ids), tuple(rejected_ids))
         except RowError as err:
             dropped[str(err)] += 1
             continue
-        if key in seen:
+        if key in seen:  # on token ids: strings that differ only in what the model never sees are one row
             dropped["duplicate row"] += 1
             continue
         seen.add(key)
@@ -326,13 +376,43 @@ def _apply_cut(rows: list[dict], kind: str, cutoff: int, overlong: str) -> tuple
 
 
 def prepare_dataset(kind: str, dataset: DatasetSettings, data: DataSettings, tokenizer_dir: str,
-                    out_dir: str | Path) -> PrepStats:
-    """:func:`prepare` with a config's dataset and data settings (the rule's entry point)."""
+                    out_dir: str | Path, trust_remote_code: bool = False) -> PrepStats:
+    """:func:`prepare` with a config's dataset and data settings (the rule's entry point);
+    ``trust_remote_code`` is the config's ``model.trust_remote_code``."""
     return prepare(
         kind, dataset.path, tokenizer_dir, out_dir, dataset.train_split, dataset.test_split,
         percentile=data.max_len_percentile, overlong=data.overlong, dataset_name=dataset.name,
         max_train_rows=dataset.max_train_rows, max_test_rows=dataset.max_test_rows,
+        trust_remote_code=trust_remote_code,
     )
+
+
+def open_tokenizer(tokenizer_dir: str, trust_remote_code: bool = False):
+    """The tokenizer of ``tokenizer_dir`` with a chat template; its own code (``auto_map``) runs
+    only when ``trust_remote_code`` is true, and is refused (never asked about) otherwise."""
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code)
+    except ValueError as err:
+        if trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise DataError(f"the tokenizer of {tokenizer_dir!r} needs its own code to load, and config key "
+                        "model.trust_remote_code is false: not run (set it to true only for code you trust)") from err
+    if not tokenizer.chat_template:
+        raise DataError(f"the tokenizer of {tokenizer_dir!r} has no chat template")
+    return tokenizer
+
+
+TEST_PROMPT_IN_TRAIN = "prompt also in the train split"
+
+
+def drop_train_prompts(test_rows: list[dict], train_rows: list[dict]) -> tuple[list[dict], int]:
+    """The test rows whose templated prompt (token ids) no train row has, and how many were not.
+
+    Test prompts are the held-out prompts every model answers: one trained on (with its
+    chosen answer) would favour the models that fit the train set hardest."""
+    train_prompts = {tuple(r["prompt_ids"]) for r in train_rows}
+    kept = [r for r in test_rows if tuple(r["prompt_ids"]) not in train_prompts]
+    return kept, len(test_rows) - len(kept)
 
 
 def prepare(
@@ -348,6 +428,7 @@ def prepare(
     dataset_name: str | None = None,
     max_train_rows: int | None = None,
     max_test_rows: int | None = None,
+    trust_remote_code: bool = False,
 ) -> PrepStats:
     """Prepare ``kind`` ("sft" or "pref") data into ``out_dir``: ``train.parquet``,
     ``test.parquet``, ``lengths.parquet`` (train lengths before the cut) and ``stats.json``.
@@ -355,13 +436,14 @@ def prepare(
     The cut-off is the ``percentile`` of the TRAIN split's token lengths (prompt + longest
     response); the test split is cut at the same number. ``overlong="truncate"`` (the
     poster's "context token length is truncated to N") shortens the response end;
-    ``"drop"`` removes the row instead.
+    ``"drop"`` removes the row instead. Test rows whose prompt is in the train split are
+    dropped (counted in ``stats.json``), so the test prompts stay held out.
     """
     if kind not in ("sft", "pref"):
         raise ValueError(f"kind must be 'sft' or 'pref', got {kind!r}")
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = open_tokenizer(tokenizer_dir, trust_remote_code)
     stats = PrepStats(percentile=percentile)
     splits = {}
     for split_key, split, limit in (("train", train_split, max_train_rows), ("test", test_split, max_test_rows)):
@@ -377,8 +459,15 @@ def prepare(
                 f"{raw.column_names}); data.{kind} must be in the {SCHEMA_NAMES[kind]} schema"
             )
         rows, dropped = _tokenize_split(raw, kind, tokenizer)
+        if split_key == "test":
+            rows, overlap = drop_train_prompts(rows, splits["train"])
+            if overlap:
+                dropped[TEST_PROMPT_IN_TRAIN] = overlap
+                log.warning("%d rows of split %r of %s have a prompt that is also in split %r; dropped from %r",
+                            overlap, split, dataset_path, train_split, split)
         if not rows:
-            raise DataError(f"no valid row in split {split!r} of {dataset_path!r}: {dict(dropped)}")
+            what = "row" if kind == "sft" else "pair with a strict preference"
+            raise DataError(f"no valid {what} in split {split!r} of {dataset_path!r}: {dict(dropped)}")
         stats.rows_in[split_key] = len(raw)
         stats.dropped[split_key] = dict(dropped)
         splits[split_key] = rows
@@ -393,6 +482,10 @@ def prepare(
             kept, truncated, dropped = _apply_cut(rows, kind, stats.cutoff, overlong)
             for reason, count in dropped.items():
                 stats.dropped[split_key][reason] = stats.dropped[split_key].get(reason, 0) + count
+            if not kept:
+                split = train_split if split_key == "train" else test_split
+                raise DataError(f"no row of split {split!r} of {dataset_path!r} is left after the cut at "
+                                f"{stats.cutoff} tokens: {stats.dropped[split_key]}")
             stats.rows_kept[split_key] = len(kept)
             stats.rows_truncated[split_key] = truncated
             pd.DataFrame(kept).drop(columns="length").to_parquet(tmp / f"{split_key}.parquet", index=False)

@@ -26,11 +26,11 @@ def load_gguf(gguf_path: str | Path, dtype: torch.dtype = torch.float32):
     if not gguf_path.is_file():
         raise FileNotFoundError(f"no GGUF file at {gguf_path}")
     directory, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
     # dequantize=True: dense weights even where a GGUF matmul kernel (package `kernels`) would
     # otherwise keep them packed in GGUF blocks, which save_pretrained cannot write.
     model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+        directory, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True), trust_remote_code=False
     )
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:

@@ -50,6 +50,7 @@ rule prepare_data:
         tokenizer=lambda wc: INIT_MODEL_DIR,  # an input when built here, else a hub id
         dataset=lambda wc: dataset_settings(wc.kind),
         data=S.data.to_dict(),
+        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/prepare_data/{kind}.log",
     threads: threads_of("prepare_data")

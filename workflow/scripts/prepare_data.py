@@ -12,5 +12,6 @@ with stage(snakemake):
     stats = prepare_dataset(
         kind, DatasetSettings.from_dict(snakemake.params.dataset, f"data.{kind}"),
         DataSettings.from_dict(snakemake.params.data), snakemake.params.tokenizer, Path(snakemake.output.stats).parent,
+        trust_remote_code=snakemake.params.trust_remote_code,
     )
     logging.info("%s data: %s", kind, json.dumps(stats.to_json()))
