@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from dppo.logprobs import ResponseBatchLogps, as_response_logps, response_logps
+from dppo.logprobs import ResponseBatchLogps, ResponseScorer, as_response_logps, gated_logps, response_logps
 from dppo.losses import preference_loss
 from dppo.settings import LossSettings
 
@@ -220,3 +220,13 @@ def test_the_chunked_head_runs_no_vocabulary_projection_and_a_logit_transform_fa
     # this architecture ignores the attribute, so both paths compute the same log-probs
     assert torch.allclose(chunked.sums, full.sums, atol=1e-5, rtol=0)
     assert torch.allclose(chunked.sums, unbatched_sums(model, prompts, responses), atol=1e-5, rtol=0)
+
+
+def test_a_float64_model_gives_float64_log_probs_and_float32_gated_ones_on_both_heads(head):
+    model = tiny_causal_lm("llama").double()
+    full = response_logps(model, PROMPTS, RESPONSES, PAD, return_token_logps_for=2, share_prompt=False)
+    assert full.sums.dtype == full.token_logps.dtype == torch.float64
+    scorer = ResponseScorer(model, PROMPTS, PAD, share_prompt=False)
+    sums, tokens, mask = gated_logps(scorer, [group[2] for group in RESPONSES], [True, False, True], token_logps=True)
+    assert sums.dtype == tokens.dtype == torch.float32
+    assert torch.equal(sums, full.sums[:, 2].float()) and torch.equal(tokens[mask], full.token_logps[full.token_mask].float())

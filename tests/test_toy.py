@@ -13,11 +13,15 @@ import torch
 from dppo import settings as st
 from dppo.io import save_figure
 from dppo.latex import latex_number, macro_name
+from numerics import U64, assert_within, gamma
 from dppo.losses import preference_loss
 from dppo.settings import LossSettings
 from dppo.toy import model as tm
 from dppo.toy import summary as ts
 from dppo.toy import training as tt
+
+# Sums a toy log-prob passes through: three linear layers and the log-softmax.
+N_LAYERS = 4
 
 SMALL = st.ToySettings(
     seeds=(0,),
@@ -161,8 +165,9 @@ def test_stacked_policy_is_the_seeded_policies_side_by_side():
     assert stacked.n_runs == 3
     logp = stacked()
     assert logp.shape == (3, 4, 10) and logp.dtype == torch.float64
-    for run, policy in enumerate(policies):
-        assert torch.equal(logp[run], policy())
+    for run, policy in enumerate(policies):  # a batched matmul may round otherwise than one run's
+        alone = policy()
+        assert_within(logp[run], alone, N_LAYERS * gamma(8 + 1, U64) * (1 + alone.abs()), f"run {run}")
     assert torch.equal(logp[0], logp[2]) and not torch.equal(logp[0], logp[1])
     copies = stacked.select(torch.tensor([1, 1, 0]))
     assert torch.equal(copies()[0], logp[1]) and torch.equal(copies()[2], logp[0])
@@ -269,7 +274,12 @@ def test_batched_runs_equal_the_per_run_loop():
     assert last["diverged"].sum() >= 4 and not last["diverged"].all()
     assert set(last.loc[last["diverged"]].reset_index()["step"]) != {DIVERGING.steps}
     assert runs.groupby(["scenario", "seed", "loss"])["diverged"].sum().max() == 1  # only the last record
-    pd.testing.assert_frame_equal(runs[expected.columns], expected, check_exact=False, rtol=1e-12, atol=0)
+    # The batched matmuls round otherwise than the per-run ones on some CPUs: each step moves a
+    # log-prob by at most one rounding per layer of its sums (gamma_{hidden+1}) of its magnitude,
+    # which is also the relative change of a probability; first order, over every step.
+    logp_scale = expected.filter(like="logp").abs().max().max()
+    rtol = (DIVERGING.steps + 1) * N_LAYERS * gamma(DIVERGING.hidden + 1, U64) * max(1.0, logp_scale)
+    pd.testing.assert_frame_equal(runs[expected.columns], expected, check_exact=False, rtol=rtol, atol=0)
     assert len(step1) == 4 and step1["step1_kl"].max() < 1e-3
 
 

@@ -216,7 +216,8 @@ def linear_head(model):
 
 
 def token_logps_at(model, inputs: dict, scored: Tensor, targets: Tensor) -> Tensor:
-    """float32 log-probs of ``targets`` at the ``scored`` positions of one forward with ``inputs``.
+    """Log-probs of ``targets`` at the ``scored`` positions of one forward with ``inputs``, in
+    float32 (float64 for a float64 model, on both heads).
 
     Where the head is a plain linear map (:func:`linear_head`) and the logits would be large
     (more than :data:`FULL_LOGITS_MAX`), the model runs with no head at all (``logits_to_keep``
@@ -228,7 +229,7 @@ def token_logps_at(model, inputs: dict, scored: Tensor, targets: Tensor) -> Tens
     if head is None or int(scored.sum()) * head[0].shape[0] <= FULL_LOGITS_MAX:
         logits = model(**inputs, logits_to_keep=scored).logits
         _check_head_slicing(model, logits, scored)
-        logits = logits.float()  # log-softmax in float32 even for bf16 models
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 models too
         return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     captured = {}
 
@@ -266,7 +267,7 @@ def gated_logps(scorer: ResponseScorer, responses: list[list[int]], needs_grad: 
     The DPPO penalties weight y_gen by f(r), and r depends on y_w and y_l only: a row with a zero
     weight gives y_gen no gradient, so building its graph (forward activations and backward)
     there is wasted, and when y_gen's log-prob is not logged either its forward is too. Values
-    equal one full pass's up to float rounding."""
+    equal one full pass's up to float rounding; float32 whatever the model's dtype."""
     device = scorer.device
     scored = scored if scored is not None else [True] * len(responses)
     width = max(len(r) for r in responses)
@@ -279,9 +280,9 @@ def gated_logps(scorer: ResponseScorer, responses: list[list[int]], needs_grad: 
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             part = scorer.score(rows, [[responses[b]] for b in rows], 0 if token_logps else None)
         index = torch.tensor(rows, dtype=torch.long, device=device)
-        sums = sums.index_put((index,), part.sums[:, 0])  # out of place: autograd flows
+        sums = sums.index_put((index,), part.sums[:, 0].float())  # out of place: autograd flows
         if token_logps:
-            padded = torch.nn.functional.pad(part.token_logps, (0, width - part.token_logps.shape[1]))
+            padded = torch.nn.functional.pad(part.token_logps.float(), (0, width - part.token_logps.shape[1]))
             tokens = tokens.index_put((index,), padded)
     if not token_logps:
         return sums, None, None
