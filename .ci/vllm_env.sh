@@ -2,7 +2,7 @@
 # Build the separate vLLM (CPU) virtual environment used by the `vllm` generation backend.
 #
 # vLLM pins its own torch/transformers, so it can never share the main .venv: the pipeline
-# calls `<vllm venv>/bin/python -m dppo.generation --backend vllm ...` as a subprocess.
+# calls `<vllm venv>/bin/python -m dppo.infer.generation --backend vllm ...` as a subprocess.
 # Idempotent: does nothing when the venv already imports vllm and dppo.
 #
 # Usage: bash .ci/vllm_env.sh [VENV_DIR]      (default: .venv-vllm at the repo root)
@@ -18,7 +18,7 @@ start=$SECONDS
 
 ready() {
     # Importing from / keeps the repo's src/ off sys.path: dppo must come from the venv install.
-    [ -x "$venv/bin/python" ] && (cd / && "$venv/bin/python" -c "import vllm, pandas, pyarrow, dppo.generation") >/dev/null 2>&1
+    [ -x "$venv/bin/python" ] && (cd / && "$venv/bin/python" -c "import vllm, pandas, pyarrow, dppo.infer.generation") >/dev/null 2>&1
 }
 
 if ready; then
@@ -44,8 +44,8 @@ pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 pip install --quiet --no-deps -e "$repo_root"
 
 if ! ready; then
-    echo "vllm env: ERROR: $venv was built but 'import vllm, dppo.generation' fails:" >&2
-    (cd / && "$venv/bin/python" -c "import vllm, pandas, pyarrow, dppo.generation") >&2 || true
+    echo "vllm env: ERROR: $venv was built but 'import vllm, dppo.infer.generation' fails:" >&2
+    (cd / && "$venv/bin/python" -c "import vllm, pandas, pyarrow, dppo.infer.generation") >&2 || true
     exit 1
 fi
 echo "vllm env: ready in $((SECONDS - start)) s; size $(du -sh "$venv" | cut -f1)"

@@ -6,7 +6,7 @@ for this tree and (optionally) an earlier commit side by side, in one invocation
 
 Each tree runs ``snakemake --cores 2 all`` on its own ``config.yaml`` in a fresh directory, with
 its own ``src`` first on PYTHONPATH (one installed environment serves both). Per job the rule
-logs a ``dppo-timing`` line (dppo.stage): start-up = process start to the script body (the
+logs a ``dppo-timing`` line (dppo.runtime.stage): start-up = process start to the script body (the
 interpreter, Snakemake's script preamble, the imports), work = the body. A tree whose jobs do
 not log it (an older commit) gets wall times only. Absolute seconds differ between machines
 (two of ours differ about 2.5x); compare trees of one invocation, by their ratio.

@@ -5,13 +5,13 @@ on a randomly initialised Qwen2.5-0.5B-shaped model, as ONE table. Run it with
 
 Rows (each in the table whether it ran, failed or was skipped, with the reason):
 
-- ``sft``: :class:`dppo.sft.SFTTask` through :func:`dppo.trainer.train` (the pipeline's loop:
+- ``sft``: :class:`dppo.train.sft.SFTTask` through :func:`dppo.train.loop.train` (the pipeline's loop:
   bf16 autocast, AdamW, clipping, the finiteness checks and metrics of every step), tokens/s and MFU.
-- ``dpo``: :class:`dppo.preference.PreferenceTask` (loss dpo, cached reference log-probs, the
+- ``dpo``: :class:`dppo.train.preference.PreferenceTask` (loss dpo, cached reference log-probs, the
   shared-prompt forward) through the same loop.
-- ``generate``: :func:`dppo.generation.generate_greedy`, backend transformers and backend vllm
+- ``generate``: :func:`dppo.infer.generation.generate_greedy`, backend transformers and backend vllm
   (same prompts, same batch size), new tokens/s with the model load excluded.
-- ``score seqcls`` / ``score nemotron``: :func:`dppo.rewards.reward_backend` with engine
+- ``score seqcls`` / ``score nemotron``: :func:`dppo.infer.rewards.reward_backend` with engine
   transformers and engine vllm, rows/s and MFU (model load and a short warm-up excluded).
 
 The model is built from a config (random weights) and saved in bfloat16 like the real
@@ -164,7 +164,7 @@ def build_tokenizer(vocab_size: int):
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
 
-    from dppo.tiny_model import CHATML_TEMPLATE
+    from dppo.data.tiny_model import CHATML_TEMPLATE
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     symbols = [*specials, *sorted(ByteLevel.alphabet())]
@@ -182,7 +182,7 @@ def build_models(args, workdir: Path, device: str) -> dict:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
-    from dppo.rewards import chat_token_ids
+    from dppo.infer.rewards import chat_token_ids
 
     shape = TINY if args.dry_run else QWEN_05B
     tokenizer = build_tokenizer(shape["vocab_size"])
@@ -220,8 +220,8 @@ TOKENIZER_PROBE = (["abc"], ["xyz"])
 def check_tokenizer(models: dict) -> None:
     """The scoring rows tokenize text: the saved tokenizer, as this environment's transformers
     loads it, must give the ids the built one gave."""
-    from dppo.io import load_tokenizer
-    from dppo.rewards import chat_token_ids
+    from dppo.infer.rewards import chat_token_ids
+    from dppo.runtime.io import load_tokenizer
 
     for name, path in models["dirs"].items():
         got = chat_token_ids(load_tokenizer(path), *TOKENIZER_PROBE, None)[0]
@@ -259,7 +259,7 @@ def peak_note() -> str:
 
 
 class TimedTask:
-    """Wraps a :class:`dppo.trainer.Task`: the clock at the start of every loss (one micro batch
+    """Wraps a :class:`dppo.train.loop.Task`: the clock at the start of every loss (one micro batch
     per step here) and after every step's metrics (the trainer calls them after the optimizer step)."""
 
     def __init__(self, task):
@@ -285,7 +285,7 @@ class TimedTask:
 
 
 class ThroughputLog(logging.Handler):
-    """Catches :mod:`dppo.generation`'s "<backend>: N prompts, T new tokens in S s" record, whose
+    """Catches :mod:`dppo.infer.generation`'s "<backend>: N prompts, T new tokens in S s" record, whose
     time excludes the model load."""
 
     def __init__(self):
@@ -303,10 +303,10 @@ class ThroughputLog(logging.Handler):
 def run_training(kind: str, args, models: dict, data: dict, workdir: Path, peak: float | None) -> dict:
     import torch
 
-    from dppo.io import load_causal_lm, load_tokenizer, pad_token_id
-    from dppo.logprobs import can_share_prompt
+    from dppo.runtime.io import load_causal_lm, load_tokenizer, pad_token_id
     from dppo.settings import Experiment, LossSettings, OptimSettings
-    from dppo.trainer import train
+    from dppo.train.logprobs import can_share_prompt
+    from dppo.train.loop import train
 
     policy = models["dirs"]["policy"]
     tokenizer = load_tokenizer(policy)
@@ -325,12 +325,12 @@ def run_training(kind: str, args, models: dict, data: dict, workdir: Path, peak:
     pad = pad_token_id(tokenizer)
     rows = data[kind]
     if kind == "sft":
-        from dppo.sft import SFTTask
+        from dppo.train.sft import SFTTask
 
         task = TimedTask(SFTTask(rows, pad))
         record = {"stage": "gpu_check_sft"}
     else:
-        from dppo.preference import PreferenceTask
+        from dppo.train.preference import PreferenceTask
 
         experiment = Experiment(name="gpu_check_dpo", loss=LossSettings(name="dpo"), optim=opt, track_gen=False,
                                 probe_rows=0)
@@ -365,7 +365,7 @@ def run_training(kind: str, args, models: dict, data: dict, workdir: Path, peak:
 
 
 def run_generation(engine: str, args, models: dict, data: dict, on_gpu: bool) -> dict:
-    from dppo.generation import generate_greedy
+    from dppo.infer.generation import generate_greedy
     from dppo.settings import GenerationSettings
 
     options = {}
@@ -374,7 +374,7 @@ def run_generation(engine: str, args, models: dict, data: dict, on_gpu: bool) ->
     settings = GenerationSettings(backend=engine, vllm_python=sys.executable, batch_size=args.gen_batch_size,
                                   dtype="auto", vllm_options=options)
     handler = ThroughputLog()
-    logger = logging.getLogger("dppo.generation")
+    logger = logging.getLogger("dppo.infer.generation")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     start = time.perf_counter()
@@ -399,7 +399,7 @@ def run_generation(engine: str, args, models: dict, data: dict, on_gpu: bool) ->
 
 def run_scoring(backend: str, engine: str, args, models: dict, data: dict, on_gpu: bool, peak: float | None,
                 workdir: Path) -> dict:
-    from dppo.rewards import chat_token_ids, reward_backend
+    from dppo.infer.rewards import chat_token_ids, reward_backend
     from dppo.settings import RewardSettings
 
     model_dir = models["dirs"]["policy" if backend == "nemotron" else "seqcls"]

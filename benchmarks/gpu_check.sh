@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (one H100/H200, at most 8 minutes, nothing downloaded): prints ONE table of
-#   SFT and DPO training tokens/s and MFU (dppo.trainer.train with dppo.sft.SFTTask /
-#   dppo.preference.PreferenceTask, bf16), greedy generation tokens/s (dppo.generation.generate_greedy,
-#   transformers vs vLLM) and reward scoring rows/s (dppo.rewards, seqcls and nemotron, transformers
+#   SFT and DPO training tokens/s and MFU (dppo.train.loop.train with dppo.train.sft.SFTTask /
+#   dppo.train.preference.PreferenceTask, bf16), greedy generation tokens/s (dppo.infer.generation.generate_greedy,
+#   transformers vs vLLM) and reward scoring rows/s (dppo.infer.rewards, seqcls and nemotron, transformers
 #   vs vLLM), on a randomly initialised Qwen2.5-0.5B-shaped model (built from its config).
 # FLOP formula, peak FLOP/s and every row: see the docstring of benchmarks/gpu_check.py.
 #

@@ -1,5 +1,5 @@
 """Peak memory and step time of the response log-probs at Qwen2.5's vocabulary (151,936):
-today's full-logits head, the chunked head (dppo.chunked.token_logps) and TRL's DPOTrainer.
+today's full-logits head, the chunked head (dppo.train.chunked_head.token_logps) and TRL's DPOTrainer.
 
     python benchmarks/logprob_memory.py                # every variant, the table, benchmarks/logprob_memory.csv
     python benchmarks/logprob_memory.py --only today chunked --steps 2
@@ -35,7 +35,7 @@ PAD = 0
 # name -> description. Order is the table's order.
 VARIANTS = {
     "today": "the full-logits head (the pipeline before the chunked head): float32 logits (response tokens, vocab)",
-    "chunked": "dppo.logprobs.response_logps: hidden states at the scored positions + dppo.chunked.token_logps",
+    "chunked": "dppo.train.logprobs.response_logps: hidden states at the scored positions + dppo.train.chunked_head.token_logps",
     "chunked_small": "the same with CPU-sized tiles (--small-chunks)",
     "trl": "TRL DPOTrainer step, fused chunked head, precompute_ref_log_probs, no grad checkpointing, fp32",
 }
@@ -108,28 +108,28 @@ def make_rows(args) -> list[dict]:
 
 
 def _sums(model, rows):
-    from dppo.logprobs import response_logps
+    from dppo.train.logprobs import response_logps
 
     return response_logps(model, [r["prompt_ids"] for r in rows],
                           [[r["chosen_ids"], r["rejected_ids"]] for r in rows], PAD).sums
 
 
 def today_sums(model, rows):
-    """The full-logits head (what dppo.logprobs does where the head is not a plain linear map,
+    """The full-logits head (what dppo.train.logprobs does where the head is not a plain linear map,
     and did everywhere before the chunked head): float32 logits at every scored position."""
     from unittest import mock
 
-    with mock.patch("dppo.logprobs.linear_head", return_value=None):
+    with mock.patch("dppo.train.logprobs.linear_head", return_value=None):
         return _sums(model, rows)
 
 
 def chunked_sums(model, rows, token_chunk: int, vocab_chunk: int):
     """The pipeline's path: no head in the model's forward, the last hidden states at the
-    scored positions through dppo.chunked.token_logps, in tiles of (token_chunk, vocab_chunk)."""
+    scored positions through dppo.train.chunked_head.token_logps, in tiles of (token_chunk, vocab_chunk)."""
     from unittest import mock
 
     tiles = {"cpu": (token_chunk, vocab_chunk), "cuda": (token_chunk, vocab_chunk)}
-    with mock.patch.dict("dppo.logprobs.HEAD_TILES", tiles):
+    with mock.patch.dict("dppo.train.logprobs.HEAD_TILES", tiles):
         return _sums(model, rows)
 
 

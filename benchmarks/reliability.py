@@ -12,7 +12,7 @@ counts outcomes, so the totals of the reliability issue can be measured again on
   a crash is a traceback; accepted means it planned the jobs (right only for the valid controls).
 - **kill**: a DPO job (2 seeds, a checkpoint every step) SIGKILLed from outside at several delays
   after its start (imports, training, checkpoint writes, the final save), then SIGKILL of
-  Snakemake itself, then (where the job ran in a warm worker, dppo.warm) the worker's child
+  Snakemake itself, then (where the job ran in a warm worker, dppo.runtime.warm) the worker's child
   that trains; each rerun of the same target must succeed at once, bit-identical (metrics
   and weights) to an uninterrupted run.
 - **corrupt**: the job frozen at step 3 and killed, then one file of its state damaged; the
@@ -238,7 +238,7 @@ def job_process(snakemake_proc: subprocess.Popen, timeout: float = 120) -> psuti
 
 def stopped_in(workdir: Path) -> list[psutil.Process]:
     """Stopped processes working in ``workdir``: the training job, or the warm worker's child
-    (dppo.warm) that trains for it."""
+    (dppo.runtime.warm) that trains for it."""
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
@@ -248,11 +248,11 @@ def stopped_in(workdir: Path) -> list[psutil.Process]:
 
 
 def warm_children_in(workdir: Path) -> list[psutil.Process]:
-    """A warm worker's children (dppo.warm) training for a job in ``workdir``."""
+    """A warm worker's children (dppo.runtime.warm) training for a job in ``workdir``."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            if "dppo.warm" in (process.info["cmdline"] or []) and process.cwd() == str(workdir):
+            if "dppo.runtime.warm" in (process.info["cmdline"] or []) and process.cwd() == str(workdir):
                 found.append(process)
     return found
 

@@ -86,9 +86,9 @@ def build_inputs(args, workdir: Path) -> None:
     import numpy as np
     import torch
 
-    from dppo.logprobs import response_logps
+    from dppo.data.tiny_model import IM_END, save_tiny_model
     from dppo.settings import TinyModelSpec
-    from dppo.tiny_model import IM_END, save_tiny_model
+    from dppo.train.logprobs import response_logps
 
     torch.set_num_threads(args.threads)
     words = [f"w{i}" for i in range(args.vocab - 4)]  # + 4 special tokens
@@ -249,11 +249,11 @@ class TimedTask:
 
 
 def worker_ours(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
-    from dppo.io import load_causal_lm, load_tokenizer
-    from dppo.preference import PreferenceTask
-    from dppo.rows import preference_records
+    from dppo.runtime.io import load_causal_lm, load_tokenizer
     from dppo.settings import Experiment, LossSettings, OptimSettings
-    from dppo.trainer import train
+    from dppo.train.loop import train
+    from dppo.train.preference import PreferenceTask
+    from dppo.train.rows import preference_records
 
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir)
@@ -275,7 +275,7 @@ def worker_ours(args, name: str, rows: list[dict], model_dir: Path, out: Path) -
 
 
 def worker_generate(args, name: str, rows: list[dict], model_dir: Path, out: Path) -> dict:
-    from dppo.generation import generate_greedy
+    from dppo.infer.generation import generate_greedy
 
     prompts = [r["prompt_ids"] for r in rows[: args.gen_prompts]]
     from dppo.settings import GenerationSettings

@@ -7,8 +7,8 @@ import pytest
 import torch
 from pipeline import run_tiny
 
-from dppo import synthetic
-from dppo.tiny_model import TinyModelSpec, save_tiny_model
+from dppo.data import synthetic
+from dppo.data.tiny_model import TinyModelSpec, save_tiny_model
 
 torch.set_num_threads(1)
 

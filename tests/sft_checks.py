@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dppo.batching import pad_sequences
-from dppo.sft import SFTTask
+from dppo.train.batching import pad_sequences
+from dppo.train.sft import SFTTask
 
 
 def masked_reference_loss(model, rows: list[dict], pad: int) -> torch.Tensor:

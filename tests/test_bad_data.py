@@ -1,4 +1,4 @@
-"""Bad input through the real loader (``dppo.data.prepare`` on local hub-layout parquet files,
+"""Bad input through the real loader (``dppo.data.prepare.prepare`` on local hub-layout parquet files,
 in both hub schemas) and through one Snakemake run: every bad row is skipped and counted under
 its reason in the stats file, every unusable dataset stops the run with a clear DataError."""
 
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dppo import data
+from dppo.data import prepare as data
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_UTF8_MARK = "@@BADUTF8@@"  # patched into invalid bytes of the same length after writing

@@ -1,4 +1,4 @@
-"""dppo.chunked.token_logps against the plain full-logits computation in float64."""
+"""dppo.train.chunked_head.token_logps against the plain full-logits computation in float64."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-
-from dppo.chunked import token_logps
 from numerics import U32, assert_as_accurate_as, assert_within, gamma
+
+from dppo.train.chunked_head import token_logps
 
 
 def make_inputs(n, v, h, dtype=torch.float32, bias=True, seed=0, scale=1.0):
@@ -255,8 +255,8 @@ def test_through_a_causal_lm_matches_response_logps():
     # positions, then token_logps through the (tied) head weight. Same sums and gradients.
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from dppo.batching import pad_sequences
-    from dppo.logprobs import response_logps
+    from dppo.train.batching import pad_sequences
+    from dppo.train.logprobs import response_logps
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dppo import data, synthetic
+from dppo.data import prepare as data
+from dppo.data import synthetic
 
 
 def _write_hub(root, split_rows: dict[str, list[dict]]):

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dppo import data
+from dppo.data import prepare as data
 
 TIE = "chosen and rejected score the same (tie)"
 
@@ -95,7 +95,7 @@ def test_tokenizer_code_never_runs_without_trust_remote_code(tmp_path, tiny_mode
     hub = write_hub(tmp_path / "hub", {"train": GOOD_SFT, "test": TEST_SFT})
     extra = ", trust_remote_code=False" if how == "trust_remote_code=False" else ""
     code = (
-        "from dppo.data import prepare_dataset\n"
+        "from dppo.data.prepare import prepare_dataset\n"
         "from dppo.settings import DatasetSettings, DataSettings\n"
         f"prepare_dataset('sft', DatasetSettings(path={str(hub)!r}), DataSettings(), {str(tok)!r}, "
         f"{str(tmp_path / 'out')!r}{extra})\n"
@@ -179,7 +179,7 @@ def test_test_prompts_in_the_train_split_are_counted_and_dropped(tmp_path, tiny_
     train = [*GOOD_SFT, sft_row(train_prompt + " caf\u00e9", "a")]  # NFC twin of the last one
     held_out = [sft_row("copy : p o n", "p o n"), sft_row("copy : o", "o")]
     hub = write_hub(tmp_path / "hub", {"train": train, "test": overlapping + held_out})
-    with caplog.at_level(logging.WARNING, logger="dppo.data"):
+    with caplog.at_level(logging.WARNING, logger="dppo.data.prepare"):
         stats = prepare_sft(hub, tiny_model_dir, tmp_path / "out")
     assert stats.dropped["test"] == {"prompt also in the train split": 3}
     assert stats.rows_kept["test"] == 2

@@ -13,11 +13,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dppo import generation, synthetic
-from dppo.batching import pad_sequences
-from dppo.generation import cut_after_eos, generate_greedy, length_sorted_batches, special_token_ids
+from dppo.data import synthetic
+from dppo.data.tiny_model import TinyModelSpec, save_tiny_model
+from dppo.infer import generation
+from dppo.infer.generation import cut_after_eos, generate_greedy, length_sorted_batches, special_token_ids
 from dppo.settings import FieldError, GenerationSettings
-from dppo.tiny_model import TinyModelSpec, save_tiny_model
+from dppo.train.batching import pad_sequences
 
 MAX_NEW_TOKENS = 8
 # head size 64 / 2 = 32: the smallest that vLLM's CPU attention supports, so the parity test

@@ -11,8 +11,8 @@ import torch
 from numerics import gamma
 from safetensors.torch import load_file
 
-from dppo.launch import run_job
-from dppo.sft import sft_job
+from dppo.runtime.launch import run_job
+from dppo.train.sft import sft_job
 
 
 @pytest.mark.slow

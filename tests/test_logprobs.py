@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from dppo.logprobs import ResponseBatchLogps, ResponseScorer, as_response_logps, gated_logps, response_logps
-from dppo.losses import preference_loss
 from dppo.settings import LossSettings
+from dppo.train.logprobs import ResponseBatchLogps, ResponseScorer, as_response_logps, gated_logps, response_logps
+from dppo.train.losses import preference_loss
 
 PAD = 0
 # Uneven prompts (1 to 6 tokens) and responses (1 to 5 tokens), K = 3 (y_w, y_l, y_gen).
@@ -60,10 +60,9 @@ def unbatched_sums(model, prompts, responses) -> torch.Tensor:
 
 @pytest.fixture(params=("full", "chunked"))
 def head(request, monkeypatch):
-    """Both heads of dppo.logprobs: the full logits (small vocabularies) and the chunked one."""
+    """Both heads of dppo.train.logprobs: the full logits (small vocabularies) and the chunked one."""
     if request.param == "chunked":
-        from dppo import logprobs
-
+        from dppo.train import logprobs
         monkeypatch.setattr(logprobs, "FULL_LOGITS_MAX", 0)
     return request.param
 
@@ -197,8 +196,7 @@ def test_bad_input_is_rejected(model, prompts, responses, kwargs, message):
 
 
 def test_the_chunked_head_runs_no_vocabulary_projection_and_a_logit_transform_falls_back(model, monkeypatch):
-    from dppo import logprobs
-
+    from dppo.train import logprobs
     prompts, responses = [[1, 2, 3], [4, 5]], [[[6, 7]], [[8, 9, 10]]]
     assert logprobs.linear_head(model) is not None  # a plain linear head: the chunked path
     calls = []

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from dppo.losses import (
+from dppo.settings import FieldError, LossSettings
+from dppo.train.losses import (
     LOSSES,
     WEIGHTINGS,
     ResponseLogps,
@@ -20,7 +21,6 @@ from dppo.losses import (
     unlikelihood_term,
     weighting,
 )
-from dppo.settings import FieldError, LossSettings
 
 F_NAMES = tuple(WEIGHTINGS)
 PENALIZED = ("minll", "unll", "conll")
@@ -332,7 +332,7 @@ def test_penalty_step_lowers_y_gen_on_a_categorical_policy():
 
 
 def test_trigger_carries_no_gradient():
-    from dppo.losses import loss_terms
+    from dppo.train.losses import loss_terms
 
     policy, reference = hand_batch(requires_grad=True)
     terms = loss_terms(policy, reference, LossSettings(name="unll", f="quadratic", alpha=1.0))

@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dppo import io
-from dppo.preference import experiment_job
-from dppo.reference import cache_reference_logps
+from dppo.runtime import io
 from dppo.settings import Experiment, LossSettings, OptimSettings
-from dppo.sft import train_sft
+from dppo.train.preference import experiment_job
+from dppo.train.reference import cache_reference_logps
+from dppo.train.sft import train_sft
 
 SFT, DPO_SEED = "results/models/sft", "results/models/dpo/seed-1"
 REBUILD = {SFT: "snakemake --forcerun results/models/sft", DPO_SEED: "snakemake --forcerun results/models/dpo"}

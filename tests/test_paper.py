@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dppo import claims, latex, paper, pdf
-from dppo.results import win_rate_table
+from dppo.evaluate import claims
+from dppo.evaluate.winrate import against_sft, paired_differences, per_prompt, per_seed_scores
+from dppo.report import latex, paper, pdf
+from dppo.report.tables import win_rate_table
 from dppo.settings import ClaimsSettings, WinRateSettings
-from dppo.winrate import against_sft, paired_differences, per_prompt, per_seed_scores
 
 N = 300
 SETTINGS = WinRateSettings(n_boot=300, seed=0, level=0.95, baseline="dpo")

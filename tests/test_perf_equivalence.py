@@ -12,12 +12,12 @@ import torch
 from numerics import assert_as_accurate_as
 from test_logprobs import param_grads, tiny_causal_lm, unbatched_sums, unbatched_token_logps
 
-from dppo.batching import packed_lengths, padding_fraction
-from dppo.logprobs import ResponseScorer, as_response_logps, can_share_prompt, gated_logps, response_logps
-from dppo.losses import ResponseLogps, preference_loss
-from dppo.preference import PreferenceTask, collate, policy_logps
 from dppo.settings import Experiment, LossSettings, OptimSettings
-from dppo.trainer import batch_order
+from dppo.train.batching import packed_lengths, padding_fraction
+from dppo.train.logprobs import ResponseScorer, as_response_logps, can_share_prompt, gated_logps, response_logps
+from dppo.train.loop import batch_order
+from dppo.train.losses import ResponseLogps, preference_loss
+from dppo.train.preference import PreferenceTask, collate, policy_logps
 
 PAD = 0
 # Every prompt has >= 2 tokens (a cached prefix); uneven prompt and response lengths, K = 3.
@@ -265,7 +265,7 @@ def test_tracked_gen_runs_on_the_shared_prompts_without_autograd():
 
 
 def test_the_gate_is_the_penalty_weight():
-    from dppo.losses import trigger
+    from dppo.train.losses import trigger
 
     model = tiny_causal_lm("llama")
     pair = response_logps(model, PROMPTS, [g[:2] for g in RESPONSES], PAD)

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from dppo import claims, plotting
-from dppo.io import save_figure
-from dppo.results import read_win_rates
+from dppo.evaluate import claims
+from dppo.report import plotting
+from dppo.report.tables import read_win_rates
+from dppo.runtime.io import save_figure
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dppo.logprobs import response_logps
-from dppo.preference import experiment_job
-from dppo.reference import cache_reference_logps
-from dppo.rows import REF_COLUMNS, subset_indices
 from dppo.settings import Experiment, LossSettings, OptimSettings
+from dppo.train.logprobs import response_logps
+from dppo.train.preference import experiment_job
+from dppo.train.reference import cache_reference_logps
+from dppo.train.rows import REF_COLUMNS, subset_indices
 
 
 @pytest.fixture()

@@ -19,10 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dppo import io, preference, trainer
 from dppo.config import ConfigError, check_local_paths, expand_experiments, load_settings
+from dppo.runtime import io
 from dppo.settings import Experiment, LossSettings, OptimSettings
-from dppo.sft import SFTTask
+from dppo.train import loop as trainer
+from dppo.train import preference
+from dppo.train.sft import SFTTask
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "dppo"
@@ -165,7 +167,7 @@ def test_atomic_output_dir_keeps_the_old_output_on_error(tmp_path):
 def test_sigkill_inside_atomic_output_dir_leaves_no_output(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
-        from dppo.io import atomic_output_dir
+        from dppo.runtime.io import atomic_output_dir
         with atomic_output_dir({str(tmp_path / "model")!r}) as tmp:
             (tmp / "config.json").write_text("{{}}")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -323,7 +325,7 @@ def test_a_damaged_checkpoint_is_discarded_by_name_and_the_rerun_starts_clean(
 def publish_tiny_sft(tmp_path, model_dir, tokenizer) -> str:
     """``results/models/sft`` published by the SFT job (relative paths, as Snakemake passes them;
     ``tmp_path`` is the working directory)."""
-    from dppo.sft import train_sft
+    from dppo.train.sft import train_sft
 
     pd.DataFrame(sft_rows(tokenizer)).to_parquet(tmp_path / "sft.parquet")
     opt = OptimSettings(lr=1e-3, batch_size=2, save_steps=100, warmup_ratio=0.0, bf16=False)
@@ -533,6 +535,6 @@ def test_a_run_no_longer_than_its_warm_up_warns_that_nothing_will_change(tmp_pat
     rows = preference_rows(tokenizer, 4)  # one batch: one update, and it is a warm-up step
     experiment = Experiment(name="one_step", loss=LossSettings(name="dpo"),
                             optim=OptimSettings(lr=1e-2, batch_size=4, warmup_ratio=0.1, bf16=False), probe_rows=0)
-    with caplog.at_level("WARNING", logger="dppo.trainer"):
+    with caplog.at_level("WARNING", logger="dppo.train.loop"):
         preference.train_seed(experiment, 0, Path(tiny_model_dir), rows, None, tmp_path / "ckpt", False, max_steps=-1)
     assert "one_step: every one of its 1 update(s) has learning rate 0" in caplog.text

@@ -1,5 +1,5 @@
 """Killed training jobs resume from their last checkpoint when the same Snakemake target is run
-again, and end bit-identical to an uninterrupted run (CPU: dppo.trainer restores the weights,
+again, and end bit-identical to an uninterrupted run (CPU: dppo.train.loop restores the weights,
 the optimizer and RNG states, and the batch order is a function of (seed, epoch)).
 
 Two kills of real Snakemake jobs: SFT gets SIGTERM (a SLURM time limit) from a callback at a
@@ -91,7 +91,7 @@ def test_sft_stopped_by_a_time_limit_resumes_bit_identical(uninterrupted, tmp_pa
 
 def _stopped_training_process(snakemake: subprocess.Popen, workdir: Path, timeout: float = 300) -> psutil.Process:
     """The process that trains, once it has stopped itself (SIGSTOP from the fault hook): the job's
-    own process, or its warm worker's child (dppo.warm), which runs in the job's directory."""
+    own process, or its warm worker's child (dppo.runtime.warm), which runs in the job's directory."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert snakemake.poll() is None, "snakemake ended before the training job stopped"
@@ -130,7 +130,7 @@ def test_preference_job_killed_from_outside_resumes_bit_identical(uninterrupted,
 
 
 def test_a_warm_worker_trains_what_a_fresh_process_trains(uninterrupted, tmp_path):
-    """The uninterrupted run trained in a warm worker's child (dppo.warm, on by default here);
+    """The uninterrupted run trained in a warm worker's child (dppo.runtime.warm, on by default here);
     the same job in a fresh process of its own gives the same bytes."""
     said = "running in a warm worker's child"
     assert said in (uninterrupted / "logs/train_preference/dpo.log").read_text()

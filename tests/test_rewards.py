@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from dppo import synthetic
-from dppo.io import UnsafeCheckpointError
-from dppo.rewards import ProgrammaticReward, SeqClsReward, reward_backend, score_files, score_generations
+from dppo.data import synthetic
+from dppo.data.tiny_model import build_tokenizer
+from dppo.infer.rewards import ProgrammaticReward, SeqClsReward, reward_backend, score_files, score_generations
+from dppo.runtime.io import UnsafeCheckpointError
 from dppo.settings import ConfigError, RewardSettings
-from dppo.tiny_model import build_tokenizer
 
 # Different lengths so a batch needs padding.
 PROMPTS = ["rsort : a b c", "unique : d", "sort : p o n m l k j i h", "unique : a b"]

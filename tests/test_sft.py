@@ -10,7 +10,7 @@ from sft_checks import check_sft_loss_masks_the_prompt
 from transformers import AutoModelForCausalLM
 
 from dppo.settings import OptimSettings
-from dppo.sft import sft_rows, train_sft
+from dppo.train.sft import sft_rows, train_sft
 
 ROWS = [{"prompt_ids": [2, 24, 21, 23, 5, 3, 2, 25], "response_ids": [5, 3]},
         {"prompt_ids": [2, 24], "response_ids": [6, 7, 3]},

@@ -23,11 +23,11 @@ from sft_checks import check_sft_loss_masks_the_prompt
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from dppo.data import RowError, prompt_and_response_ids
-from dppo.generation import generate_greedy
+from dppo.data.prepare import RowError, prompt_and_response_ids
 from dppo.gguf_model import convert_gguf
-from dppo.io import load_causal_lm, load_tokenizer
-from dppo.logprobs import response_logps
+from dppo.infer.generation import generate_greedy
+from dppo.runtime.io import load_causal_lm, load_tokenizer
+from dppo.train.logprobs import response_logps
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".cache" / "smollm2" / "hf"
 

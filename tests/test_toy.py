@@ -9,16 +9,16 @@ import math
 import pandas as pd
 import pytest
 import torch
+from numerics import U64, assert_within, gamma
 
 from dppo import settings as st
-from dppo.io import save_figure
-from dppo.latex import latex_number, macro_name
-from numerics import U64, assert_within, gamma
-from dppo.losses import preference_loss
+from dppo.report.latex import latex_number, macro_name
+from dppo.runtime.io import save_figure
 from dppo.settings import LossSettings
 from dppo.toy import model as tm
 from dppo.toy import summary as ts
 from dppo.toy import training as tt
+from dppo.train.losses import preference_loss
 
 # Sums a toy log-prob passes through: three linear layers and the log-softmax.
 N_LAYERS = 4
@@ -200,7 +200,7 @@ def _reference_fit(policy, target, steps, lr):
 
 
 def _reference_train(policy, reference_logp, pairs, y_gen, loss_cfg, steps, lr):
-    """The per-run step 2 as it was before batching (dppo.losses.preference_loss on one run's
+    """The per-run step 2 as it was before batching (dppo.train.losses.preference_loss on one run's
     pairs, one Adam per run), parts kept in float64."""
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
     params = list(policy.parameters())

@@ -1,7 +1,7 @@
 """vLLM and transformers give identical greedy token ids on the same model.
 
 vLLM lives in its own virtual environment (``bash .ci/vllm_env.sh`` builds ``.venv-vllm``), so
-the vLLM side runs through the parquet entry point ``python -m dppo.generation`` under that
+the vLLM side runs through the parquet entry point ``python -m dppo.infer.generation`` under that
 interpreter, exactly as the pipeline calls it. About 30 s, mostly vLLM's engine start-up.
 """
 
@@ -14,10 +14,10 @@ import pytest
 from test_generation import DECISIVE_SPEC, argmax_loop, chat_prompts, train_briefly
 from transformers import AutoModelForCausalLM
 
-from dppo import synthetic
-from dppo.generation import generate_greedy, special_token_ids
+from dppo.data import synthetic
+from dppo.data.tiny_model import save_tiny_model
+from dppo.infer.generation import generate_greedy, special_token_ids
 from dppo.settings import GenerationSettings
-from dppo.tiny_model import save_tiny_model
 
 VLLM_PYTHON = Path(os.environ.get("DPPO_VLLM_PYTHON", Path(__file__).parents[1] / ".venv-vllm" / "bin" / "python"))
 MAX_NEW_TOKENS = 8

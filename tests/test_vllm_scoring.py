@@ -1,11 +1,11 @@
 """vLLM and transformers reward engines give the same rewards on the same model (CPU, float32).
 
-Two tiny local models (no download), each with the ChatML tokenizer of :mod:`dppo.tiny_model`:
+Two tiny local models (no download), each with the ChatML tokenizer of :mod:`dppo.data.tiny_model`:
 a ``LlamaForCausalLM`` for ``nemotron`` (reward = raw logit of token id 0 at the first generated
 position) and a ``LlamaForSequenceClassification`` with one label for ``seqcls`` (reward = that
 logit). The same (prompt, response) pairs are scored by the transformers engine here and by the
 vLLM engine in its own environment (``bash .ci/vllm_env.sh`` builds ``.venv-vllm``), which runs
-``dppo.rewards.reward_backend`` from this checkout in a subprocess, as the pipeline's scoring job
+``dppo.infer.rewards.reward_backend`` from this checkout in a subprocess, as the pipeline's scoring job
 would there. One subprocess starts both vLLM engines, in its own process; about 30 s on 2 cores,
 mostly vLLM's import and first engine start-up.
 
@@ -32,10 +32,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from dppo import synthetic
-from dppo.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend
+from dppo.data import synthetic
+from dppo.data.tiny_model import build_tokenizer
+from dppo.infer.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend
 from dppo.settings import RewardSettings
-from dppo.tiny_model import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("DPPO_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.skipif(
 # Runs under the vLLM interpreter: every backend of the spec with ONE python start-up.
 RUNNER = """
 import json, sys, time
-from dppo.rewards import reward_backend
+from dppo.infer.rewards import reward_backend
 from dppo.settings import RewardSettings
 
 if __name__ == "__main__":  # vLLM's worker processes re-import the main module

@@ -1,4 +1,4 @@
-"""The warm worker (dppo.warm) with real processes: a client per job, as Snakemake starts it,
+"""The warm worker (dppo.runtime.warm) with real processes: a client per job, as Snakemake starts it,
 and a worker that forks a child per job. The jobs are tests/warm_jobs.py (no torch: fast)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dppo import warm
+from dppo.runtime import warm
 
 TESTS = Path(__file__).resolve().parent
 CLIENT = """
@@ -32,7 +32,7 @@ if os.environ.get("WARM_TEST_LOCK_ENOSPC"):  # a full disk where the start lock 
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
         return real_open(self, *args, **kwargs)
     pathlib.Path.open = full_open
-from dppo.launch import run_rule_job
+from dppo.runtime.launch import run_rule_job
 spec = json.loads(sys.argv[1])
 run_rule_job(types.SimpleNamespace(rule="warm_test", log=[spec["log"]], threads=1), spec["target"], spec["kwargs"])
 """
@@ -65,7 +65,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 
 def workers(env: dict) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
-            if "dppo.warm" in (p.info["cmdline"] or []) and any(env["TMPDIR"] in c for c in p.info["cmdline"])]
+            if "dppo.runtime.warm" in (p.info["cmdline"] or []) and any(env["TMPDIR"] in c for c in p.info["cmdline"])]
 
 
 def gone(process: psutil.Process, timeout: float = 10) -> None:
@@ -79,7 +79,7 @@ def gone(process: psutil.Process, timeout: float = 10) -> None:
 
 def socket_path(env: dict) -> Path:
     """The socket of the worker that a job of tests/warm_jobs.py in ``env`` would use."""
-    code = "from dppo import warm; print(warm.worker_dir() / f'{warm.worker_key((\"warm_jobs\",))}.sock')"
+    code = "from dppo.runtime import warm; print(warm.worker_dir() / f'{warm.worker_key((\"warm_jobs\",))}.sock')"
     return Path(subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
                                text=True).stdout.strip())
 
@@ -190,13 +190,13 @@ def test_no_worker_under_slurm_for_gpu_jobs_or_when_switched_off(tmp_path, env, 
 
 
 def test_the_worker_key_follows_sources_environment_and_preload(monkeypatch):
-    key = warm.worker_key(("dppo.preference",))
-    assert warm.worker_key(("dppo.preference",)) == key
-    assert warm.worker_key(("dppo.sft",)) != key
+    key = warm.worker_key(("dppo.train.preference",))
+    assert warm.worker_key(("dppo.train.preference",)) == key
+    assert warm.worker_key(("dppo.train.sft",)) != key
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    assert warm.worker_key(("dppo.preference",)) != key
+    assert warm.worker_key(("dppo.train.preference",)) != key
     monkeypatch.undo()
-    assert warm.worker_key(("dppo.preference",)) == key  # sources: see the next test
+    assert warm.worker_key(("dppo.train.preference",)) == key  # sources: see the next test
 
 
 def test_an_idle_worker_leaves_only_its_log_if_it_said_something(tmp_path, env):
@@ -285,13 +285,13 @@ def test_the_worker_key_follows_the_sources_bytes(tmp_path):
     spec = importlib.util.spec_from_file_location("warm_copy", package / "warm.py")
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)
-    key = copy.worker_key(("dppo.preference",))
+    key = copy.worker_key(("dppo.train.preference",))
     source = package / "losses.py"
     before = source.stat()
     text = source.read_bytes()
     source.write_bytes(text.replace(b"a", b"b", 1))
     os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (source.stat().st_size, source.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-    assert copy.worker_key(("dppo.preference",)) != key
+    assert copy.worker_key(("dppo.train.preference",)) != key
     source.write_bytes(text)
-    assert copy.worker_key(("dppo.preference",)) == key
+    assert copy.worker_key(("dppo.train.preference",)) == key

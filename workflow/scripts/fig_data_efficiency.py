@@ -1,10 +1,10 @@
-"""Figure 'data_efficiency' from the win-rate table (logic in dppo.plotting)."""
+"""Figure 'data_efficiency' from the win-rate table (logic in dppo.report.plotting)."""
 import logging
 
-from dppo.io import save_figure
-from dppo.plotting import fig_data_efficiency
-from dppo.results import read_stats, read_win_rates, train_count
-from dppo.stage import stage
+from dppo.report.plotting import fig_data_efficiency
+from dppo.report.tables import read_stats, read_win_rates, train_count
+from dppo.runtime.io import save_figure
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     win_rates = read_win_rates(snakemake.input.win_rates)

@@ -1,9 +1,9 @@
 """Figure 'dynamics': log-probs over training, DPO vs the best penalty variant."""
-from dppo.claims import picked_files
-from dppo.io import save_figure
-from dppo.plotting import fig_dynamics
-from dppo.results import read_metrics, read_win_rates
-from dppo.stage import stage
+from dppo.evaluate.claims import picked_files
+from dppo.report.plotting import fig_dynamics
+from dppo.report.tables import read_metrics, read_win_rates
+from dppo.runtime.io import save_figure
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     runs = picked_files(read_win_rates(snakemake.input.win_rates), snakemake.input.metrics,

@@ -1,10 +1,10 @@
 """Figure 'length_dist': token lengths of the training splits with the percentile cut."""
 import pandas as pd
 
-from dppo.io import save_figure
-from dppo.plotting import fig_length_dist
-from dppo.results import read_stats
-from dppo.stage import stage
+from dppo.report.plotting import fig_length_dist
+from dppo.report.tables import read_stats
+from dppo.runtime.io import save_figure
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     datasets = {

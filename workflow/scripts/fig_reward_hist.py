@@ -1,11 +1,11 @@
-"""Figure 'reward_hist': SFT vs DPO vs the best penalty variant (logic in dppo.plotting)."""
+"""Figure 'reward_hist': SFT vs DPO vs the best penalty variant (logic in dppo.report.plotting)."""
 import pandas as pd
 
-from dppo.claims import picked_files
-from dppo.io import save_figure
-from dppo.plotting import fig_reward_hist
-from dppo.results import read_win_rates
-from dppo.stage import stage
+from dppo.evaluate.claims import picked_files
+from dppo.report.plotting import fig_reward_hist
+from dppo.report.tables import read_win_rates
+from dppo.runtime.io import save_figure
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     runs = picked_files(read_win_rates(snakemake.input.win_rates), snakemake.input.scores,

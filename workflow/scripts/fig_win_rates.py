@@ -1,8 +1,8 @@
-"""Figures 'hparam_search', 'paradigms' and 'differences' from the win-rate table (dppo.plotting)."""
-from dppo import plotting
-from dppo.io import save_figure
-from dppo.results import read_win_rates
-from dppo.stage import stage
+"""Figures 'hparam_search', 'paradigms' and 'differences' from the win-rate table (dppo.report.plotting)."""
+from dppo.report import plotting
+from dppo.report.tables import read_win_rates
+from dppo.runtime.io import save_figure
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     win_rates = read_win_rates(snakemake.input.win_rates)

@@ -1,9 +1,9 @@
-"""Every model's greedy answers to the held-out evaluation prompts (logic in dppo.responses)."""
+"""Every model's greedy answers to the held-out evaluation prompts (logic in dppo.infer.answers)."""
 from pathlib import Path
 
-from dppo.responses import generate_all
+from dppo.infer.answers import generate_all
+from dppo.runtime.stage import stage
 from dppo.settings import GenerationSettings
-from dppo.stage import stage
 
 with stage(snakemake):
     p = snakemake.params

@@ -1,9 +1,9 @@
-"""Build the embedded default's tiny model and tokenizer (logic in dppo.tiny_model)."""
-from dppo import synthetic
-from dppo.io import atomic_output_dir
+"""Build the embedded default's tiny model and tokenizer (logic in dppo.data.tiny_model)."""
+from dppo.data import synthetic
+from dppo.data.tiny_model import save_tiny_model
+from dppo.runtime.io import atomic_output_dir
+from dppo.runtime.stage import stage
 from dppo.settings import TinyModelSpec
-from dppo.stage import stage
-from dppo.tiny_model import save_tiny_model
 
 with stage(snakemake):
     with atomic_output_dir(snakemake.output.model) as tmp:

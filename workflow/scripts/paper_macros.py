@@ -1,13 +1,13 @@
-"""paper/tables/macros.tex: every number and verdict of the paper's text (logic in dppo.paper)."""
+"""paper/tables/macros.tex: every number and verdict of the paper's text (logic in dppo.report.paper)."""
 import json
 import logging
 from pathlib import Path
 
-from dppo.io import write_text
-from dppo.latex import render_macros
-from dppo.paper import paper_macros
-from dppo.results import read_claims, read_penalty_scale, read_stats, read_win_rates
-from dppo.stage import stage
+from dppo.report.latex import render_macros
+from dppo.report.paper import paper_macros
+from dppo.report.tables import read_claims, read_penalty_scale, read_stats, read_win_rates
+from dppo.runtime.io import write_text
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     i, p = snakemake.input, snakemake.params

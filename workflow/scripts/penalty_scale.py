@@ -1,10 +1,10 @@
-"""The penalty's gradient weight against DPO's, per penalized experiment (dppo.penalty_scale)."""
+"""The penalty's gradient weight against DPO's, per penalized experiment (dppo.evaluate.penalty_scale)."""
 import json
 from pathlib import Path
 
-from dppo.penalty_scale import penalty_scale
-from dppo.results import read_metrics, write_penalty_scale
-from dppo.stage import stage
+from dppo.evaluate.penalty_scale import penalty_scale
+from dppo.report.tables import read_metrics, write_penalty_scale
+from dppo.runtime.stage import stage
 
 with stage(snakemake):
     experiments = json.loads(Path(snakemake.input.experiments).read_text())

@@ -1,7 +1,7 @@
 """y_gen = the SFT (reference) model's greedy answer to every preference-training prompt."""
-from dppo.responses import pregenerate_ygen
+from dppo.infer.answers import pregenerate_ygen
+from dppo.runtime.stage import stage
 from dppo.settings import GenerationSettings
-from dppo.stage import stage
 
 with stage(snakemake):
     pregenerate_ygen(snakemake.input.model, snakemake.input.train, snakemake.input.stats, snakemake.output.ygen,

@@ -1,12 +1,12 @@
-"""results/tables/premise.json: the DPPO premise on this run's training rows (dppo.premise)."""
+"""results/tables/premise.json: the DPPO premise on this run's training rows (dppo.evaluate.premise)."""
 import json
 import logging
 
-from dppo.io import write_json
-from dppo.premise import premise_stats
-from dppo.rows import load_training_rows
+from dppo.evaluate.premise import premise_stats
+from dppo.runtime.io import write_json
+from dppo.runtime.stage import stage
 from dppo.settings import RewardSettings
-from dppo.stage import stage
+from dppo.train.rows import load_training_rows
 
 with stage(snakemake):
     rows = load_training_rows(snakemake.input.train, snakemake.input.ygen, snakemake.input.ref)

@@ -3,9 +3,9 @@ import json
 import logging
 from pathlib import Path
 
-from dppo.data import prepare_dataset
+from dppo.data.prepare import prepare_dataset
+from dppo.runtime.stage import stage
 from dppo.settings import DatasetSettings, DataSettings
-from dppo.stage import stage
 
 with stage(snakemake):
     kind = snakemake.wildcards.kind

@@ -1,6 +1,6 @@
-"""Reference log-probs of y_w, y_l and y_gen for every training row, computed once (dppo.reference)."""
-from dppo.reference import cache_reference_logps
-from dppo.stage import stage
+"""Reference log-probs of y_w, y_l and y_gen for every training row, computed once (dppo.train.reference)."""
+from dppo.runtime.stage import stage
+from dppo.train.reference import cache_reference_logps
 
 with stage(snakemake):
     cache_reference_logps(snakemake.input.model, snakemake.input.train, snakemake.input.ygen, snakemake.output.ref,

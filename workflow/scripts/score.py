@@ -1,7 +1,7 @@
-"""Score every model's answers with one reward-model load (logic in dppo.rewards)."""
-from dppo.rewards import score_files
+"""Score every model's answers with one reward-model load (logic in dppo.infer.rewards)."""
+from dppo.infer.rewards import score_files
+from dppo.runtime.stage import stage
 from dppo.settings import RewardSettings
-from dppo.stage import stage
 
 with stage(snakemake):
     score_files(list(zip(snakemake.input.generations, snakemake.output.scores)),

@@ -1,7 +1,7 @@
-"""Supervised fine-tuning on the prepared SFT split (logic in dppo.sft; several GPUs: torchrun)."""
-from dppo.launch import run_job
-from dppo.sft import sft_job
-from dppo.stage import stage
+"""Supervised fine-tuning on the prepared SFT split (logic in dppo.train.sft; several GPUs: torchrun)."""
+from dppo.runtime.launch import run_job
+from dppo.runtime.stage import stage
+from dppo.train.sft import sft_job
 
 with stage(snakemake):
     run_job(sft_job, dict(

@@ -1,8 +1,8 @@
 """The toy figures (dynamics, gradients, grid) from the per-step records (dppo.toy.plots)."""
 import pandas as pd
 
-from dppo.io import save_figure
-from dppo.stage import stage
+from dppo.runtime.io import save_figure
+from dppo.runtime.stage import stage
 from dppo.toy import plots
 
 with stage(snakemake):

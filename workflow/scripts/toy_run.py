@@ -3,9 +3,9 @@ per-step records (dppo.toy)."""
 import logging
 import time
 
-from dppo.io import write_parquet
+from dppo.runtime.io import write_parquet
+from dppo.runtime.stage import stage
 from dppo.settings import ToySettings
-from dppo.stage import stage
 from dppo.toy.training import run_all
 
 with stage(snakemake):

@@ -4,9 +4,9 @@ import logging
 
 import pandas as pd
 
-from dppo.io import atomic_output_file, write_text
+from dppo.runtime.io import atomic_output_file, write_text
+from dppo.runtime.stage import stage
 from dppo.settings import ToySettings
-from dppo.stage import stage
 from dppo.toy import summary
 
 with stage(snakemake):

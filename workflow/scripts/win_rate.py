@@ -1,15 +1,15 @@
 """Every model against SFT and, paired on the same prompts, against the baseline experiment:
-results/tables/win_rates.csv, its LaTeX table and the per-prompt scores (dppo.winrate, dppo.results)."""
+results/tables/win_rates.csv, its LaTeX table and the per-prompt scores (dppo.evaluate.winrate, dppo.report.tables)."""
 import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from dppo.results import win_rate_table, write_win_rates
+from dppo.evaluate.winrate import against_sft, paired_differences, per_prompt, per_seed_scores
+from dppo.report.tables import win_rate_table, write_win_rates
+from dppo.runtime.stage import stage
 from dppo.settings import WinRateSettings
-from dppo.stage import stage
-from dppo.winrate import against_sft, paired_differences, per_prompt, per_seed_scores
 
 with stage(snakemake):
     settings = WinRateSettings.from_dict(snakemake.params.win_rate, "win_rate")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dppo.losses import ResponseLogps
 from dppo.settings import InitialLevels
+from dppo.train.losses import ResponseLogps
 
 N_PROMPTS = 4
 N_RESPONSES = 10

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from dppo.latex import latex_number, macro_name, render_macros
+from dppo.report.latex import latex_number, macro_name, render_macros
 from dppo.settings import LossSettings, ToySettings
 
 # The output-layer row sets whose change step 2 records (dppo.toy.training.OUTPUT_ROWS).

@@ -1,5 +1,5 @@
 """Training of the toy model: step 1 of every (scenario, seed), then step 2, every loss of
-:mod:`dppo.losses` on the preference pairs of each scenario from that same step-1 (reference)
+:mod:`dppo.train.losses` on the preference pairs of each scenario from that same step-1 (reference)
 model, with the per-step records the figures and tables read.
 
 Everything is ONE batched computation: the (scenario, seed) step-1 fits are the runs of one
@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dppo.losses import LossTerms, ResponseLogps, get_loss, gradient_weights, loss_terms
 from dppo.settings import LossSettings, ToySettings
 from dppo.toy.model import (
     CHOSEN_IDS,
@@ -39,6 +38,7 @@ from dppo.toy.model import (
     make_preference_pairs,
     pair_logps,
 )
+from dppo.train.losses import LossTerms, ResponseLogps, get_loss, gradient_weights, loss_terms
 
 # Output-layer rows whose largest change |theta_t - theta_0| is recorded (zero-gradient check).
 OUTPUT_ROWS = {"unseen": UNSEEN_IDS, "rejected": REJECTED_IDS, "chosen": CHOSEN_IDS}
@@ -67,7 +67,7 @@ def _all_finite(values: torch.Tensor) -> torch.Tensor:
 
 
 def _run_parts(terms: LossTerms, cfg: LossSettings, penalty: torch.Tensor, n_runs: int) -> dict[str, torch.Tensor]:
-    """The logged parts of :func:`dppo.losses.preference_loss`, one value per run (the mean over
+    """The logged parts of :func:`dppo.train.losses.preference_loss`, one value per run (the mean over
     that run's own pairs, not over the whole batch of runs); ``terms`` holds n_runs x pairs rows."""
 
     reward_w, reward_l = cfg.beta * terms.d_chosen, cfg.beta * terms.d_rejected

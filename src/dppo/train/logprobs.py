@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dppo.batching import PADDING_SIDES, pad_sequences
-from dppo.chunked import token_logps
-from dppo.losses import ResponseLogps
+from dppo.train.batching import PADDING_SIDES, pad_sequences
+from dppo.train.chunked_head import token_logps
+from dppo.train.losses import ResponseLogps
 
 
 @dataclass
@@ -222,7 +222,7 @@ def token_logps_at(model, inputs: dict, scored: Tensor, targets: Tensor) -> Tens
     Where the head is a plain linear map (:func:`linear_head`) and the logits would be large
     (more than :data:`FULL_LOGITS_MAX`), the model runs with no head at all (``logits_to_keep``
     all False) and its last hidden states at the scored positions go through the chunked head of
-    :mod:`dppo.chunked` (never more than one tile of logits, recomputed in backward: a 152k
+    :mod:`dppo.train.chunked_head` (never more than one tile of logits, recomputed in backward: a 152k
     vocabulary costs no gigabytes); otherwise the head runs at the scored positions only
     (boolean ``logits_to_keep``) and the log-softmax is taken over those logits."""
     head = linear_head(model)

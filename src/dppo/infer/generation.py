@@ -14,7 +14,7 @@ vLLM pins its own torch and transformers, so it lives in a separate virtual envi
 this module's command line with the interpreter ``vllm_python``; the prompts and answers go
 through parquet files::
 
-    .venv-vllm/bin/python -m dppo.generation --model-dir M --input in.parquet \
+    .venv-vllm/bin/python -m dppo.infer.generation --model-dir M --input in.parquet \
         --output out.parquet --max-new-tokens 128 --settings '{"backend": "vllm"}'
 """
 
@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from dppo.batching import pad_sequences
-from dppo.io import load_causal_lm, write_parquet
+from dppo.runtime.io import load_causal_lm, write_parquet
 from dppo.settings import DTYPES, GenerationSettings
+from dppo.train.batching import pad_sequences
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _generate_vllm_subprocess(
         # The child runs in-process there: its interpreter is the vLLM one.
         child = {**settings.to_dict(), "vllm_python": str(python.absolute())}
         command = [
-            str(python), "-m", "dppo.generation", "--model-dir", str(model_dir), "--input", str(src),
+            str(python), "-m", "dppo.infer.generation", "--model-dir", str(model_dir), "--input", str(src),
             "--output", str(dst), "--max-new-tokens", str(max_new_tokens), "--settings", json.dumps(child),
         ]  # fmt: skip
         if trust_remote_code:
@@ -346,7 +346,7 @@ def generate_greedy(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dppo.generation",
+        prog="python -m dppo.infer.generation",
         description="Greedy generation for tokenized prompts read from a parquet file.",
     )
     parser.add_argument("--model-dir", required=True, help="save_pretrained model directory")

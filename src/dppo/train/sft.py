@@ -1,7 +1,7 @@
 """Supervised fine-tuning: next-token loss on the assistant tokens only (prompt masked).
 
 The loss is the mean negative log-likelihood over the batch's response tokens; the model's
-head runs only at the positions that predict a response token (:mod:`dppo.logprobs`), so the
+head runs only at the positions that predict a response token (:mod:`dppo.train.logprobs`), so the
 prompt never costs a vocabulary-sized projection and carries no loss.
 """
 
@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
-from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id
-from dppo.logprobs import response_logps
+from dppo.runtime.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id
 from dppo.settings import OptimSettings
-from dppo.trainer import METRICS, publish_model, train
+from dppo.train.logprobs import response_logps
+from dppo.train.loop import METRICS, publish_model, train
 
 
 def sft_rows(frame: pd.DataFrame) -> list[dict]:
@@ -27,7 +27,7 @@ def sft_rows(frame: pd.DataFrame) -> list[dict]:
 
 
 class SFTTask:
-    """Token-mean NLL of the responses, for :func:`dppo.trainer.train`."""
+    """Token-mean NLL of the responses, for :func:`dppo.train.loop.train`."""
 
     def __init__(self, rows: list[dict], pad: int):
         self.rows = rows
@@ -68,6 +68,6 @@ def train_sft(model_dir: str | Path, train_file: str | Path, out_dir: str | Path
 
 def sft_job(opt: dict, model_dir: str, train_file: str, out_dir: str, metrics_file: str, checkpoint_dir: str,
             trust_remote_code: bool) -> None:
-    """:func:`train_sft` from plain arguments (for :func:`dppo.launch.run_job`)."""
+    """:func:`train_sft` from plain arguments (for :func:`dppo.runtime.launch.run_job`)."""
     train_sft(model_dir, train_file, out_dir, metrics_file, checkpoint_dir, OptimSettings.from_dict(opt, "sft"),
               trust_remote_code)

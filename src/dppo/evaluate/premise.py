@@ -18,7 +18,7 @@ from dppo.settings import RewardSettings
 
 def premise_stats(rows: pd.DataFrame, reward: RewardSettings) -> dict:
     """``rows``: training rows joined with y_gen and the reference log-probs
-    (:func:`dppo.preference.load_training_rows`). Shares are fractions of the training rows
+    (:func:`dppo.train.preference.load_training_rows`). Shares are fractions of the training rows
     (``*_of_triggered``: of the rows where the trigger fires)."""
     gen = [tuple(g) for g in rows["gen_ids"]]
     is_rejected = np.array([g == tuple(r) for g, r in zip(gen, rows["rejected_ids"])])
@@ -32,7 +32,7 @@ def premise_stats(rows: pd.DataFrame, reward: RewardSettings) -> dict:
         "ygen_is_rejected_of_triggered": float(is_rejected[triggered].mean()) if triggered.any() else float("nan"),
     }
     if reward.backend == "programmatic":  # the task's ground truth: free to evaluate
-        from dppo.synthetic import reward as task_reward
+        from dppo.data.synthetic import reward as task_reward
 
         r_gen = np.array([task_reward(p, g) for p, g in zip(rows["prompt"], rows["gen"])])
         r_chosen = np.array([task_reward(p, c) for p, c in zip(rows["prompt"], rows["chosen"])])

@@ -1,6 +1,6 @@
 """Reward backends behind one interface: ``get_reward_backend(name, **options).score(prompts, responses)``.
 
-- ``programmatic``: the embedded synthetic task's ground truth (:func:`dppo.synthetic.reward`).
+- ``programmatic``: the embedded synthetic task's ground truth (:func:`dppo.data.synthetic.reward`).
 - ``seqcls``: any ``AutoModelForSequenceClassification`` reward model with ``num_labels=1``;
   the reward is its logit for the (user prompt, assistant response) chat.
 - ``nemotron``: ``nvidia/Llama-3.1-Nemotron-70B-Reward-HF`` style, a causal LM whose reward is
@@ -24,9 +24,16 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from dppo.batching import pad_sequences
-from dppo.io import atomic_output_file, check_safetensors, load_pretrained, load_tokenizer, pad_token_id, write_parquet
+from dppo.runtime.io import (
+    atomic_output_file,
+    check_safetensors,
+    load_pretrained,
+    load_tokenizer,
+    pad_token_id,
+    write_parquet,
+)
 from dppo.settings import RewardSettings
+from dppo.train.batching import pad_sequences
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +66,7 @@ class ProgrammaticReward(RewardBackend):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         _check_pairs(prompts, responses)
         # Lazy: the synthetic task is only needed by this backend.
-        from dppo import synthetic
-
+        from dppo.data import synthetic
         return [float(synthetic.reward(p, r)) for p, r in zip(prompts, responses)]
 
 
@@ -245,7 +251,7 @@ class _VLLMChatModelReward(_ChatModelReward):
 
     ``dtype: auto`` means the checkpoint's dtype here too, as in the transformers engine (vLLM's
     own "auto" downcasts a float32 checkpoint to float16 or bfloat16). On CPU the engine runs
-    eagerly with a fixed KV cache, as :mod:`dppo.generation` runs it: there vLLM would otherwise
+    eagerly with a fixed KV cache, as :mod:`dppo.infer.generation` runs it: there vLLM would otherwise
     reserve ``gpu_memory_utilization`` of the machine's RAM and refuse to start when other
     processes use more."""
 
@@ -271,7 +277,7 @@ class _VLLMChatModelReward(_ChatModelReward):
             seed=0,
         )
         if not torch.cuda.is_available():  # vLLM's CPU backend
-            from dppo.generation import _check_vllm_cpu_head_size
+            from dppo.infer.generation import _check_vllm_cpu_head_size
 
             if (Path(options.model) / "config.json").is_file():
                 _check_vllm_cpu_head_size(Path(options.model))

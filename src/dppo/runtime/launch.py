@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from dppo import warm
+from dppo.runtime import warm
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,15 @@ def _resolve(target: str):
 
 def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0) -> None:
     """A workflow script's whole body: ``target`` ("module:function") called with ``kwargs`` inside
-    ``dppo.stage.stage``; on a local CPU in a warm worker (dppo.warm), which has imported the
+    ``dppo.runtime.stage.stage``; on a local CPU in a warm worker (dppo.runtime.warm), which has imported the
     target's module already, else in this process."""
-    from dppo.stage import process_start_time
+    from dppo.runtime.stage import process_start_time
 
     job = {"rule": snakemake.rule, "log": str(snakemake.log[0]), "threads": int(snakemake.threads)}
     if warm.usable(n_gpus):
         request = {"target": target, "kwargs": kwargs, "job": job, "n_gpus": n_gpus, "started": process_start_time()}
         try:
-            warm.exit_with(warm.submit("dppo.launch:run_in_stage", request, preload=(target.partition(":")[0],)))
+            warm.exit_with(warm.submit("dppo.runtime.launch:run_in_stage", request, preload=(target.partition(":")[0],)))
         except warm.Unavailable as why:
             log.warning("no warm worker could take the job (%s); running it in this process", why)
     run_in_stage(target, kwargs, job, n_gpus)
@@ -47,7 +47,7 @@ def run_in_stage(target: str, kwargs: dict, job: dict, n_gpus: int = 0, started:
     """``target(**kwargs)`` inside the rule's stage; the import comes first, so it counts as start-up."""
     from types import SimpleNamespace
 
-    from dppo.stage import stage
+    from dppo.runtime.stage import stage
 
     function = _resolve(target)
     with stage(SimpleNamespace(rule=job["rule"], log=[job["log"]], threads=job["threads"]), started=started):
@@ -66,7 +66,7 @@ def run_job(function, kwargs: dict, n_gpus: int = 0) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump({"target": target, "kwargs": kwargs}, fh)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpus}",
-               "-m", "dppo.launch", fh.name]
+               "-m", "dppo.runtime.launch", fh.name]
     log.info("launching %s on %d GPUs: %s", target, n_gpus, " ".join(command))
     try:
         subprocess.run(command, check=True)

@@ -5,7 +5,7 @@ never a model, so restyling a figure never retrains anything. Every function cop
 what a small run yields (one seed, empty groups, missing runs): it draws what exists and
 writes a short note on the axes instead of crashing.
 
-Win-rate tables follow ``dppo.winrate``: one row per experiment with columns ``name``,
+Win-rate tables follow ``dppo.evaluate.winrate``: one row per experiment with columns ``name``,
 ``label``, ``group``, ``loss``, ``f``, ``alpha``, ``n_train``, ``seed``, ``win_rate``,
 ``ci_low``, ``ci_high``, ``mean_reward``, ``frac_negative``.
 """
@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-# Which runs a figure shows is the paper's decision, shared with the macros: dppo.claims.
-from dppo.claims import data_efficiency_rows, label_with_alpha  # noqa: E402
+# Which runs a figure shows is the paper's decision, shared with the macros: dppo.evaluate.claims.
+from dppo.evaluate.claims import data_efficiency_rows, label_with_alpha  # noqa: E402
 from dppo.settings import PENALIZED_LOSSES as PENALTY_LOSSES  # noqa: E402
 
 # Widths of a two-column paper (letter, 0.75 in margins): one column, the full text.
@@ -244,7 +244,7 @@ def fig_data_efficiency(win_rates: pd.DataFrame, n_full: int | None = None) -> F
     """Win rate vs number of preference rows per method, plus the chained run as a star.
 
     Subset runs come from the data-efficiency group, the full-data point of each method
-    from the main group (``n_full`` rows, see :func:`dppo.claims.data_efficiency_rows`).
+    from the main group (``n_full`` rows, see :func:`dppo.evaluate.claims.data_efficiency_rows`).
     """
     apply_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))

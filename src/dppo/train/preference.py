@@ -1,10 +1,10 @@
 """Preference training (DPO, the DPPO penalties and the 3D-properties variants).
 
-One step flows one way: the policy's log-probs of y_w and y_l (:class:`dppo.logprobs.ResponseScorer`,
-prompts encoded once), then the trigger r and f(r) (:func:`dppo.losses.trigger`, once), then y_gen,
+One step flows one way: the policy's log-probs of y_w and y_l (:class:`dppo.train.logprobs.ResponseScorer`,
+prompts encoded once), then the trigger r and f(r) (:func:`dppo.train.losses.trigger`, once), then y_gen,
 with autograd only where the penalty weight alpha f(r) is not zero, then the loss
-(:func:`dppo.losses.preference_loss`, given that trigger). The reference model never runs here:
-its log-probs come from the cache of :mod:`dppo.reference`.
+(:func:`dppo.train.losses.preference_loss`, given that trigger). The reference model never runs here:
+its log-probs come from the cache of :mod:`dppo.train.reference`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,17 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
-from dppo.batching import packed_lengths
-from dppo.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id, weights_digest
-from dppo.logprobs import (
+from dppo.runtime.io import (
+    atomic_output_dir,
+    atomic_output_file,
+    load_causal_lm,
+    load_tokenizer,
+    pad_token_id,
+    weights_digest,
+)
+from dppo.settings import Experiment, LossSettings
+from dppo.train.batching import packed_lengths
+from dppo.train.logprobs import (
     ResponseBatchLogps,
     ResponseScorer,
     as_response_logps,
@@ -29,10 +37,9 @@ from dppo.logprobs import (
     gated_logps,
     response_logps,
 )
-from dppo.losses import ResponseLogps, Trigger, preference_loss, trigger
-from dppo.rows import REF_COLUMNS, load_training_rows, preference_records, subset_indices
-from dppo.settings import Experiment, LossSettings
-from dppo.trainer import METRICS, publish_model, total_steps, train
+from dppo.train.loop import METRICS, publish_model, total_steps, train
+from dppo.train.losses import ResponseLogps, Trigger, preference_loss, trigger
+from dppo.train.rows import REF_COLUMNS, load_training_rows, preference_records, subset_indices
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +100,8 @@ def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
 
 
 class PreferenceTask:
-    """The preference loss of a batch (:func:`policy_logps` then :func:`dppo.losses.preference_loss`),
-    for :func:`dppo.trainer.train`; logs every loss part and, on fixed probe rows, the log-probs
+    """The preference loss of a batch (:func:`policy_logps` then :func:`dppo.train.losses.preference_loss`),
+    for :func:`dppo.train.loop.train`; logs every loss part and, on fixed probe rows, the log-probs
     of y_w, y_l and y_gen."""
 
     def __init__(self, experiment: Experiment, rows: list[dict], pad: int, probe: list[dict]):
@@ -151,7 +158,7 @@ def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: 
                    out_dir: str, metrics_file: str, checkpoint_dir: str, subset_seed: int,
                    trust_remote_code: bool) -> None:
     """Every seed of one experiment (``experiment``: :meth:`Experiment.to_dict`), from file
-    paths only, so :func:`dppo.launch.run_job` can run it in-process or under torchrun.
+    paths only, so :func:`dppo.runtime.launch.run_job` can run it in-process or under torchrun.
 
     ``out_dir`` receives ``seed-<s>/`` (a model directory per seed), ``metrics_file`` every
     seed's per-step metrics (a ``seed`` field on each line); both appear only once every seed

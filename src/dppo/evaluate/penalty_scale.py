@@ -1,5 +1,5 @@
 """How hard each DPPO penalty pushes against DPO: the ratio of the penalty's gradient weight
-per y_gen token to the DPO term's per y_w token (:func:`dppo.losses.gradient_weights`), read
+per y_gen token to the DPO term's per y_w token (:func:`dppo.train.losses.gradient_weights`), read
 from the per-step training metrics.
 
 Over the first epoch the policy is still close to the SFT model and every row has been seen

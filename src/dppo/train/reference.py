@@ -9,9 +9,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
-from dppo.io import load_causal_lm, load_tokenizer, pad_token_id, write_parquet
-from dppo.logprobs import response_logps
-from dppo.rows import REF_COLUMNS, ids
+from dppo.runtime.io import load_causal_lm, load_tokenizer, pad_token_id, write_parquet
+from dppo.train.logprobs import response_logps
+from dppo.train.rows import REF_COLUMNS, ids
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dppo.io import atomic_output_dir, load_tokenizer
+from dppo.runtime.io import atomic_output_dir, load_tokenizer
 from dppo.settings import DatasetSettings, DataSettings
 
 log = logging.getLogger(__name__)

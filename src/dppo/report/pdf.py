@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from dppo.io import atomic_output_file
+from dppo.runtime.io import atomic_output_file
 
 TEX_INSTALL_HINT = (
     "No TeX engine found (latexmk or pdflatex), so paper/main.pdf was not built.\n"

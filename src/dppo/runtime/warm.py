@@ -70,7 +70,7 @@ class Unavailable(Exception):
 
 def worker_key(preload: tuple[str, ...]) -> str:
     """What a fresh process would import and compute with; equal keys may share a worker."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # the whole dppo package
     # Contents, not sizes and mtimes: cp -p, rsync -t and tar restore an edited file's mtime
     sources = [[str(p), hashlib.sha256(p.read_bytes()).hexdigest()] for p in sorted(package.rglob("*.py"))]
     installed = []  # an installed package's files are rewritten, never edited in place: mtimes suffice
@@ -131,7 +131,7 @@ def _worker_log(path: Path) -> Path:
 def _start_worker(path: Path, preload: tuple[str, ...]) -> subprocess.Popen:
     log = _worker_log(path).open("ab")
     # -P: no script directory or cwd on sys.path, so the worker imports exactly what the key names
-    return subprocess.Popen([sys.executable, "-P", "-m", "dppo.warm", str(path), str(Path(__file__).resolve()),
+    return subprocess.Popen([sys.executable, "-P", "-m", "dppo.runtime.warm", str(path), str(Path(__file__).resolve()),
                              *preload], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
@@ -249,7 +249,7 @@ def exit_with(status: int) -> None:
 # --- the worker ------------------------------------------------------------------------------
 
 def _call(call: str, kwargs: dict) -> None:
-    """In the child: what the job's own process would have run (dppo.launch's run_in_stage)."""
+    """In the child: what the job's own process would have run (dppo.runtime.launch's run_in_stage)."""
     module, _, name = call.partition(":")
     getattr(importlib.import_module(module), name)(**kwargs)
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dppo.io import (
+from dppo.runtime.io import (
     MODEL_MANIFEST,
     TRAINING_RECORD,
     DamagedModelError,
@@ -503,7 +503,7 @@ def publish_model(run_dir: Path, dest: Path, output: str) -> None:
     directory), check the copy against the manifest :func:`save_model` wrote, and record in it
     where the rule's output is relative to ``dest`` (``"."``, or ``".."`` for an experiment's
     ``seed-<s>/``): a load that finds the model damaged names the ``snakemake --forcerun`` that
-    rebuilds it (:func:`dppo.io.verify_model`). Every file is read once more, by the check."""
+    rebuilds it (:func:`dppo.runtime.io.verify_model`). Every file is read once more, by the check."""
     shutil.copytree(run_dir / FINAL, dest, dirs_exist_ok=True)
     problem = manifest_problem(dest, MODEL_MANIFEST, exact=True)
     if problem:

@@ -2,7 +2,7 @@
 
 Every claim is tested the same way: a paired difference between two experiments on the same
 held-out prompts (per prompt, the mean over each experiment's seeds), with its bootstrap
-interval (:func:`dppo.winrate.difference`) and its minimum detectable difference (MDE). A
+interval (:func:`dppo.evaluate.winrate.difference`) and its minimum detectable difference (MDE). A
 claim that one method beats another HOLDS when the interval lies above zero, is REFUTED when
 it lies below zero, and is INCONCLUSIVE when it contains zero. The experiments each claim is
 tested on are named in the config (``claims``), before the results are seen; the one choice
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dppo.evaluate.winrate import difference
 from dppo.settings import PENALIZED_LOSSES, ClaimsSettings, WinRateSettings
-from dppo.winrate import difference
 
 log = logging.getLogger(__name__)
 

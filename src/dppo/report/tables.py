@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dppo.io import atomic_output_file
-from dppo.latex import booktabs_table, latex_escape
+from dppo.report.latex import booktabs_table, latex_escape
+from dppo.runtime.io import atomic_output_file
 
 EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "unll_level", "n_train",
                       "seeds", "init")
@@ -141,7 +141,7 @@ def _write_csv_and_tex(table: pd.DataFrame, csv_path, tex_path, tex: str) -> Non
 
 
 def write_claims(table: pd.DataFrame, csv_path, tex_path) -> None:
-    """The verdicts on the poster's claims (:func:`dppo.claims.test_claims`): CSV and LaTeX."""
+    """The verdicts on the poster's claims (:func:`dppo.evaluate.claims.test_claims`): CSV and LaTeX."""
     body = []
     for row in table.to_dict("records"):
         tested = row["verdict"] != "not tested"
@@ -162,7 +162,7 @@ def read_claims(path) -> pd.DataFrame:
 
 
 def write_penalty_scale(table: pd.DataFrame, csv_path, tex_path) -> None:
-    """The penalty's gradient weight against DPO's (:func:`dppo.penalty_scale.penalty_scale`)."""
+    """The penalty's gradient weight against DPO's (:func:`dppo.evaluate.penalty_scale.penalty_scale`)."""
     body = [[r"\texttt{" + latex_escape(row["name"]) + "}", _plain(row["alpha"]), _number(row["ratio_first"], 2),
              _number(row["ratio_first_fired"], 2), _number(row["ratio_mean"], 2)] for row in table.to_dict("records")]
     caption = (r"Penalty scale: the penalty's gradient weight per $\ygen$ token over the DPO term's per $y_w$ token, "

@@ -1,0 +1,1 @@
+"""Training: the loop, the losses, response log-probs and the chunked LM head, SFT and preference tasks, the reference cache."""
