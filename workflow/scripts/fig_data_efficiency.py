@@ -1,8 +1,9 @@
 """Figure 'data_efficiency' from the win-rate table (logic in dppo.report.plotting)."""
 import logging
 
+from dppo.data.stats import read_stats, train_count
 from dppo.report.plotting import fig_data_efficiency
-from dppo.report.tables import read_stats, read_win_rates, train_count
+from dppo.report.tables import read_win_rates
 from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 

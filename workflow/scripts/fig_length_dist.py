@@ -1,8 +1,8 @@
 """Figure 'length_dist': token lengths of the training splits with the percentile cut."""
 import pandas as pd
 
+from dppo.data.stats import read_stats
 from dppo.report.plotting import fig_length_dist
-from dppo.report.tables import read_stats
 from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 

@@ -13,8 +13,8 @@ import pandas as pd
 import torch  # noqa: F401  (every generation job uses it: imported with the job, not inside it)
 from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
+from dppo.data.stats import read_stats
 from dppo.infer.generation import generate_greedy
-from dppo.report.tables import read_stats
 from dppo.runtime.io import atomic_output_file, load_tokenizer, weights_digest, write_parquet
 from dppo.settings import GenerationSettings
 

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from dppo.data.stats import train_count
 from dppo.evaluate.claims import NOT_TESTED, label_with_alpha
 from dppo.report.latex import NA, fmt_float, fmt_percent, latex_escape, macro_name
-from dppo.report.tables import train_count
 
 # The poster's own numbers, quoted by the paper next to ours (kept here, not in the .tex).
 POSTER_NUMBERS = {

@@ -4,9 +4,7 @@ statistics and per-step metrics readers beside it."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -66,20 +64,6 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         return pd.DataFrame(columns=["step"])
     return pd.read_json(path, lines=True)
-
-
-def read_stats(path) -> dict:
-    """A data preparation's ``stats.json``."""
-    return json.loads(Path(path).read_text())
-
-
-def train_count(stats: Mapping, key: str) -> int:
-    """A count of ``stats.json`` for the TRAIN split (the file keeps one per split)."""
-    value = stats.get(key, 0)
-    if key == "dropped":
-        value = value.get("train", value) if isinstance(value, Mapping) else value
-        return int(sum(value.values())) if isinstance(value, Mapping) else int(value)
-    return int(value.get("train", 0)) if isinstance(value, Mapping) else int(value)
 
 
 def _missing(value) -> bool:
