@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from dppo import settings as st
+from dppo.config import load_yaml, validate_config
+from dppo.evaluate import claims
 from dppo.settings import FieldError, LossSettings
 from dppo.train.losses import (
     LOSSES,
+    PENALTY_WEIGHTS,
     WEIGHTINGS,
     ResponseLogps,
+    check_registry,
     get_loss,
     gradient_weights,
     log1mexp,
+    loss_minll,
     loss_terms,
     preference_loss,
     unlikelihood_term,
+    weight_minll,
     weighting,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 F_NAMES = tuple(WEIGHTINGS)
 PENALIZED = ("minll", "unll", "conll")
@@ -557,3 +567,36 @@ def test_penalized_losses_log_their_gradient_weights():
     assert {"grad_weight_dpo", "grad_weight_penalty", "grad_weight_penalty_fired", "grad_weight_dpo_fired"} <= set(parts)
     _, dpo_parts = preference_loss(policy, reference, LossSettings(name="dpo"))
     assert "grad_weight_penalty" not in dpo_parts
+
+
+def test_a_new_loss_needs_one_record_and_one_function(monkeypatch):
+    """A new loss is its record in dppo.settings.LOSS_KINDS, its function in LOSSES and, for a
+    DPPO loss, its penalty's gradient weight in PENALTY_WEIGHTS: everything else reads these.
+    Here a copy of minll under a new name, so every number must equal minll's."""
+    kind = st.LossKind("minll_copy", penalizes_gen=True, margin_only=lambda cfg: True,
+                       hyperparameters=("beta", "alpha"))
+    monkeypatch.setitem(st.LOSS_KINDS, kind.name, kind)
+    with pytest.raises(RuntimeError, match="different losses"):
+        check_registry()  # a record without its torch code is caught
+    monkeypatch.setitem(LOSSES, kind.name, loss_minll)
+    monkeypatch.setitem(PENALTY_WEIGHTS, kind.name, weight_minll)
+    check_registry()
+
+    cfg = LossSettings(name="minll_copy", f="quadratic", alpha=0.5)
+    minll = dataclasses.replace(cfg, name="minll")
+    assert cfg.needs_gen and not cfg.token_level and "minll_copy" in st.penalized_losses()
+    policy, reference = hand_batch()
+    (loss, parts), (same_loss, same_parts) = (preference_loss(policy, reference, c) for c in (cfg, minll))
+    assert torch.equal(loss, same_loss) and parts.keys() == same_parts.keys()
+    assert all(torch.equal(parts[key], same_parts[key]) for key in parts)
+    weights = gradient_weights(loss_terms(policy, reference, cfg), cfg)
+    assert all(torch.equal(a, b) for a, b in zip(weights, gradient_weights(loss_terms(policy, reference, minll), minll)))
+
+    # The run labels and the config's schema read the record too.
+    assert st.Experiment(name="x", loss=cfg).label == "minll_copy (quadratic)"
+    row = {"loss": "minll_copy", "f": "quadratic", "alpha": 0.5, "label": "minll_copy (quadratic)"}
+    assert claims._method_key(row) == "minll_copy (quadratic)"
+    assert claims.label_with_alpha(row) == "minll_copy (quadratic), α=0.5"
+    config = load_yaml(ROOT / "config.yaml")
+    config["experiments"]["dpo"]["loss"] = "minll_copy"
+    validate_config(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))

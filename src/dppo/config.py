@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import yaml
 
 from dppo.settings import (
+    LOSS_KINDS,
+    WEIGHTING_KINDS,
     ClaimsSettings,
     ConfigError,
     DataSettings,
@@ -110,6 +112,9 @@ def validate_config(config: dict, schema_path: str) -> None:
 
     with open(schema_path) as fh:
         schema = yaml.safe_load(fh)
+    # The names come from the records, so that a new loss or weighting is written once.
+    schema["$defs"]["loss_name"]["enum"] = list(LOSS_KINDS)
+    schema["$defs"]["weighting"]["enum"] = list(WEIGHTING_KINDS)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-LOSS_NAMES = ("dpo", "minll", "unll", "conll", "ipo", "slic", "flex_dpo", "dpo_sft")
-PENALIZED_LOSSES = ("minll", "unll", "conll")  # the DPPO losses: they penalize y_gen
-WEIGHTING_NAMES = ("linear", "quadratic", "sqrt", "expectile")
 R_MODES = ("policy", "implicit")
 UNLL_LEVELS = ("sequence", "token_sum", "token_mean")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 GROUPS = ("main", "alpha_sweep", "unll_forms", "data_efficiency", "chained", "3d_variants")
+# The groups whose penalized runs form the alpha sweep (and the penalty variant is picked from).
+PENALTY_SWEEP_GROUPS = ("main", "alpha_sweep")
 GENERATION_BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REWARD_BACKENDS = ("programmatic", "seqcls", "nemotron")
@@ -134,6 +133,78 @@ class Section:
 # ----------------------------------------------------------------------------- losses
 
 
+def _always(cfg: "LossSettings") -> bool:
+    return True
+
+
+def _never(cfg: "LossSettings") -> bool:
+    return False
+
+
+def _equal_betas(cfg: "LossSettings") -> bool:
+    return cfg.beta_chosen == cfg.beta_rejected
+
+
+@dataclass(frozen=True)
+class LossKind:
+    """What the pipeline knows of a loss besides its torch code (``dppo.train.losses.LOSSES``
+    and, for a DPPO loss, ``PENALTY_WEIGHTS``). Every question "which losses ..." reads these."""
+
+    name: str
+    # A DPPO loss: it penalizes y_gen, weighted by alpha f(r), so training scores y_gen.
+    penalizes_gen: bool = False
+    # The unll_levels at which it needs y_gen's per-token log-probs (none: it ignores unll_level).
+    token_levels: tuple[str, ...] = ()
+    # With its penalty silent, does it depend on a pair only through log pi(y_w) - log pi(y_l)?
+    # (dppo.toy.summary.margin_only)
+    margin_only: Callable[["LossSettings"], bool] = _never
+    hyperparameters: tuple[str, ...] = ()  # the LossSettings fields it reads (the toy's macros)
+
+    def label(self, f: str) -> str:
+        """A run's default label: the runs of a DPPO loss differ by f, so it is named too."""
+        return f"{self.name} ({f})" if self.penalizes_gen else self.name
+
+
+@dataclass(frozen=True)
+class WeightingKind:
+    """A weighting f(r) of the DPPO penalty (its torch code: ``dppo.train.losses.WEIGHTINGS``)."""
+
+    name: str
+    # Non-zero for r > 0 too: the penalty weighs the correctly ranked rows, not only r < 0.
+    fires_on_positive_r: bool = False
+
+
+_DPPO = {"penalizes_gen": True, "margin_only": _always, "hyperparameters": ("beta", "alpha")}
+# The one list of losses: the config's names, in this order.
+LOSS_KINDS: dict[str, LossKind] = {kind.name: kind for kind in (
+    LossKind("dpo", margin_only=_always, hyperparameters=("beta",)),
+    LossKind("minll", **_DPPO),
+    LossKind("unll", token_levels=("token_sum", "token_mean"), **_DPPO),
+    LossKind("conll", **_DPPO),
+    LossKind("ipo", margin_only=_always, hyperparameters=("tau",)),
+    LossKind("slic", hyperparameters=("slic_delta", "slic_lambda")),
+    LossKind("flex_dpo", margin_only=_equal_betas, hyperparameters=("beta_w", "beta_l")),
+    LossKind("dpo_sft", hyperparameters=("beta", "sft_lambda")),
+)}
+WEIGHTING_KINDS: dict[str, WeightingKind] = {kind.name: kind for kind in (
+    WeightingKind("linear"),
+    WeightingKind("quadratic"),
+    WeightingKind("sqrt"),
+    WeightingKind("expectile", fires_on_positive_r=True),
+)}
+
+
+def penalized_losses() -> tuple[str, ...]:
+    """The DPPO losses, in record order; read at each call, so a loss added later counts."""
+    return tuple(name for name, kind in LOSS_KINDS.items() if kind.penalizes_gen)
+
+
+# The built-in names, as of import (code that must see a loss added later reads LOSS_KINDS).
+LOSS_NAMES = tuple(LOSS_KINDS)
+PENALIZED_LOSSES = penalized_losses()  # the DPPO losses: they penalize y_gen
+WEIGHTING_NAMES = tuple(WEIGHTING_KINDS)
+
+
 @dataclass(frozen=True)
 class LossSettings(Section):
     """A preference loss and its hyper-parameters (dppo.train.losses reads them; docs/design.md
@@ -156,8 +227,8 @@ class LossSettings(Section):
     sft_lambda: float = 0.1  # dpo_sft
 
     def __post_init__(self):
-        check_choice(LOSS_KEY, self.name, LOSS_NAMES)
-        check_choice("f", self.f, WEIGHTING_NAMES)
+        check_choice(LOSS_KEY, self.name, tuple(LOSS_KINDS))
+        check_choice("f", self.f, tuple(WEIGHTING_KINDS))
         check_choice("r_mode", self.r_mode, R_MODES)
         check_choice("unll_level", self.unll_level, UNLL_LEVELS)
         for name in ("alpha", "slic_lambda", "sft_lambda"):
@@ -183,14 +254,18 @@ class LossSettings(Section):
         return {LOSS_KEY: values.pop("name"), **values}
 
     @property
+    def kind(self) -> LossKind:
+        return LOSS_KINDS[self.name]
+
+    @property
     def token_level(self) -> bool:
         """True when the loss needs y_gen's per-token log-probs (token-level unlikelihood)."""
-        return self.name == "unll" and self.unll_level != "sequence"
+        return self.unll_level in self.kind.token_levels
 
     @property
     def needs_gen(self) -> bool:
         """True when the loss penalizes y_gen, so training must score y_gen too."""
-        return self.name in PENALIZED_LOSSES
+        return self.kind.penalizes_gen
 
     @property
     def beta_chosen(self) -> float:
@@ -292,8 +367,7 @@ class Experiment:
         if not isinstance(self.init, str) or not self.init:
             raise FieldError("init", f"must name 'sft' or an experiment, got {self.init!r}")
         if not self.label:
-            loss = self.loss
-            object.__setattr__(self, "label", f"{loss.name} ({loss.f})" if loss.needs_gen else loss.name)
+            object.__setattr__(self, "label", self.loss.kind.label(self.loss.f))
 
     RUN_KEYS = ("label", "group", "init", "n_train", "seeds", "match_full_steps", "track_gen", "probe_rows",
                 "probe_every", "on_nonfinite")

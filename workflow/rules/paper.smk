@@ -5,6 +5,8 @@ import glob
 import os
 import shutil
 
+from dppo.settings import PENALTY_SWEEP_GROUPS
+
 PAPER_SRC = os.path.join(workflow.basedir, "paper")
 WIN_RATE_FIGURES = ["hparam_search", "paradigms", "differences"]  # from the win-rate table alone
 PAPER_FIGURES = [*WIN_RATE_FIGURES, "reward_hist", "data_efficiency", "dynamics", "length_dist"]
@@ -12,7 +14,7 @@ WIN_RATES_CSV = "results/tables/win_rates.csv"
 DATA_STATS = {key: f"results/data/{key}/stats.json" for key in ("sft", "pref")}
 DATA_LENGTHS = {key: f"results/data/{key}/lengths.parquet" for key in ("sft", "pref")}
 # The runs a figure may pick from (its script picks with dppo.evaluate.claims.pick_runs).
-PICKABLE_RUNS = experiments_in(("main", "alpha_sweep"))
+PICKABLE_RUNS = experiments_in(PENALTY_SWEEP_GROUPS)
 # No TeX -> the PDF rule only writes paper/build.log saying how to install it, so
 # `snakemake all` never fails for want of TeX; once TeX is installed paper/main.pdf is
 # missing and the rule reruns.

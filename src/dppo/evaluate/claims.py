@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from dppo.evaluate.winrate import difference
-from dppo.settings import PENALIZED_LOSSES, ClaimsSettings, WinRateSettings
+from dppo.settings import LOSS_KINDS, PENALTY_SWEEP_GROUPS, ClaimsSettings, WinRateSettings, penalized_losses
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,20 @@ STATEMENTS = {
 
 def label_with_alpha(row) -> str:
     """Label plus alpha for penalty losses, since one label (loss, f) may run at several alphas."""
-    if row.get("loss") in PENALIZED_LOSSES and pd.notna(row.get("alpha")):
+    if row.get("loss") in penalized_losses() and pd.notna(row.get("alpha")):
         return f"{row['label']}, α={row['alpha']:g}"
     return str(row["label"])
 
 
 def best_penalty(win_rates: pd.DataFrame):
-    """The penalty variant (groups main, alpha_sweep) with the highest win rate, or None."""
-    penal = win_rates[win_rates["group"].isin(["main", "alpha_sweep"]) & win_rates["loss"].isin(PENALIZED_LOSSES)]
+    """The penalty variant (groups PENALTY_SWEEP_GROUPS) with the highest win rate, or None."""
+    penal = penalty_sweep_runs(win_rates)
     return None if penal.empty else penal.loc[penal["win_rate"].idxmax()]
+
+
+def penalty_sweep_runs(win_rates: pd.DataFrame) -> pd.DataFrame:
+    """The penalized runs of the groups that form the alpha sweep."""
+    return win_rates[win_rates["group"].isin(PENALTY_SWEEP_GROUPS) & win_rates["loss"].isin(penalized_losses())]
 
 
 def pick_runs(win_rates: pd.DataFrame, baseline: str, dppo: str | None) -> dict[str, dict]:
@@ -86,7 +91,7 @@ def data_efficiency_rows(win_rates: pd.DataFrame, n_full: int | None = None) -> 
     main = win_rates[win_rates["group"] == "main"]
     parts = [eff.assign(method=eff.apply(_method_key, axis=1))]
     for _, run in eff.drop_duplicates(["loss", "f", "alpha"]).iterrows():
-        keys = ("loss", "f", "alpha") if run["loss"] in PENALIZED_LOSSES else ("loss",)
+        keys = ("loss", "f", "alpha") if run["loss"] in penalized_losses() else ("loss",)
         full = main
         for key in keys:
             full = full[full[key] == run[key]]
@@ -106,7 +111,7 @@ def data_efficiency_rows(win_rates: pd.DataFrame, n_full: int | None = None) -> 
 
 
 def _method_key(row) -> str:
-    return f"{row['loss']} ({row['f']})" if row["loss"] in PENALIZED_LOSSES else str(row["loss"])
+    return LOSS_KINDS[row["loss"]].label(row["f"])
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -139,7 +144,7 @@ def alpha_claim(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSe
     the paired difference in win rate between its best and its worst alpha, at a Bonferroni
     level over the losses. Holds when one interval lies above zero; refuted when every interval
     lies within +-margin (no difference that matters); inconclusive otherwise."""
-    sweep = win_rates[win_rates["group"].isin(["main", "alpha_sweep"]) & win_rates["loss"].isin(PENALIZED_LOSSES)]
+    sweep = penalty_sweep_runs(win_rates)
     lines = [g for _, g in sweep.groupby(["loss", "f", "unll_level"], dropna=False) if g["alpha"].nunique() >= 2]
     if not lines:
         return _not_tested("alpha", "no penalty loss is run at two or more alphas")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from dppo.settings import PENALIZED_LOSSES
+from dppo.settings import LOSS_KINDS, WEIGHTING_KINDS, penalized_losses
 
 COLUMNS = ("name", "loss", "f", "alpha", "unll_level", "ratio_first", "ratio_first_fired", "ratio_mean",
            "fired_first", "n_seeds")
@@ -34,7 +34,7 @@ def penalty_scale(experiments: list[dict], metrics: Mapping[str, pd.DataFrame]) 
     rows = []
     for experiment in experiments:
         name = experiment["name"]
-        if experiment["loss"] not in PENALIZED_LOSSES or name not in metrics:
+        if experiment["loss"] not in penalized_losses() or name not in metrics:
             continue
         m = metrics[name]
         if "grad_weight_dpo" not in m:
@@ -43,12 +43,14 @@ def penalty_scale(experiments: list[dict], metrics: Mapping[str, pd.DataFrame]) 
         fired = first[first["grad_weight_dpo_fired"] > 0]  # steps where the penalty fired on some row
         rows.append({
             "name": name, "loss": experiment["loss"], "f": experiment["f"], "alpha": experiment["alpha"],
-            "unll_level": experiment["unll_level"] if experiment["loss"] == "unll" else None,
+            "unll_level": experiment["unll_level"] if LOSS_KINDS[experiment["loss"]].token_levels else None,
             "ratio_first": _ratio(first, "grad_weight_penalty", "grad_weight_dpo"),
             "ratio_first_fired": _ratio(fired, "grad_weight_penalty_fired", "grad_weight_dpo_fired") if len(fired)
             else float("nan"),
             "ratio_mean": _ratio(m, "grad_weight_penalty", "grad_weight_dpo"),
-            "fired_first": float(first["frac_r_neg"].mean()) if experiment["f"] != "expectile" else 1.0,
+            # an f non-zero for r > 0 weighs every row
+            "fired_first": 1.0 if WEIGHTING_KINDS[experiment["f"]].fires_on_positive_r
+            else float(first["frac_r_neg"].mean()),
             "n_seeds": int(m["seed"].nunique()),
         })
     table = pd.DataFrame(rows, columns=list(COLUMNS))

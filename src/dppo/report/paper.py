@@ -13,6 +13,7 @@ import pandas as pd
 from dppo.data.stats import train_count
 from dppo.evaluate.claims import NOT_TESTED, label_with_alpha
 from dppo.report.latex import NA, fmt_float, fmt_percent, latex_escape, macro_name
+from dppo.settings import penalized_losses
 
 # The poster's own numbers, quoted by the paper next to ours (kept here, not in the .tex).
 POSTER_NUMBERS = {
@@ -106,7 +107,7 @@ def paper_macros(win_rates: pd.DataFrame, claims: pd.DataFrame, premise: Mapping
     for row in penalty.to_dict("records"):
         m[macro_name("ratio", row["name"])] = fmt_float(row["ratio_first"], 2)
     main_ratios = penalty[penalty["name"].isin(wr.loc[wr["group"] == "main", "name"])]
-    for loss in ("minll", "unll", "conll"):
+    for loss in penalized_losses():
         rows = main_ratios[(main_ratios["loss"] == loss) & (main_ratios["f"] == "linear")]
         m[macro_name("ratioLinear", loss)] = fmt_float(rows["ratio_first"].iloc[0] if len(rows) else None, 2)
 

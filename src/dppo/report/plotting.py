@@ -26,8 +26,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 # Which runs a figure shows is the paper's decision, shared with the macros: dppo.evaluate.claims.
-from dppo.evaluate.claims import data_efficiency_rows, label_with_alpha  # noqa: E402
-from dppo.settings import PENALIZED_LOSSES as PENALTY_LOSSES  # noqa: E402
+from dppo.evaluate.claims import data_efficiency_rows, label_with_alpha, penalty_sweep_runs  # noqa: E402
+from dppo.settings import LOSS_KINDS, WEIGHTING_NAMES, penalized_losses  # noqa: E402
 
 # Widths of a two-column paper (letter, 0.75 in margins): one column, the full text.
 COLUMN_WIDTH = 3.3
@@ -49,7 +49,7 @@ METHOD_COLORS = {
     "dpo_sft": _PALETTE[9],
 }
 F_MARKERS = {"linear": "o", "quadratic": "s", "sqrt": "^", "expectile": "D"}
-F_ORDER = ("linear", "quadratic", "sqrt", "expectile")
+F_ORDER = WEIGHTING_NAMES
 
 
 def apply_style() -> None:
@@ -135,12 +135,12 @@ def _panel_row(n_panels: int):
 def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
     """Win rate vs alpha: one panel per penalty loss, one line per f (poster's search).
 
-    Rows of groups ``alpha_sweep`` and ``main`` with a penalty loss; the main-group DPO
+    Rows of the alpha-sweep groups with a penalty loss (claims.penalty_sweep_runs); the main-group DPO
     win rate is the dashed reference line, 0.5 (parity with SFT) the dotted one.
     """
     apply_style()
-    agg = win_rates[win_rates["group"].isin(["alpha_sweep", "main"]) & win_rates["loss"].isin(PENALTY_LOSSES)]
-    losses = [loss for loss in PENALTY_LOSSES if loss in set(agg["loss"])]
+    agg = penalty_sweep_runs(win_rates)
+    losses = [loss for loss in penalized_losses() if loss in set(agg["loss"])]
     fig, axes = _panel_row(len(losses))
     if not losses:
         _note(axes[0], "no alpha-sweep runs in this configuration")
@@ -150,7 +150,7 @@ def fig_hparam_search(win_rates: pd.DataFrame) -> Figure:
         sub = agg[agg["loss"] == loss]
         if "unll_level" in sub:  # one line per f: the main unlikelihood form only
             levels = sub["unll_level"].dropna()
-            if loss == "unll" and len(levels):
+            if LOSS_KINDS[loss].token_levels and len(levels):
                 sub = sub[sub["unll_level"] == levels.mode().iloc[0]]
         _log_scale_if_wide(ax, sub["alpha"])
         fs = sorted(sub["f"].dropna().unique(), key=_f_sort_key)

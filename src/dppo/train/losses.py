@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dppo.settings import LOSS_NAMES, WEIGHTING_NAMES, LossSettings
+from dppo.settings import LOSS_KINDS, WEIGHTING_KINDS, LossSettings, penalized_losses
 
 # Unlikelihood clamps p(y_gen token) to at most 1 - UNLL_MIN_ONE_MINUS_P, so
 # -log(1 - p) <= log(1e5) ~ 11.5 per token and its gradient stays bounded (<= 1e5)
@@ -244,6 +244,27 @@ def _odds(logp: Tensor) -> Tensor:
     return torch.exp(logp - log1mexp(logp))
 
 
+# Each gives the penalty's gradient weight per y_gen token, (B,), from the DPO logit and alpha f(r).
+
+
+def weight_minll(terms: LossTerms, cfg: LossSettings, logits: Tensor, scale: Tensor) -> Tensor:
+    return scale
+
+
+def weight_conll(terms: LossTerms, cfg: LossSettings, logits: Tensor, scale: Tensor) -> Tensor:
+    return scale * cfg.beta * torch.sigmoid(-(logits - scale * cfg.beta * terms.d_gen))
+
+
+def weight_unll(terms: LossTerms, cfg: LossSettings, logits: Tensor, scale: Tensor) -> Tensor:
+    if cfg.unll_level == "sequence":
+        return scale * _odds(_float(terms.policy.gen))
+    safe, mask = _gen_token_logps(terms)
+    odds = torch.where(mask, _odds(safe), torch.zeros_like(safe))
+    n_tokens = mask.sum(dim=-1).clamp(min=1).to(odds.dtype)
+    per_token = odds.sum(dim=-1) / n_tokens  # mean over y_gen's tokens
+    return scale * (per_token / n_tokens if cfg.unll_level == "token_mean" else per_token)
+
+
 def gradient_weights(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tensor]:
     """Per row: the DPO term's and the penalty's gradient weight per token, both (B,).
 
@@ -251,26 +272,14 @@ def gradient_weights(terms: LossTerms, cfg: LossSettings) -> tuple[Tensor, Tenso
     p_t|: the DPO term's on y_w is beta sigma(-beta (D(y_w) - D(y_l))) for every token; the
     penalty's on y_gen is alpha f(r) for minll, alpha f(r) p/(1-p) for sequence-level unll,
     alpha f(r) mean_t p_t/(1-p_t) for token_sum (over T for token_mean), and alpha beta f(r)
-    sigma(-z) for conll (z its whole logit). Their ratio says how hard each y_gen token is
-    pushed down against how hard each y_w token is pulled up: alpha is read against it."""
+    sigma(-z) for conll (z its whole logit); zero for a loss without a penalty. Their ratio says
+    how hard each y_gen token is pushed down against how hard each y_w token is pulled up: alpha
+    is read against it."""
     with torch.no_grad():
         logits = cfg.beta * terms.d_chosen - cfg.beta * terms.d_rejected
         dpo = cfg.beta * torch.sigmoid(-logits)
-        scale = cfg.alpha * terms.f_r
-        if cfg.name == "minll":
-            penalty = scale
-        elif cfg.name == "conll":
-            penalty = scale * cfg.beta * torch.sigmoid(-(logits - scale * cfg.beta * terms.d_gen))
-        elif cfg.name == "unll" and cfg.unll_level == "sequence":
-            penalty = scale * _odds(_float(terms.policy.gen))
-        elif cfg.name == "unll":
-            safe, mask = _gen_token_logps(terms)
-            odds = torch.where(mask, _odds(safe), torch.zeros_like(safe))
-            n_tokens = mask.sum(dim=-1).clamp(min=1).to(odds.dtype)
-            per_token = odds.sum(dim=-1) / n_tokens  # mean over y_gen's tokens
-            penalty = scale * (per_token / n_tokens if cfg.unll_level == "token_mean" else per_token)
-        else:
-            penalty = torch.zeros_like(dpo)
+        weight = PENALTY_WEIGHTS.get(cfg.name)
+        penalty = weight(terms, cfg, logits, cfg.alpha * terms.f_r) if weight else torch.zeros_like(dpo)
     return dpo, penalty
 
 
@@ -284,10 +293,26 @@ LOSSES: dict[str, Callable[[LossTerms, LossSettings], tuple[Tensor, Tensor]]] = 
     "flex_dpo": loss_flex_dpo,
     "dpo_sft": loss_dpo_sft,
 }
+# The DPPO losses' penalty gradient weights (gradient_weights).
+PENALTY_WEIGHTS: dict[str, Callable[[LossTerms, LossSettings, Tensor, Tensor], Tensor]] = {
+    "minll": weight_minll,
+    "unll": weight_unll,
+    "conll": weight_conll,
+}
 
 
-# dppo.settings names these without importing torch.
-assert tuple(LOSSES) == LOSS_NAMES and tuple(WEIGHTINGS) == WEIGHTING_NAMES
+def check_registry() -> None:
+    """The torch code and dppo.settings' records (LOSS_KINDS, WEIGHTING_KINDS) name the same
+    losses, DPPO losses and weightings."""
+    pairs = (("losses", LOSSES, LOSS_KINDS), ("penalty weights", PENALTY_WEIGHTS, penalized_losses()),
+             ("weightings", WEIGHTINGS, WEIGHTING_KINDS))
+    for what, torch_side, records in pairs:
+        if set(torch_side) != set(records):
+            raise RuntimeError(f"dppo.train.losses and dppo.settings name different {what}: "
+                               f"{sorted(torch_side)} vs {sorted(records)}")
+
+
+check_registry()
 
 
 def get_loss(name: str) -> Callable[[LossTerms, LossSettings], tuple[Tensor, Tensor]]:
