@@ -84,6 +84,7 @@ ALLOWED = {  # stage -> the other stages it may import (besides SHARED)
     "evaluate": {"data"},  # data: the embedded task's ground-truth reward
     "report": {"evaluate", "data"},  # data: reading stats.json
     "toy": {"train", "report"},
+    "study": {"evaluate", "report"},  # dppo.study runs the worlds and writes the study
 }
 
 

@@ -22,6 +22,7 @@ from dppo.settings import (
     ConfigError,
     DataSettings,
     Experiment,
+    FieldError,
     GenerationSettings,
     ModelSettings,
     OptimSettings,
@@ -29,6 +30,7 @@ from dppo.settings import (
     PipelineSettings,
     Resources,
     RewardSettings,
+    StudySettings,
     TaskSpec,
     TinyModelSpec,
     ToySettings,
@@ -132,7 +134,8 @@ def _format_value(value) -> str:
 
 def expand_experiments(config: Mapping[str, Any]) -> dict[str, Experiment]:
     """Every experiment of ``config["experiments"]``, with ``preference_defaults`` under it and
-    sweeps expanded (one experiment per combination), in config order."""
+    sweeps expanded (one experiment per combination), in config order; only those
+    ``only_experiments`` keeps."""
     defaults = dict(config.get("preference_defaults") or {})
     expanded: dict[str, Experiment] = {}
     for base_name, entry in (config.get("experiments") or {}).items():
@@ -147,6 +150,7 @@ def expand_experiments(config: Mapping[str, Any]) -> dict[str, Experiment]:
                 raise ConfigError(f"experiments.{name}: the name is reserved for a pipeline stage ({', '.join(RESERVED_NAMES)})")
             flat = {**defaults, **entry, **dict(zip(keys, values))}
             expanded[name] = Experiment.from_flat(name, flat, f"experiments.{name}")
+    expanded = keep_experiments(expanded, config.get("only_experiments"))
     if not expanded:
         raise ConfigError("experiments: at least one experiment is needed")
     _check_inits(expanded)
@@ -185,6 +189,7 @@ SECTIONS = {
     "claims": ClaimsSettings,
     "toy": ToySettings,
     "paper": PaperSettings,
+    "study": StudySettings,
 }
 
 
@@ -207,12 +212,54 @@ def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
             if experiment.n_train is not None and experiment.n_train > rows:
                 raise ConfigError(f"config key experiments.{name}.n_train: {experiment.n_train} is more than the "
                                   f"{rows} synthetic preference rows (synthetic.n_pref_train)")
-    return PipelineSettings(
+    settings = PipelineSettings(
         **sections,
         experiments=experiments,
         toy=ToySettings.from_dict(config["toy"]) if config.get("toy") is not None else None,
         resources=resources,
     )
+    try:
+        return settings.in_world(config.get("world", 0))
+    except FieldError as err:
+        raise ConfigError(f"config key world: {err.message}") from None
+
+
+def keep_experiments(experiments: dict[str, Experiment], names) -> dict[str, Experiment]:
+    """Only the experiments ``names`` lists (config key ``only_experiments``; None: all), in config
+    order: an experiment's name, or the name of a sweep (every experiment it expands to). A listed
+    name must exist, and a kept experiment's init must be kept too."""
+    if names is None:
+        return experiments
+
+    def base(name: str) -> str:
+        return name.split(SWEEP_SEPARATOR)[0]
+
+    unknown = [n for n in names if n not in experiments and n not in {base(e) for e in experiments}]
+    if unknown:
+        raise ConfigError(f"config key only_experiments: {unknown[0]!r} names no experiment "
+                          f"(experiments: {', '.join(experiments)})")
+    kept = {name: e for name, e in experiments.items() if name in set(names) or base(name) in set(names)}
+    for name, e in kept.items():
+        if e.init != "sft" and e.init not in kept:
+            raise ConfigError(f"config key only_experiments: {name!r} starts from {e.init!r}, which is not kept")
+    return kept
+
+
+def merged_config(configs) -> dict:
+    """Config mappings merged as Snakemake merges its --configfile list: later files win, key by
+    key, into nested mappings."""
+    merged: dict = {}
+
+    def update(into: dict, new: Mapping) -> None:
+        for key, value in new.items():
+            if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+                update(into[key], value)
+            else:
+                into[key] = dict(value) if isinstance(value, Mapping) else value
+
+    for config in configs:
+        update(merged, config or {})
+    return merged
 
 
 def check_resource_rules(settings: PipelineSettings, rule_names) -> None:

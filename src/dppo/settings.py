@@ -15,13 +15,18 @@ neither torch nor transformers: a dry run plans the paper's grid without them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 R_MODES = ("policy", "implicit")
 UNLL_LEVELS = ("sequence", "token_sum", "token_mean")
+# Controls of what y_gen adds: the penalty on the rejected answer instead, or fired on a random
+# set of rows of the batch as large as the trigger's (the same f(r) values, shuffled).
+GEN_SOURCES = ("ygen", "rejected")
+GATES = ("trigger", "random")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-GROUPS = ("main", "alpha_sweep", "unll_forms", "data_efficiency", "chained", "3d_variants")
+GROUPS = ("main", "alpha_sweep", "unll_forms", "data_efficiency", "chained", "3d_variants", "dpo_tuning", "controls",
+          "aa_twin")
 # The groups whose penalized runs form the alpha sweep (and the penalty variant is picked from).
 PENALTY_SWEEP_GROUPS = ("main", "alpha_sweep")
 GENERATION_BACKENDS = ("transformers", "vllm")
@@ -219,6 +224,8 @@ class LossSettings(Section):
     zeta: float = 0.1
     r_mode: str = "policy"  # trigger r: policy log-ratio of y_w vs y_l, or the implicit reward margin
     unll_level: str = "token_sum"  # unlikelihood of the whole y_gen, or summed / averaged over its tokens
+    gen_source: str = "ygen"  # the response the penalty pushes down (rejected: a control)
+    gate: str = "trigger"  # which rows the penalty weighs: f(r) of each row, or shuffled in the batch (a control)
     beta_w: float | None = None  # flex_dpo: beta of the chosen side (None: beta)
     beta_l: float | None = None  # flex_dpo: beta of the rejected side (None: beta)
     tau: float = 0.1  # ipo
@@ -231,6 +238,11 @@ class LossSettings(Section):
         check_choice("f", self.f, tuple(WEIGHTING_KINDS))
         check_choice("r_mode", self.r_mode, R_MODES)
         check_choice("unll_level", self.unll_level, UNLL_LEVELS)
+        check_choice("gen_source", self.gen_source, GEN_SOURCES)
+        check_choice("gate", self.gate, GATES)
+        if (self.gen_source, self.gate) != ("ygen", "trigger") and not LOSS_KINDS[self.name].penalizes_gen:
+            raise FieldError("gate" if self.gate != "trigger" else "gen_source",
+                             f"applies to the losses that penalize y_gen ({', '.join(penalized_losses())}), not {self.name!r}")
         for name in ("alpha", "slic_lambda", "sft_lambda"):
             check_number(name, getattr(self, name), minimum=0)
         for name in ("beta", "tau"):
@@ -598,6 +610,46 @@ class ClaimsSettings(Section):
         check_number("margin", self.margin, above=0, maximum=1)
 
 
+# World k adds k * WORLD_SEED_STRIDE to every seed of the pipeline (world 0 runs the seeds as
+# written): seeds written below the stride never coincide across worlds.
+WORLD_SEED_STRIDE = 1000
+
+
+@dataclass(frozen=True)
+class StudySettings(Section):
+    """The study (``python -m dppo.study``): the pipeline replicated over ``worlds`` (each its own
+    data draw, init and SFT model, y_gen, reference log-probs and training seeds) at each design
+    of the pairs, compared over worlds (dppo.evaluate.study). A design names the shares of chosen
+    and of rejected answers that carry y_gen's flaw (synthetic.chosen_flaw_rate,
+    rejected_flaw_rate)."""
+
+    worlds: int = 3
+    designs: Mapping[str, tuple[float, float]] = field(default_factory=lambda: {"pairs_teach_it": (0.6, 0.0)})
+    twin: str = "dpo_twin"  # DPO's twin (the same settings, other seeds): the A/A check
+    dpo_groups: tuple[str, ...] = ("main", "dpo_tuning")  # DPO runs its best beta is chosen from
+    dose_response: tuple[str, ...] = ()  # the experiments the dose-response figure draws
+    split_seed: int = 0  # the validation / test split of each world's held-out prompts
+    level: float = 0.95
+    directory: str = "runs/study"
+
+    def __post_init__(self):
+        check_int("worlds", self.worlds, minimum=1)
+        if not isinstance(self.designs, Mapping) or not self.designs:
+            raise FieldError("designs", "name at least one design: {name: [chosen_flaw_rate, rejected_flaw_rate]}")
+        designs = {}
+        for name, rates in self.designs.items():
+            if not isinstance(rates, (list, tuple)) or len(rates) != 2:
+                raise FieldError(f"designs.{name}", f"must be [chosen_flaw_rate, rejected_flaw_rate], got {rates!r}")
+            for rate in rates:
+                check_number(f"designs.{name}", rate, minimum=0, maximum=1)
+            designs[str(name)] = (float(rates[0]), float(rates[1]))
+        object.__setattr__(self, "designs", designs)
+        for name in ("dpo_groups", "dose_response"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_int("split_seed", self.split_seed, minimum=0)
+        check_number("level", self.level, above=0, maximum=0.999)
+
+
 @dataclass(frozen=True)
 class InitialLevels(Section):
     """Toy step-1 target probabilities, per prompt: the optimal response gets ``chosen_*``, each
@@ -705,6 +757,23 @@ class PipelineSettings:
     toy: ToySettings | None
     paper: PaperSettings
     resources: Mapping[str, Mapping[str, Any]]  # rule name -> the config's entry ("default" too)
+    study: StudySettings
+    world: int = 0  # a replicate of the whole pipeline (its seeds shifted: in_world)
+
+    def in_world(self, world: int) -> "PipelineSettings":
+        """These settings in world ``world``: every seed that draws data, initialises or trains
+        a model (the synthetic task, the tiny model, SFT, the subset of n_train runs, each
+        experiment's seeds) shifted by ``world * WORLD_SEED_STRIDE``; the toy keeps its own."""
+        check_int("world", world, minimum=0)
+        shift = world * WORLD_SEED_STRIDE
+        experiments = {name: replace(e, seeds=tuple(s + shift for s in e.seeds)) for name, e in self.experiments.items()}
+        return replace(
+            self, world=world, experiments=experiments,
+            synthetic=replace(self.synthetic, seed=self.synthetic.seed + shift),
+            tiny_model=replace(self.tiny_model, seed=self.tiny_model.seed + shift),
+            sft=replace(self.sft, seed=self.sft.seed + shift),
+            data=replace(self.data, subset_seed=self.data.subset_seed + shift),
+        )
 
     def training_priority(self, name: str) -> int:
         """Scheduling priority of experiment ``name``'s training job: experiments that others

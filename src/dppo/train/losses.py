@@ -335,6 +335,12 @@ class Trigger:
         """Rows whose penalty weight alpha f(r) is not zero (bool, shape (B,))."""
         return cfg.alpha * self.f_r != 0
 
+    def shuffled(self, seed: int) -> "Trigger":
+        """The same f(r) values on rows drawn at random (a permutation seeded by ``seed``): the
+        penalty fires as often and as strongly, regardless of each row's own ranking."""
+        order = torch.randperm(len(self.f_r), generator=torch.Generator().manual_seed(seed)).to(self.f_r.device)
+        return Trigger(r=self.r, f_r=self.f_r[order])
+
 
 def trigger(policy: ResponseLogps, reference: ResponseLogps, cfg: LossSettings) -> Trigger:
     """r and f(r) of every row (see module docstring); depends on y_w and y_l only, so it is

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +40,13 @@ from dppo.train.logprobs import (
 )
 from dppo.train.loop import METRICS, publish_model, total_steps, train
 from dppo.train.losses import ResponseLogps, Trigger, preference_loss, trigger
-from dppo.train.rows import REF_COLUMNS, load_training_rows, preference_records, subset_indices
+from dppo.train.rows import (
+    REF_COLUMNS,
+    load_training_rows,
+    preference_records,
+    subset_indices,
+    with_penalized_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,8 @@ def policy_logps(model, batch: dict, cfg: LossSettings, track_gen: bool,
     lengths = {"chosen_len": pair.lengths[:, 0], "rejected_len": pair.lengths[:, 1]}
     reference = ResponseLogps(chosen=batch["ref_chosen"], rejected=batch["ref_rejected"], **lengths)
     trig = trigger(ResponseLogps(chosen=pair.sums[:, 0], rejected=pair.sums[:, 1], **lengths), reference, cfg)
+    if cfg.gate == "random":  # a control: as many rows weighed as much, chosen without their ranking
+        trig = trig.shuffled(zlib.crc32(repr(prompts).encode()))
     if not with_gen:
         return as_response_logps(pair), reference, trig
     needs_grad = trig.penalized(cfg).tolist() if cfg.needs_gen else [False] * len(rows)
@@ -164,7 +173,8 @@ def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: 
     seed's per-step metrics (a ``seed`` field on each line); both appear only once every seed
     is done."""
     experiment = Experiment.from_dict(experiment)
-    all_rows = load_training_rows(train_file, ygen_file, ref_file)
+    all_rows = with_penalized_response(load_training_rows(train_file, ygen_file, ref_file),
+                                       experiment.loss.gen_source)
     try:
         rows = all_rows.iloc[subset_indices(len(all_rows), experiment.n_train, subset_seed)]
     except ValueError as err:

@@ -38,6 +38,16 @@ def load_training_rows(pref_file, ygen_file, ref_file) -> pd.DataFrame:
     return rows
 
 
+def with_penalized_response(rows: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows with the response the DPPO penalties push down in its y_gen columns: y_gen itself,
+    or (``rejected``, a control of what y_gen adds) the rejected answer and its reference log-prob."""
+    if source == "ygen":
+        return rows
+    if source != "rejected":
+        raise ValueError(f"unknown penalized response {source!r}")
+    return rows.assign(gen_ids=rows["rejected_ids"], gen=rows["rejected"], ref_gen=rows["ref_rejected"])
+
+
 def preference_records(rows) -> list[dict]:
     """Training rows as plain int lists and float reference log-probs (mappings with the
     columns of :func:`load_training_rows`)."""

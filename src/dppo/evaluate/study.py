@@ -1,0 +1,158 @@
+"""The study's evidence: every comparison over the replicated pipelines (worlds) of each design
+point of the embedded task, read from the worlds' per-prompt scores.
+
+Inputs: one long table ``design, world, experiment, seed, prompt_id, reward, win, negative`` (every
+world's ``results/tables/prompt_scores.parquet`` with the design and world added; ``win`` is the
+answer's score against the SFT model's answer, 1 / 1/2 / 0) and the experiments' settings (their
+``results/experiments.json``, the same in every world). Every interval is
+:func:`dppo.evaluate.replicates.replicated_interval`: over worlds, so it includes the data draw, the
+SFT model, y_gen, the training seeds and the prompts; conditional on the machine.
+
+Comparisons with DPO come in two readings: the difference of the two win rates against SFT
+(``d_win``), and the direct one, the two answers to the same prompt by the same seed position
+compared with each other (``net_direct``: the share A wins minus the share B wins; ties, often
+most answers, count 0). Choices made from results (the best alpha of a penalty, the best beta of
+DPO) are made on the validation half of each world's prompts and tested on the other half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from dppo.evaluate.replicates import (
+    INCONCLUSIVE,
+    aa_check,
+    alpha_trend_test,
+    interior_beats_ends,
+    paired_differences,
+    replicated_interval,
+    split_prompts,
+    verdict,
+)
+
+BASELINE = "dpo"
+INTERVAL_KEYS = ("estimate", "low", "high", "se", "df", "mde", "over")
+
+
+def _interval_columns(result: Mapping, prefix: str) -> dict:
+    out = {f"{prefix}{key}": result[key] for key in INTERVAL_KEYS}
+    out[f"{prefix}conditional_on"] = "+".join(result["conditional_on"])
+    return out
+
+
+def _components(result: Mapping) -> dict:
+    shares = result["components"]["share"]
+    return {f"share_{level}": shares.get(level, np.nan) for level in ("world", "seed", "prompt", "seed_x_prompt")}
+
+
+def values_of(table: pd.DataFrame, design: str, column: str) -> pd.DataFrame:
+    """One design's rows as the ``world, experiment, seed, prompt_id, value`` table of
+    :mod:`dppo.evaluate.replicates`."""
+    rows = table[table["design"] == design]
+    return rows[["world", "experiment", "seed", "prompt_id"]].assign(value=rows[column].to_numpy(float))
+
+
+def direct_comparison(rewards: pd.DataFrame, a: str, b: str, level: float) -> dict:
+    """A's and B's answers to the same prompt by the same seed position, compared by reward:
+    the shares A wins, ties and B wins, and the interval of (A wins - B wins)."""
+    pairs = paired_differences(rewards, a, b)
+    sign = np.sign(pairs["diff"].to_numpy(float))
+    result = replicated_interval(pairs.assign(diff=sign), level)
+    return {"a_wins": float((sign > 0).mean()), "ties": float((sign == 0).mean()), "b_wins": float((sign < 0).mean()),
+            "a_wins_of_changed": float((sign > 0).sum() / max(1, (sign != 0).sum())),
+            **_interval_columns(result, "net_direct_")}
+
+
+def compare_with_baseline(table: pd.DataFrame, design: str, names: Sequence[str], level: float,
+                          baseline: str = BASELINE) -> pd.DataFrame:
+    """Every experiment of ``names`` against the baseline in one design: the difference of win
+    rates against SFT and of the shares of negative rewards, and the direct comparison, each with
+    its replicated interval, MDE and variance components."""
+    wins, negatives = values_of(table, design, "win"), values_of(table, design, "negative")
+    rewards = values_of(table, design, "reward")
+    rows = []
+    for name in names:
+        if name == baseline:
+            continue
+        d_win = replicated_interval(paired_differences(wins, name, baseline), level)
+        d_negative = replicated_interval(paired_differences(negatives, name, baseline), level)
+        rows.append({"design": design, "experiment": name, "baseline": baseline,
+                     **_interval_columns(d_win, "d_win_"), **_components(d_win),
+                     **_interval_columns(d_negative, "d_negative_"),
+                     **direct_comparison(rewards, name, baseline, level),
+                     "n_worlds": d_win["n_worlds"], "n_seeds": d_win["n_seeds"], "n_prompts": d_win["n_prompts"]})
+    return pd.DataFrame(rows)
+
+
+def _choose_on_validation(table: pd.DataFrame, design: str, candidates: Sequence[str], split_seed: int,
+                          baseline: str = BASELINE) -> tuple[str, dict]:
+    """The candidate with the highest mean win score against SFT on the validation prompts of
+    every world (each world's prompts split by :func:`split_prompts`), and those means."""
+    rows = table[(table["design"] == design) & table["experiment"].isin(candidates)]
+    keep = []
+    for world, part in rows.groupby("world", sort=True):
+        validation, _ = split_prompts(part["prompt_id"], split_seed)
+        keep.append(part[part["prompt_id"].isin(validation)])
+    means = pd.concat(keep).groupby("experiment")["win"].mean()
+    return str(means.idxmax()), {str(k): float(v) for k, v in means.items()}
+
+
+def _on_test_prompts(table: pd.DataFrame, design: str, split_seed: int) -> pd.DataFrame:
+    rows = table[table["design"] == design]
+    keep = []
+    for world, part in rows.groupby("world", sort=True):
+        _, test = split_prompts(part["prompt_id"], split_seed)
+        keep.append(part[part["prompt_id"].isin(test)])
+    return pd.concat(keep)
+
+
+def tuned_comparison(table: pd.DataFrame, design: str, method: Sequence[str], dpo: Sequence[str], level: float,
+                     split_seed: int) -> dict:
+    """The method at its best setting against DPO at its best, each chosen on the validation
+    prompts, compared on the test prompts (so neither choice sees the prompts it is judged on)."""
+    chosen, method_means = _choose_on_validation(table, design, method, split_seed)
+    chosen_dpo, dpo_means = _choose_on_validation(table, design, dpo, split_seed)
+    test = _on_test_prompts(table, design, split_seed)
+    result = replicated_interval(paired_differences(values_of(test, design, "win"), chosen, chosen_dpo), level)
+    return {"design": design, "chosen": chosen, "chosen_dpo": chosen_dpo, **_interval_columns(result, "d_win_"),
+            "verdict": verdict(result, "greater")}
+
+
+def alpha_tests(table: pd.DataFrame, design: str, curve: Mapping[float, str], level: float, split_seed: int,
+                baseline: str = BASELINE) -> dict:
+    """One penalty's alpha curve (alpha -> experiment) in one design: the calibrated test that
+    alpha matters, and the test that an interior alpha (chosen on validation prompts) beats both
+    ends on the test prompts."""
+    wins = values_of(table, design, "win")
+    diffs = {alpha: paired_differences(wins, name, baseline) for alpha, name in curve.items()}
+    trend = alpha_trend_test(diffs, level)
+    interior = interior_beats_ends(diffs, split_seed=split_seed, level=level)
+    return {"design": design, "alphas": "/".join(f"{a:g}" for a in sorted(curve)),
+            "trend_verdict": trend["verdict"],
+            **{f"slope_{k}": trend["slope"][k] for k in ("estimate", "low", "high")},
+            **{f"curvature_{k}": trend["curvature"][k] for k in ("estimate", "low", "high")},
+            "interior_chosen_alpha": interior["chosen_alpha"],
+            "interior_vs_smallest_low": interior["vs_smallest"]["low"],
+            "interior_vs_largest_low": interior["vs_largest"]["low"],
+            "interior_verdict": interior["verdict"]}
+
+
+def aa_checks(table: pd.DataFrame, designs: Sequence[str], pairs: Sequence[tuple[str, str]], level: float
+              ) -> pd.DataFrame:
+    """Every A/A pair (an experiment and its twin: the same settings, other seeds) in every design,
+    through the same machinery as the claims: ``excludes_zero`` is a false positive."""
+    rows = []
+    for design in designs:
+        wins = values_of(table, design, "win")
+        for experiment, twin in pairs:
+            check = aa_check(wins, experiment, twin, level)
+            rows.append({"design": design, "experiment": experiment, "twin": twin,
+                         **_interval_columns(check, "d_win_"), "excludes_zero": check["excludes_zero"]})
+    return pd.DataFrame(rows)
+
+
+def inconclusive_share(verdicts: pd.Series) -> float:
+    return float((verdicts == INCONCLUSIVE).mean()) if len(verdicts) else float("nan")

@@ -1,0 +1,131 @@
+"""The study's tables, figure and summary (dppo.study runs it; dppo.evaluate.study computes it).
+
+Written under the study's directory: ``tables/comparisons.csv`` (every experiment against DPO in
+every design: the difference of win rates against SFT, of negative-reward shares, and the direct
+comparison of the two answers, each over worlds, with MDE and variance shares),
+``tables/aa.csv`` (the A/A checks), ``tables/alpha.csv`` (per design and penalty: does alpha
+matter, does an interior alpha beat both ends), ``tables/tuned.csv`` (each penalty at its best
+alpha against DPO at its best beta, chosen on validation prompts, judged on test prompts),
+``figures/dose_response.{pdf,png}`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files, never shown
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dppo.evaluate.study import BASELINE, aa_checks, alpha_tests, compare_with_baseline, tuned_comparison  # noqa: E402
+from dppo.report.latex import fmt_float  # noqa: E402
+from dppo.runtime.io import atomic_output_file, save_figure, write_text  # noqa: E402
+from dppo.settings import PENALTY_SWEEP_GROUPS, StudySettings, penalized_losses  # noqa: E402
+
+
+def alpha_curves(experiments: list[dict]) -> dict[str, dict[float, str]]:
+    """Per penalized loss: alpha -> experiment, over the runs of its alpha sweep at the claims'
+    weighting (linear) and the default unlikelihood form."""
+    curves: dict[str, dict[float, str]] = {}
+    for e in experiments:
+        if e["loss"] in penalized_losses() and e.get("group") in PENALTY_SWEEP_GROUPS and e.get("f") == "linear":
+            curves.setdefault(e["loss"], {})[float(e["alpha"])] = e["name"]
+    return {loss: dict(sorted(curve.items())) for loss, curve in curves.items() if len(curve) >= 4}
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_output_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _interval(row: pd.Series, prefix: str) -> str:
+    return (f"{row[prefix + 'estimate']:+.3f} [{row[prefix + 'low']:+.3f}, {row[prefix + 'high']:+.3f}] "
+            f"(MDE {row[prefix + 'mde']:.3f})")
+
+
+def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown: list[str], labels: dict[str, str],
+                         path_stem: Path) -> None:
+    """Gain over DPO against the design (the share of chosen answers minus the share of rejected
+    answers that carry y_gen's flaw), one line per experiment, replicated 95% intervals."""
+    balance = {name: chosen - rejected for name, (chosen, rejected) in study.designs.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharex=True)
+    panels = (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A"))
+    for ax, (prefix, ylabel) in zip(axes, panels):
+        for k, name in enumerate(shown):
+            rows = comparisons[comparisons["experiment"] == name].assign(x=lambda d: d["design"].map(balance))
+            rows = rows.sort_values("x")
+            offset = (k - (len(shown) - 1) / 2) * 0.012  # side by side; the x tick says the design
+            ax.errorbar(rows["x"] + offset, rows[prefix + "estimate"],
+                        yerr=[rows[prefix + "estimate"] - rows[prefix + "low"],
+                              rows[prefix + "high"] - rows[prefix + "estimate"]],
+                        marker="o", ms=3, capsize=2, lw=1, label=labels.get(name, name))
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xticks(sorted(balance.values()))
+        ax.set_xlabel("chosen minus rejected share with y_gen's flaw (design)")
+        ax.set_ylabel(ylabel)
+    n = comparisons.iloc[0]
+    fig.suptitle(f"{int(n['n_worlds'])} worlds x {int(n['n_seeds'])} seed(s) x {int(n['n_prompts'])} prompts per "
+                 f"design; 95% intervals over worlds", fontsize=9)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    save_figure(fig, path_stem.with_suffix(".pdf"), path_stem.with_suffix(".png"))
+
+
+def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettings, directory: Path) -> None:
+    names = [e["name"] for e in experiments]
+    labels = {e["name"]: e.get("label") or e["name"] for e in experiments}
+    designs = list(study.designs)
+    comparisons = pd.concat([compare_with_baseline(table, d, names, study.level) for d in designs], ignore_index=True)
+    aa = aa_checks(table, designs, [(BASELINE, study.twin)], study.level)
+    curves = alpha_curves(experiments)
+    alpha = pd.DataFrame([{"loss": loss, **alpha_tests(table, d, curve, study.level, study.split_seed)}
+                          for d in designs for loss, curve in curves.items()])
+    dpo_runs = [e["name"] for e in experiments if e["loss"] == "dpo" and e.get("group") in study.dpo_groups]
+    tuned = pd.DataFrame([{"loss": loss, **tuned_comparison(table, d, list(curve.values()), dpo_runs, study.level,
+                                                            study.split_seed)}
+                          for d in designs for loss, curve in curves.items()])
+    for name, frame in (("comparisons", comparisons), ("aa", aa), ("alpha", alpha), ("tuned", tuned)):
+        _write_csv(frame, directory / "tables" / f"{name}.csv")
+    shown = [n for n in study.dose_response if n in names]
+    dose_response_figure(comparisons, study, shown, labels, directory / "figures" / "dose_response")
+    write_text(directory / "summary.md", summary(comparisons, aa, alpha, tuned, study, shown, labels))
+
+
+def summary(comparisons, aa, alpha, tuned, study: StudySettings, shown, labels) -> str:
+    first = comparisons.iloc[0]
+    lines = [
+        "# Study: the embedded task over replicated pipelines and designs",
+        "",
+        f"{int(first['n_worlds'])} worlds (each its own data draw, SFT model, y_gen, reference log-probs and training "
+        f"seeds) x {int(first['n_seeds'])} seed(s) x {int(first['n_prompts'])} held-out prompts per design; "
+        f"{100 * study.level:g}% intervals over worlds (Student's t, {int(first['d_win_df'])} df), conditional on "
+        f"{first['d_win_conditional_on'] or 'nothing'}. Design: (share of chosen, share of rejected answers with "
+        "y_gen's flaw).",
+        "",
+        "## Gain over DPO (win rate against SFT, difference) and direct comparison with DPO",
+        "",
+        "| design | experiment | d win rate vs DPO | A beats DPO - DPO beats A | ties |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for _, row in comparisons[comparisons["experiment"].isin(shown)].iterrows():
+        chosen, rejected = study.designs[row["design"]]
+        lines.append(f"| {row['design']} ({fmt_float(chosen, 2)}, {fmt_float(rejected, 2)}) | "
+                     f"{labels.get(row['experiment'], row['experiment'])} | {_interval(row, 'd_win_')} | "
+                     f"{_interval(row, 'net_direct_')} | {row['ties']:.2f} |")
+    lines += ["", "## A/A: DPO against its twin (other seeds)", ""]
+    lines += [f"- {row['design']}: {_interval(row, 'd_win_')}, excludes 0: {row['excludes_zero']}"
+              for _, row in aa.iterrows()]
+    rate = aa["excludes_zero"].mean()
+    lines += [f"- false-positive rate: {int(aa['excludes_zero'].sum())} of {len(aa)} ({rate:.2f}; expected "
+              f"{1 - study.level:.2f})", ""]
+    if len(alpha):
+        lines += ["## Alpha", "", "| design | loss | alpha matters (slope, curvature) | interior alpha beats both ends "
+                  "(chosen on validation prompts) |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['design']} | {r['loss']} | {r['trend_verdict']} | {r['interior_verdict']} "
+                  f"(alpha {r['interior_chosen_alpha']:g}) |" for _, r in alpha.iterrows()]
+        lines += ["", "## Each penalty at its best alpha against DPO at its best beta (test prompts)", ""]
+        lines += [f"- {r['design']}, {r['loss']} ({r['chosen']} vs {r['chosen_dpo']}): {_interval(r, 'd_win_')}: "
+                  f"{r['verdict']}" for _, r in tuned.iterrows()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""The study: the embedded task's evidence over replicated pipelines and designs of the pairs.
+
+Each (design, world) is a whole run of the pipeline in its own directory,
+``<directory>/<design>/world-<k>/``: the config files given (the embedded default and the study's
+overlay), plus a generated overlay that sets ``world: k`` (its own data draw, init model, SFT
+model, y_gen, reference log-probs and training seeds; dppo.settings.PipelineSettings.in_world)
+and the design's flaw rates of the chosen and rejected answers. Snakemake builds each run's
+per-prompt scores (rerunning only what changed); the study then reads them all and writes its
+tables, figure and summary (dppo.evaluate.study, dppo.report.study) under ``<directory>``.
+
+    python -m dppo.study [--configfile config.yaml configs/study.yaml] [--cores 2] [-- snakemake args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from dppo.config import load_settings, load_yaml, merged_config
+from dppo.runtime.io import write_text
+from dppo.settings import StudySettings
+
+log = logging.getLogger(__name__)
+REPOSITORY = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIGS = ("config.yaml", "configs/study.yaml")
+# What the study reads from each run: Snakemake builds only these (and what they need).
+RUN_TARGETS = ("results/tables/prompt_scores.parquet", "results/experiments.json", "results/tables/premise.json")
+
+
+def run_directory(study: StudySettings, design: str, world: int) -> Path:
+    return Path(study.directory) / design / f"world-{world}"
+
+
+def world_overlay(study: StudySettings, design: str, world: int) -> dict:
+    chosen, rejected = study.designs[design]
+    return {"world": world, "synthetic": {"chosen_flaw_rate": chosen, "rejected_flaw_rate": rejected}}
+
+
+def run_world(study: StudySettings, configs: list[Path], design: str, world: int, cores: int,
+              extra: list[str]) -> None:
+    """One (design, world) through Snakemake, in its own directory."""
+    directory = run_directory(study, design, world)
+    directory.mkdir(parents=True, exist_ok=True)
+    overlay = directory / "study_overlay.json"  # JSON is YAML: Snakemake reads it as a config file
+    write_text(overlay, json.dumps(world_overlay(study, design, world), indent=1) + "\n")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPOSITORY / "Snakefile"),
+               "--directory", str(directory), "--cores", str(cores),
+               "--configfile", *[str(p.resolve()) for p in configs], str(overlay.resolve()), *extra, *RUN_TARGETS]
+    log.info("study: %s world %d: %s", design, world, " ".join(command))
+    subprocess.run(command, check=True)
+
+
+def collect(study: StudySettings) -> tuple[pd.DataFrame, list[dict]]:
+    """Every run's per-(experiment, seed, prompt) scores with its design and world, and the
+    experiments' settings (checked to be the same in every run but for the seeds)."""
+    frames, experiments = [], None
+    for design in study.designs:
+        for world in range(study.worlds):
+            directory = run_directory(study, design, world)
+            scores = pd.read_parquet(directory / RUN_TARGETS[0])
+            frames.append(scores.rename(columns={"name": "experiment"}).assign(design=design, world=world))
+            listed = json.loads((directory / RUN_TARGETS[1]).read_text())
+            listed = [{k: v for k, v in e.items() if k != "seeds"} for e in listed]
+            if experiments is None:
+                experiments = listed
+            elif listed != experiments:
+                raise ValueError(f"{directory}: its experiments differ from the other runs' (a changed config "
+                                 "between runs?); rerun the study")
+    return pd.concat(frames, ignore_index=True), experiments
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dppo.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configfile", nargs="+", type=Path, default=[REPOSITORY / c for c in DEFAULT_CONFIGS])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--aggregate-only", action="store_true", help="read the runs that exist; run nothing")
+    parser.add_argument("snakemake_args", nargs="*", help="passed to every Snakemake run (after --)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = load_settings(merged_config([load_yaml(p) for p in args.configfile]))
+    study = settings.study
+    if not args.aggregate_only:
+        for design in study.designs:
+            for world in range(study.worlds):
+                run_world(study, args.configfile, design, world, args.cores, args.snakemake_args)
+    from dppo.report.study import write_study
+
+    table, experiments = collect(study)
+    write_study(table, experiments, study, Path(study.directory))
+
+
+if __name__ == "__main__":
+    main()
