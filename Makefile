@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 TORCH := torch==2.13.0
 
-.PHONY: install run test test-kernels test-all bench clean
+.PHONY: install run study test test-kernels test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(VENV)/bin/snakemake --cores 2 all
+
+# The evidence: the embedded task over replicated pipelines (worlds) at five designs of the pairs
+# (configs/study.yaml; results in runs/study/, README "Evidence").
+study: install
+	$(VENV)/bin/python -m dppo.study --cores 2
 
 # -rs: tests that need an optional part (the vLLM environment, the SmolLM2 model) say why they skip.
 # `long` tests run a shipped config's whole grid (minutes each): test-all and CI run them too.

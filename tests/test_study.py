@@ -171,3 +171,48 @@ def test_the_study_tables_and_figure_from_per_prompt_scores(tmp_path):
     assert (tmp_path / "figures" / "dose_response.pdf").stat().st_size > 0
     summary = (tmp_path / "summary.md").read_text()
     assert "4 worlds" in summary and "60 held-out prompts" in summary and "false-positive rate: 0 of 2" in summary
+
+
+TINY_STUDY = """
+study:
+  worlds: 2
+  designs: {teach: [0.6, 0.0], correct: [0.0, 0.6]}
+  dose_response: [unll, unll_on_rejected, unll_random_gate, dpo_twin]
+  directory: {directory}
+only_experiments: [dpo, dpo_twin, unll, alpha, unll_on_rejected, unll_random_gate]
+experiments:
+  dpo: {{seeds: [0]}}
+  dpo_twin: {{loss: dpo, group: aa_twin, label: DPO (twin), seeds: [500]}}
+  unll: {{seeds: [0]}}
+  alpha: {{loss: unll, group: alpha_sweep, sweep: {{alpha: [0.01, 1.0, 10.0]}}}}
+  unll_on_rejected: {{loss: unll, gen_source: rejected, group: controls}}
+  unll_random_gate: {{loss: unll, gate: random, group: controls}}
+claims: {{dppo: unll, small_subset: null, chained: null}}
+"""
+
+
+@pytest.mark.long
+def test_a_tiny_study_runs_every_world_through_snakemake_and_writes_its_evidence(tmp_path):
+    import subprocess
+    import sys
+
+    overlay = tmp_path / "tiny_study.yaml"
+    overlay.write_text(TINY_STUDY.format(directory=tmp_path / "study"))
+    done = subprocess.run([sys.executable, "-m", "dppo.study", "--configfile", str(ROOT / "configs" / "tiny.yaml"),
+                           str(overlay), "--cores", "2", "--", "--quiet"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = tmp_path / "study"
+    for design in ("teach", "correct"):
+        for world in (0, 1):
+            run = study / design / f"world-{world}"
+            assert (run / "results" / "tables" / "prompt_scores.parquet").is_file()
+    # each world drew its own data: the worlds' held-out prompts differ
+    prompts = [pd.read_parquet(study / "teach" / f"world-{w}" / "results" / "data" / "pref" / "test.parquet")["prompt"]
+               for w in (0, 1)]
+    assert set(prompts[0]) != set(prompts[1])
+    comparisons = pd.read_csv(study / "tables" / "comparisons.csv")
+    assert set(comparisons["design"]) == {"teach", "correct"} and (comparisons["n_worlds"] == 2).all()
+    assert {"unll_on_rejected", "unll_random_gate", "dpo_twin"} <= set(comparisons["experiment"])
+    assert len(pd.read_csv(study / "tables" / "alpha.csv")) == 2  # one unll curve per design
+    assert (study / "figures" / "dose_response.png").stat().st_size > 0
