@@ -178,16 +178,16 @@ study:
   worlds: 2
   designs: {teach: [0.6, 0.0], correct: [0.0, 0.6]}
   dose_response: [unll, unll_on_rejected, unll_random_gate, dpo_twin]
-  directory: {directory}
+  directory: DIRECTORY
 only_experiments: [dpo, dpo_twin, unll, alpha, unll_on_rejected, unll_random_gate]
 experiments:
-  dpo: {{seeds: [0]}}
-  dpo_twin: {{loss: dpo, group: aa_twin, label: DPO (twin), seeds: [500]}}
-  unll: {{seeds: [0]}}
-  alpha: {{loss: unll, group: alpha_sweep, sweep: {{alpha: [0.01, 1.0, 10.0]}}}}
-  unll_on_rejected: {{loss: unll, gen_source: rejected, group: controls}}
-  unll_random_gate: {{loss: unll, gate: random, group: controls}}
-claims: {{dppo: unll, small_subset: null, chained: null}}
+  dpo: {seeds: [0]}
+  dpo_twin: {loss: dpo, group: aa_twin, label: DPO (twin), seeds: [500]}
+  unll: {seeds: [0]}
+  alpha: {loss: unll, group: alpha_sweep, sweep: {alpha: [0.01, 1.0, 10.0]}}
+  unll_on_rejected: {loss: unll, gen_source: rejected, group: controls}
+  unll_random_gate: {loss: unll, gate: random, group: controls}
+claims: {dppo: unll, small_subset: null, chained: null}
 """
 
 
@@ -197,7 +197,7 @@ def test_a_tiny_study_runs_every_world_through_snakemake_and_writes_its_evidence
     import sys
 
     overlay = tmp_path / "tiny_study.yaml"
-    overlay.write_text(TINY_STUDY.format(directory=tmp_path / "study"))
+    overlay.write_text(TINY_STUDY.replace("DIRECTORY", str(tmp_path / "study")))
     done = subprocess.run([sys.executable, "-m", "dppo.study", "--configfile", str(ROOT / "configs" / "tiny.yaml"),
                            str(overlay), "--cores", "2", "--", "--quiet"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=1200)
@@ -216,3 +216,28 @@ def test_a_tiny_study_runs_every_world_through_snakemake_and_writes_its_evidence
     assert {"unll_on_rejected", "unll_random_gate", "dpo_twin"} <= set(comparisons["experiment"])
     assert len(pd.read_csv(study / "tables" / "alpha.csv")) == 2  # one unll curve per design
     assert (study / "figures" / "dose_response.png").stat().st_size > 0
+
+
+def test_worlds_with_other_prompt_counts_are_cut_to_the_smallest():
+    from dppo.evaluate.study import balance_prompts
+
+    table = simulated_scores({"teach": {"dpo": 0.0, "unll": 0.1}}, n_worlds=2, n_prompts=10)
+    table = table[~((table["world"] == 1) & (table["prompt_id"].isin([0, 5])))]  # world 1 lost two prompts
+    balanced = balance_prompts(table)
+    assert balanced.groupby("world")["prompt_id"].nunique().tolist() == [8, 8]
+    assert sorted(balanced.loc[balanced["world"] == 0, "prompt_id"].unique()) == list(range(8))
+    assert len(balanced) == 2 * 2 * 8
+
+
+def test_labels_of_the_study_are_distinct_and_name_the_controls():
+    from dppo.report.study import distinct_labels
+
+    settings = study_settings()
+    labels = {name: e.label for name, e in settings.experiments.items()}
+    assert len(set(distinct_labels(labels).values())) == len(labels)
+    plain = load_settings({**load_yaml(ROOT / "configs" / "tiny.yaml"), "experiments": {
+        "a": {"loss": "unll"}, "b": {"loss": "unll", "gen_source": "rejected"}, "c": {"loss": "unll", "gate": "random"}},
+        "win_rate": {"baseline": "a"}, "claims": {}})
+    assert [e.label for e in plain.experiments.values()] == [
+        "unll (linear)", "unll (linear) on y_l", "unll (linear), random gate"]
+    assert distinct_labels({"x": "DPO", "y": "DPO", "z": "IPO"}) == {"x": "DPO [x]", "y": "DPO [y]", "z": "IPO"}

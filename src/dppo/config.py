@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from dppo.settings import (
+    GROUPS,
     LOSS_KINDS,
     WEIGHTING_KINDS,
     ClaimsSettings,
@@ -117,6 +118,7 @@ def validate_config(config: dict, schema_path: str) -> None:
     # The names come from the records, so that a new loss or weighting is written once.
     schema["$defs"]["loss_name"]["enum"] = list(LOSS_KINDS)
     schema["$defs"]["weighting"]["enum"] = list(WEIGHTING_KINDS)
+    schema["$defs"]["group"]["enum"] = list(GROUPS)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"

@@ -379,7 +379,10 @@ class Experiment:
         if not isinstance(self.init, str) or not self.init:
             raise FieldError("init", f"must name 'sft' or an experiment, got {self.init!r}")
         if not self.label:
-            object.__setattr__(self, "label", self.loss.kind.label(self.loss.f))
+            controls = {"rejected": " on y_l", "random": ", random gate"}
+            label = self.loss.kind.label(self.loss.f) + "".join(
+                controls[v] for v in (self.loss.gen_source, self.loss.gate) if v in controls)
+            object.__setattr__(self, "label", label)
 
     RUN_KEYS = ("label", "group", "init", "n_train", "seeds", "match_full_steps", "track_gen", "probe_rows",
                 "probe_every", "on_nonfinite")

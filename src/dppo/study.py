@@ -49,9 +49,10 @@ def run_world(study: StudySettings, configs: list[Path], design: str, world: int
     directory.mkdir(parents=True, exist_ok=True)
     overlay = directory / "study_overlay.json"  # JSON is YAML: Snakemake reads it as a config file
     write_text(overlay, json.dumps(world_overlay(study, design, world), indent=1) + "\n")
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPOSITORY / "Snakefile"),
+    # the targets first: --configfile takes every word after it up to the next option
+    command = [sys.executable, "-m", "snakemake", *RUN_TARGETS, "--snakefile", str(REPOSITORY / "Snakefile"),
                "--directory", str(directory), "--cores", str(cores),
-               "--configfile", *[str(p.resolve()) for p in configs], str(overlay.resolve()), *extra, *RUN_TARGETS]
+               "--configfile", *[str(p.resolve()) for p in configs], str(overlay.resolve()), *extra]
     log.info("study: %s world %d: %s", design, world, " ".join(command))
     subprocess.run(command, check=True)
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configfile", nargs="+", type=Path, default=[REPOSITORY / c for c in DEFAULT_CONFIGS])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--aggregate-only", action="store_true", help="read the runs that exist; run nothing")
-    parser.add_argument("snakemake_args", nargs="*", help="passed to every Snakemake run (after --)")
+    parser.add_argument("snakemake_args", nargs="*", help="options passed to every Snakemake run (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings(merged_config([load_yaml(p) for p in args.configfile]))

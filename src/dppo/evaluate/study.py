@@ -48,6 +48,17 @@ def _components(result: Mapping) -> dict:
     return {f"share_{level}": shares.get(level, np.nan) for level in ("world", "seed", "prompt", "seed_x_prompt")}
 
 
+def balance_prompts(table: pd.DataFrame) -> pd.DataFrame:
+    """Every world with the same number of held-out prompts (the design of
+    :mod:`dppo.evaluate.replicates` is balanced): the first P prompt ids of each world, in id
+    order, P the smallest count (a world's preparation may drop a few duplicates)."""
+    counts = table.groupby(["design", "world"])["prompt_id"].nunique()
+    keep = int(counts.min())
+    first = (table[["design", "world", "prompt_id"]].drop_duplicates().sort_values("prompt_id")
+             .groupby(["design", "world"]).head(keep))
+    return table.merge(first, on=["design", "world", "prompt_id"])
+
+
 def values_of(table: pd.DataFrame, design: str, column: str) -> pd.DataFrame:
     """One design's rows as the ``world, experiment, seed, prompt_id, value`` table of
     :mod:`dppo.evaluate.replicates`."""

@@ -20,7 +20,14 @@ matplotlib.use("Agg")  # figures are written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dppo.evaluate.study import BASELINE, aa_checks, alpha_tests, compare_with_baseline, tuned_comparison  # noqa: E402
+from dppo.evaluate.study import (  # noqa: E402
+    BASELINE,
+    aa_checks,
+    alpha_tests,
+    balance_prompts,
+    compare_with_baseline,
+    tuned_comparison,
+)
 from dppo.report.latex import fmt_float  # noqa: E402
 from dppo.runtime.io import atomic_output_file, save_figure, write_text  # noqa: E402
 from dppo.settings import PENALTY_SWEEP_GROUPS, StudySettings, penalized_losses  # noqa: E402
@@ -34,6 +41,12 @@ def alpha_curves(experiments: list[dict]) -> dict[str, dict[float, str]]:
         if e["loss"] in penalized_losses() and e.get("group") in PENALTY_SWEEP_GROUPS and e.get("f") == "linear":
             curves.setdefault(e["loss"], {})[float(e["alpha"])] = e["name"]
     return {loss: dict(sorted(curve.items())) for loss, curve in curves.items() if len(curve) >= 4}
+
+
+def distinct_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Each experiment's label, with its name added where two experiments share one."""
+    seen = pd.Series(labels).value_counts()
+    return {name: label if seen[label] == 1 else f"{label} [{name}]" for name, label in labels.items()}
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -51,7 +64,7 @@ def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown:
     """Gain over DPO against the design (the share of chosen answers minus the share of rejected
     answers that carry y_gen's flaw), one line per experiment, replicated 95% intervals."""
     balance = {name: chosen - rejected for name, (chosen, rejected) in study.designs.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8), sharex=True)
     panels = (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A"))
     for ax, (prefix, ylabel) in zip(axes, panels):
         for k, name in enumerate(shown):
@@ -64,8 +77,8 @@ def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown:
                         marker="o", ms=3, capsize=2, lw=1, label=labels.get(name, name))
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xticks(sorted(balance.values()))
-        ax.set_xlabel("chosen minus rejected share with y_gen's flaw (design)")
         ax.set_ylabel(ylabel)
+    fig.supxlabel("design: share of chosen minus share of rejected answers with y_gen's flaw", fontsize=9)
     n = comparisons.iloc[0]
     fig.suptitle(f"{int(n['n_worlds'])} worlds x {int(n['n_seeds'])} seed(s) x {int(n['n_prompts'])} prompts per "
                  f"design; 95% intervals over worlds", fontsize=9)
@@ -74,6 +87,7 @@ def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown:
 
 
 def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettings, directory: Path) -> None:
+    table = balance_prompts(table)
     names = [e["name"] for e in experiments]
     labels = {e["name"]: e.get("label") or e["name"] for e in experiments}
     designs = list(study.designs)
@@ -89,6 +103,7 @@ def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettin
     for name, frame in (("comparisons", comparisons), ("aa", aa), ("alpha", alpha), ("tuned", tuned)):
         _write_csv(frame, directory / "tables" / f"{name}.csv")
     shown = [n for n in study.dose_response if n in names]
+    labels = distinct_labels(labels)
     dose_response_figure(comparisons, study, shown, labels, directory / "figures" / "dose_response")
     write_text(directory / "summary.md", summary(comparisons, aa, alpha, tuned, study, shown, labels))
 
