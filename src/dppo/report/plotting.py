@@ -32,7 +32,6 @@ from dppo.settings import LOSS_KINDS, WEIGHTING_NAMES, penalized_losses  # noqa:
 # Widths of a two-column paper (letter, 0.75 in margins): one column, the full text.
 COLUMN_WIDTH = 3.3
 TEXT_WIDTH = 6.9
-PNG_DPI = 200
 
 # One fixed colour per training paradigm so a method looks the same in every figure.
 _PALETTE = sns.color_palette("colorblind", 10)

@@ -15,8 +15,6 @@ from dppo.runtime.io import atomic_output_file
 EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "unll_level", "n_train",
                       "seeds", "init")
 INTEGER_COLUMNS = ("n_train", "n_seeds", "n_prompts", "n_wins", "n_ties", "n_losses")
-WIN_RATES = "results/tables/win_rates.csv"  # one row per experiment: vs SFT, and paired vs the baseline
-PROMPT_SCORES = "results/tables/prompt_scores.parquet"  # per (model, seed, prompt): what every claim is tested on
 
 
 def win_rate_table(experiments: list[dict], against_sft: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
@@ -112,9 +110,6 @@ def latex_table(df: pd.DataFrame, caption: str, label: str = "tab:win-rates", di
 
 
 # ----------------------------------------------------------------------------- claims, penalty scale
-
-CLAIMS = "results/tables/claims.csv"
-PENALTY_SCALE = "results/tables/penalty_scale.csv"
 
 
 def _write_csv_and_tex(table: pd.DataFrame, csv_path, tex_path, tex: str) -> None:
