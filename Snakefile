@@ -11,6 +11,7 @@ from dppo.config import (
     check_local_paths,
     check_resource_rules,
     check_config_files,
+    check_vllm_environments,
     load_settings,
     validate_config,
 )
@@ -31,6 +32,8 @@ try:
     validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
     S = load_settings(config)
     check_local_paths(S)
+    if workflow.is_main_process:  # once, not again in every job (a SLURM job parses this file too)
+        check_vllm_environments(S)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 

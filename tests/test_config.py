@@ -4,7 +4,9 @@ checks; sweep expansion; one home for every default (dppo.settings)."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
+import sys
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -18,10 +20,12 @@ from dppo.config import (
     SECTIONS,
     ConfigError,
     check_config_files,
+    check_vllm_environments,
     expand_experiments,
     load_settings,
     load_yaml,
     validate_config,
+    vllm_problem,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,3 +338,55 @@ def test_training_priority_puts_starting_points_then_longer_experiments_first(de
     assert set(ranked[: len(starting_points)]) == starting_points
     rest = [len(experiments[name].seeds) for name in ranked[len(starting_points):]]
     assert rest == sorted(rest, reverse=True)
+
+
+# ------------------------------------------------------------------ the vLLM environment
+
+
+def _fake_vllm_python(tmp_path: Path) -> Path:
+    """An interpreter (this one) that imports a stand-in ``vllm`` package."""
+    package = tmp_path / "site" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "site"} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+def test_the_vllm_environment_is_checked_only_where_a_section_runs_vllm(default_config, tmp_path, monkeypatch):
+    settings = _load(copy.deepcopy(default_config))
+    assert settings.generation.backend == "transformers" and settings.reward.engine == "transformers"
+    assert vllm_problem(settings, tmp_path) is None  # no vLLM: no interpreter is looked at
+    python = _fake_vllm_python(tmp_path)
+    config = copy.deepcopy(default_config)
+    config["generation"].update(backend="vllm", vllm_python=str(python))
+    assert vllm_problem(_load(config), tmp_path) is None  # it exists and imports vllm
+    config["generation"]["vllm_python"] = "venv/bin/python"  # relative to the working directory
+    assert vllm_problem(_load(config), tmp_path) is None
+    config["generation"]["vllm_python"] = "missing/bin/python"
+    with pytest.raises(ConfigError, match=re.escape("config key generation.vllm_python: 'missing/bin/python' does "
+                                                    "not exist (generation.backend: vllm runs vLLM with it); build "
+                                                    "the vLLM environment with `bash .ci/vllm_env.sh`")):
+        check_vllm_environments(_load(config), tmp_path)
+    monkeypatch.setenv("DPPO_SKIP_VLLM_CHECK", "1")  # dry runs on a machine without the environment
+    check_vllm_environments(_load(config), tmp_path)
+
+
+def test_vllm_scoring_needs_vllm_where_the_score_job_runs(default_config, tmp_path):
+    """reward.engine: vllm names the same environment (generation.vllm_python); the score job
+    still imports vllm in its own interpreter, so that one must import it too."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this interpreter imports vllm")
+    (tmp_path / "rm").mkdir()
+    config = copy.deepcopy(default_config)
+    config["reward"].update(backend="nemotron", engine="vllm", model=str(tmp_path / "rm"))
+    config["generation"]["vllm_python"] = "missing/bin/python"
+    assert vllm_problem(_load(config), tmp_path).startswith(
+        "config key generation.vllm_python: 'missing/bin/python' does not exist (reward.engine: vllm runs vLLM with it)")
+    config["generation"]["vllm_python"] = str(_fake_vllm_python(tmp_path))
+    problem = vllm_problem(_load(config), tmp_path)
+    assert problem.startswith(f"config key reward.engine: vllm: the score job imports vllm in the pipeline's own "
+                              f"environment ({sys.executable}), which cannot: ModuleNotFoundError")
+    assert "`bash .ci/vllm_env.sh`" in problem

@@ -3,6 +3,7 @@ on CPU, and that changing one experiment reruns only what depends on it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from pipeline import ROOT, snakemake
 
-from dppo.config import expand_experiments
+from dppo.config import expand_experiments, load_settings, vllm_problem
 
 SHIPPED_CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))  # given after config.yaml
@@ -38,7 +39,16 @@ def _merged(paths) -> dict:
 @pytest.mark.parametrize("configs", [[c] for c in SHIPPED_CONFIGS] + [[ROOT / "config.yaml", o] for o in OVERLAYS],
                          ids=lambda ps: "+".join(p.name for p in ps))
 def test_dry_run_of_every_shipped_config(configs, tmp_path):
-    done = snakemake(tmp_path, "all", "-n", "--configfile", *map(str, configs))
+    args = ("all", "-n", "--configfile", *map(str, configs))
+    # A config that runs vLLM (configs/paper.yaml) stops before any job where its environment is
+    # missing or cannot import vllm, with the message vllm_problem gives here; the plan is then
+    # checked with the check skipped (as on a laptop before submitting to the cluster).
+    expected = vllm_problem(load_settings(_merged(configs)), tmp_path)
+    if expected is not None:
+        refused = snakemake(tmp_path, *args, check=False)
+        assert refused.returncode != 0 and expected in refused.stderr + refused.stdout, refused.stderr[-3000:]
+        assert not (tmp_path / "results").exists()
+    done = snakemake(tmp_path, *args, env={"DPPO_SKIP_VLLM_CHECK": "1"} if expected is not None else None)
     n_experiments = len(expand_experiments(_merged(configs)))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout, flags=re.M))
     assert int(counts["train_preference"]) == n_experiments  # one job per experiment, whatever its seeds
@@ -60,6 +70,31 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     assert done.returncode != 0
     assert "config key experiments.dpo.zeta: 2 is greater than the maximum of 1" in done.stderr + done.stdout
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("overlay, key", [
+    ({"reward": {"backend": "nemotron", "engine": "vllm", "model": "RM_DIR"}}, "reward.engine: vllm"),
+    ({"generation": {"backend": "vllm", "vllm_python": "nowhere/bin/python"}}, "generation.backend: vllm"),
+    ({"generation": {"backend": "vllm", "vllm_python": "PYTHON"}}, "generation.backend: vllm"),
+], ids=["reward", "generation", "no-vllm-module"])
+def test_a_vllm_section_without_its_environment_stops_before_any_job(overlay, key, tmp_path):
+    """Without the vLLM environment the pipeline would train every model and fail only at
+    generation or scoring: the dry run already stops, naming the key and how to build it."""
+    if "PYTHON" in json.dumps(overlay) and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this interpreter imports vllm")
+    (tmp_path / "rm").mkdir()  # a local reward model directory (check_local_paths wants it)
+    text = json.dumps(overlay).replace("RM_DIR", str(tmp_path / "rm")).replace("PYTHON", sys.executable)
+    (tmp_path / "overlay.yaml").write_text(text)
+    done = snakemake(tmp_path, "all", "-n", "--configfile", str(ROOT / "configs" / "tiny.yaml"),
+                     str(tmp_path / "overlay.yaml"), check=False)
+    output = done.stderr + done.stdout
+    assert done.returncode != 0
+    python = overlay.get("generation", {}).get("vllm_python", ".venv-vllm/bin/python").replace("PYTHON", sys.executable)
+    reason = ("cannot import vllm: ModuleNotFoundError: No module named 'vllm'" if python == sys.executable
+              else "does not exist")
+    assert f"invalid config: config key generation.vllm_python: {python!r} {reason} ({key} runs vLLM with it); " \
+           "build the vLLM environment with `bash .ci/vllm_env.sh`" in output, output[-3000:]
+    assert "Job stats" not in output and not (tmp_path / "results").exists()  # no job planned, none run
 
 
 @pytest.mark.slow

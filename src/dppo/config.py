@@ -10,6 +10,9 @@ into one experiment each, with stable, readable names: ``unll__f=sqrt__alpha=0.1
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +44,7 @@ from dppo.settings import (
 )
 
 __all__ = ["ConfigError", "load_settings", "expand_experiments", "check_config_files", "load_yaml", "validate_config",
-           "check_local_paths", "check_resource_rules"]
+           "check_local_paths", "check_resource_rules", "check_vllm_environments", "vllm_problem"]
 
 SWEEP_SEPARATOR = "__"
 RESERVED_NAMES = ("sft", "init")  # model directories of the SFT stage and the initial model
@@ -288,6 +291,71 @@ def check_local_paths(settings: PipelineSettings, workdir: str | Path = ".") -> 
             path = Path(workdir) / Path(value).expanduser()
             if not path.exists():
                 raise ConfigError(f"config key {key}: local path {value!r} does not exist")
+
+
+VLLM_ENV_COMMAND = "bash .ci/vllm_env.sh"
+VLLM_IMPORT_TIMEOUT_S = 300  # `import vllm` from a cold shared file system can take a minute
+SKIP_VLLM_CHECK = "DPPO_SKIP_VLLM_CHECK"  # =1: for dry runs on machines without the vLLM environment
+
+
+def _vllm_import_problem(python: str, workdir: Path) -> str | None:
+    """Why ``python`` cannot ``import vllm`` (its last line of stderr), or None."""
+    try:
+        done = subprocess.run([python, "-c", "import vllm"], cwd=workdir, capture_output=True, text=True,
+                              timeout=VLLM_IMPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"`import vllm` did not finish within {VLLM_IMPORT_TIMEOUT_S} s"
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit status {done.returncode}"
+
+
+def vllm_problem(settings: PipelineSettings, workdir: str | Path = ".") -> str | None:
+    """Why a section that runs vLLM could not, or None (also None when none does).
+
+    vLLM pins its own torch, so it lives in its own environment, named by ONE key for every
+    section: ``generation.vllm_python`` (``generation.backend: vllm`` and ``reward.engine:
+    vllm``), a path relative to the working directory, as the jobs read it. It must exist
+    and ``import vllm``: checked with one subprocess. The score job, unlike generation, does
+    not run in that environment yet: it imports vllm in its own interpreter (this one), so
+    with ``reward.engine: vllm`` this interpreter must import vllm too."""
+    users = [key for key, used in (("generation.backend: vllm", settings.generation.backend == "vllm"),
+                                   ("reward.engine: vllm", settings.reward.engine == "vllm")) if used]
+    if not users:
+        return None
+    value = settings.generation.vllm_python
+    python = Path(workdir) / Path(value).expanduser()
+    where = f"{' and '.join(users)} run{'s' if len(users) == 1 else ''} vLLM with it"
+    hint = f"build the vLLM environment with `{VLLM_ENV_COMMAND}` (it creates .venv-vllm)"
+    if not python.exists():
+        return f"config key generation.vllm_python: {value!r} does not exist ({where}); {hint}"
+    why = _vllm_import_problem(str(python.absolute()), Path(workdir))
+    if why is not None:
+        return f"config key generation.vllm_python: {value!r} cannot import vllm: {why} ({where}); {hint}"
+    if settings.reward.engine == "vllm":
+        why = _vllm_import_problem(sys.executable, Path(workdir))
+        if why is not None:
+            return (f"config key reward.engine: vllm: the score job imports vllm in the pipeline's own environment "
+                    f"({sys.executable}), which cannot: {why}. Scoring does not run in generation.vllm_python's "
+                    f"environment (`{VLLM_ENV_COMMAND}`) yet; use reward.engine: transformers (device_map: auto "
+                    "spreads a large model over the GPUs) or install vllm in this environment")
+    return None
+
+
+def check_vllm_environments(settings: PipelineSettings, workdir: str | Path = ".") -> None:
+    """Stop before any job when a section runs vLLM (``generation.backend: vllm``,
+    ``reward.engine: vllm``) and its interpreter is missing or cannot import vllm
+    (:func:`vllm_problem`); else the pipeline would train every model and fail at generation
+    or scoring. ``DPPO_SKIP_VLLM_CHECK=1`` skips the check: for dry runs on machines without
+    the vLLM environment."""
+    if os.environ.get(SKIP_VLLM_CHECK) == "1":
+        return
+    problem = vllm_problem(settings, workdir)
+    if problem is not None:
+        raise ConfigError(f"{problem} ({SKIP_VLLM_CHECK}=1 skips this check: for dry runs on a machine without it)")
 
 
 def schema_sections() -> dict[str, tuple[str, ...]]:

@@ -541,6 +541,9 @@ class GenerationSettings(Section):
     inference pass (the reference log-probs too)."""
 
     backend: str = "transformers"  # transformers | vllm (runs in its own environment)
+    # The vLLM environment's interpreter, for every section that runs vLLM (reward.engine: vllm
+    # too); relative paths from the working directory. Checked before any job
+    # (dppo.config.check_vllm_environments); `bash .ci/vllm_env.sh` builds it.
     vllm_python: str = ".venv-vllm/bin/python"
     batch_size: int = 64
     dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on CPU
@@ -559,7 +562,9 @@ class GenerationSettings(Section):
 
 @dataclass(frozen=True)
 class RewardSettings(Section):
-    """The reward backend and, for the model backends (seqcls, nemotron), its options."""
+    """The reward backend and, for the model backends (seqcls, nemotron), its options. The vLLM
+    engine's environment is generation.vllm_python (one environment for vLLM, one key); the score
+    job still imports vllm in its own interpreter (dppo.config.vllm_problem checks both)."""
 
     backend: str = "programmatic"  # programmatic | seqcls | nemotron
     model: str | None = None  # local directory or hub id (the model backends)

@@ -295,16 +295,16 @@ class MetricsLog:
 
 class SignalFlag:
     """Remembers a SIGTERM (a SLURM time limit or ``scancel`` warns before it kills) so the loop
-    finishes the step, checkpoints and stops. Single-process runs only: under torchrun the
-    ranks could see the signal at different steps and wait on each other."""
+    finishes the step, checkpoints and stops. Under torchrun the processes may see it at
+    different steps, or only some of them: the loop decides on every process together
+    (:func:`agree`)."""
 
     def __init__(self):
         self.raised = False
         self._previous = None
 
     def __enter__(self):
-        if world()[1] == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -315,14 +315,53 @@ class SignalFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+NONFINITE_FAULT = "NONFINITE"  # DPPO_FAULT_SIGNAL's value that makes a loss NaN instead of signalling
+
+
+def _fault(run: str) -> tuple[int, str] | None:
+    """(step, signal name) of the fault the environment asks of this process in ``run``, or None."""
+    if os.environ.get("DPPO_FAULT_RUN") != run:
+        return None
+    rank = os.environ.get("DPPO_FAULT_RANK")
+    if rank is not None and int(rank) != world()[0]:
+        return None
+    return int(os.environ["DPPO_FAULT_AT_STEP"]), os.environ.get("DPPO_FAULT_SIGNAL", "SIGKILL")
+
+
 def injected_fault(run: str) -> Callable[[int], None]:
     """Test hook: at the end of optimizer step ``DPPO_FAULT_AT_STEP`` this process sends itself
     ``DPPO_FAULT_SIGNAL`` (SIGKILL by default), as a preemption or a time limit would, when
-    ``DPPO_FAULT_RUN`` names this run; SIGSTOP freezes it for an external kill."""
-    if os.environ.get("DPPO_FAULT_RUN") != run:
+    ``DPPO_FAULT_RUN`` names this run (and ``DPPO_FAULT_RANK``, when set, this process's rank);
+    SIGSTOP freezes it for an external kill. ``NONFINITE``: see :func:`injected_nonfinite`."""
+    fault = _fault(run)
+    if fault is None or fault[1] == NONFINITE_FAULT:
         return lambda step: None
-    at, sig = int(os.environ["DPPO_FAULT_AT_STEP"]), getattr(signal, os.environ.get("DPPO_FAULT_SIGNAL", "SIGKILL"))
+    at, sig = fault[0], getattr(signal, fault[1])
     return lambda step: os.kill(os.getpid(), sig) if step == at else None
+
+
+def injected_nonfinite(run: str) -> Callable[[int], bool]:
+    """Test hook: with ``DPPO_FAULT_SIGNAL=NONFINITE`` (and the other variables of
+    :func:`injected_fault`), whether this process's first micro batch of optimizer step
+    ``step`` (1-based) gets a NaN loss."""
+    fault = _fault(run)
+    if fault is None or fault[1] != NONFINITE_FAULT:
+        return lambda step: False
+    return lambda step: step == fault[0]
+
+
+def agree(nonfinite: bool, stop: bool) -> tuple[int | None, bool]:
+    """What every process does with this step, decided together with one all-reduce of two
+    numbers (before the gradients' all-reduce, which a process that skips or stops alone would
+    leave the others waiting in): (the highest rank whose loss is not finite, or None; whether
+    any process was asked to stop)."""
+    rank, size = world()
+    if size == 1:
+        return (rank if nonfinite else None), stop
+    flags = torch.tensor([float(rank + 1) if nonfinite else 0.0, float(stop)], device=device())
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    bad, stop_any = (int(v) for v in flags.tolist())
+    return (bad - 1 if bad else None), bool(stop_any)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -369,7 +408,8 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     other settings, rows or initial weights there are removed, named in a warning. The caller
     publishes the results (the rule's outputs live elsewhere: Snakemake deletes a failed job's
     outputs). ``on_nonfinite``: "stop" raises on a non-finite loss, "skip" drops that batch
-    (counted in the record)."""
+    (counted in the record). Under torchrun a non-finite loss or a SIGTERM on any process makes
+    every process skip, stop or checkpoint at the same step (:func:`agree`)."""
     init_distributed()
     rank, size = world()
     run = record.get("experiment", record.get("stage", "run"))
@@ -411,7 +451,7 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     per_process, micro = micro_batches(opt)
     lengths = task.lengths() if opt.group_by_length else None
     use_bf16 = opt.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    fault = injected_fault(run)
+    fault, poisoned = injected_fault(run), injected_nonfinite(run)
     skipped = 0
     params = [p for p in model.parameters() if p.requires_grad]
     if size > 1:  # every process starts from rank 0's weights
@@ -424,24 +464,34 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
             total_weight = torch.tensor([float(task.weight([rows[i] for i in mine]))], device=device())
             all_reduce_sum([total_weight])  # the whole batch's units, over every process
             logged: dict[str, torch.Tensor] = {}
-            finite = True
+            message = None  # why this process's loss is not finite
+            where = f" on process {rank}" if size > 1 else ""
             for begin in range(0, len(mine), micro):
                 chunk = [rows[i] for i in mine[begin : begin + micro]]
                 with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16):
                     loss, parts = task.loss(model, chunk)
+                if begin == 0 and poisoned(step + 1):
+                    loss = loss * float("nan")
                 if not torch.isfinite(loss):
-                    message = (f"non-finite loss at step {step + 1} of {run!r}: "
+                    message = (f"non-finite loss at step {step + 1} of {run!r}{where}: "
                                + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items()))
-                    if on_nonfinite == "stop":
-                        raise NonFiniteError(message)
-                    log.warning("%s; skipping the batch", message)
-                    finite = False
                     break
                 share = task.weight(chunk) / total_weight  # the micro losses add up to the batch mean
                 (loss * share).backward()
                 for key, value in {"loss": loss.detach(), **parts}.items():
                     logged[key] = logged.get(key, 0.0) + value.detach().float() * share
-            if not finite:  # skip the batch on every process alike (its gradients are dropped)
+            # Every process skips, stops or checkpoints at the same step (SIGTERM: single-process
+            # runs act on it at the end of the step, below).
+            bad, stop = agree(message is not None, terminate.raised and size > 1)
+            if bad is not None:
+                message = message or f"non-finite loss at step {step + 1} of {run!r} on process {bad} (its log names the parts)"
+                if on_nonfinite == "stop":
+                    raise NonFiniteError(message)
+            if stop:  # before this step's update: the state of `step` updates is checkpointed
+                optimizer.zero_grad(set_to_none=True)
+                _terminate(run_dir, step, start, model, optimizer)
+            if bad is not None:  # skip the batch on every process alike (its gradients are dropped)
+                log.warning("%s; skipping the batch%s", message, " on every process" if size > 1 else "")
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 bar.update(1)
@@ -469,11 +519,10 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
                 bar.set_postfix(loss=f"{parts['loss']:.4f}")
             bar.update(1)
             fault(done)
-            if terminate.raised or done % opt.save_steps == 0 and done < total:
-                if rank == 0:
-                    save_checkpoint(run_dir, done, model, optimizer)
-                if terminate.raised:
-                    raise TrainingTerminated(f"terminated (SIGTERM) at step {done}; checkpoint saved, rerun the job to resume")
+            if terminate.raised and size == 1:
+                _terminate(run_dir, done, start, model, optimizer)
+            if done % opt.save_steps == 0 and done < total and rank == 0:
+                save_checkpoint(run_dir, done, model, optimizer)
     if rank == 0:
         save_model(model, tokenizer, run_dir / FINAL, {**record, "steps": total, "skipped_steps": skipped,
                                                        "resumed_from": str(checkpoint) if checkpoint else None})
@@ -482,6 +531,20 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     if size > 1:
         torch.distributed.barrier()
     return run_dir
+
+
+def _terminate(run_dir: Path, done: int, start: int, model, optimizer) -> None:
+    """Checkpoint the state after ``done`` updates (unless a checkpoint of it exists) and stop
+    every process (rank 0 saves, the others wait for it)."""
+    rank, size = world()
+    saved = done == start or (run_dir / f"{CHECKPOINT_PREFIX}{done}").is_dir()
+    if rank == 0 and not saved:
+        save_checkpoint(run_dir, done, model, optimizer)
+    if size > 1:
+        torch.distributed.barrier()
+    if done == 0:
+        raise TrainingTerminated("terminated (SIGTERM) before the first step; nothing to save, rerun the job")
+    raise TrainingTerminated(f"terminated (SIGTERM) at step {done}; checkpoint saved, rerun the job to resume")
 
 
 def save_model(model, tokenizer, out_dir: str | Path, record: dict) -> None:
