@@ -21,7 +21,7 @@ run: install
 	$(VENV)/bin/snakemake --cores 2 all
 
 # The evidence: the embedded task over replicated pipelines (worlds) at five designs of the pairs
-# (configs/study.yaml; results in runs/study/, README "Evidence").
+# (configs/overlays/study.yaml; results in runs/study/, README "Evidence").
 study: install
 	$(VENV)/bin/python -m dppo.study --cores 2
 

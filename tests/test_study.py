@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def study_settings():
-    return load_settings(merged_config([load_yaml(ROOT / "config.yaml"), load_yaml(ROOT / "configs" / "study.yaml")]))
+    return load_settings(merged_config([load_yaml(ROOT / "config.yaml"), load_yaml(ROOT / "configs" / "overlays" / "study.yaml")]))
 
 
 def test_world_zero_is_the_config_and_world_k_shifts_every_seed():
@@ -55,7 +55,7 @@ def test_merged_config_merges_as_snakemake_does():
     from snakemake.utils import update_config
 
     base = load_yaml(ROOT / "config.yaml")
-    overlay = load_yaml(ROOT / "configs" / "study.yaml")
+    overlay = load_yaml(ROOT / "configs" / "overlays" / "study.yaml")
     expected = {}
     for config in (base, overlay):
         update_config(expected, config)

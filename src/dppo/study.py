@@ -8,7 +8,7 @@ and the design's flaw rates of the chosen and rejected answers. Snakemake builds
 per-prompt scores (rerunning only what changed); the study then reads them all and writes its
 tables, figure and summary (dppo.evaluate.study, dppo.report.study) under ``<directory>``.
 
-    python -m dppo.study [--configfile config.yaml configs/study.yaml] [--cores 2] [-- snakemake args]
+    python -m dppo.study [--configfile config.yaml configs/overlays/study.yaml] [--cores 2] [-- snakemake args]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,7 @@ from dppo.settings import StudySettings
 
 log = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIGS = ("config.yaml", "configs/study.yaml")
+DEFAULT_CONFIGS = ("config.yaml", "configs/overlays/study.yaml")
 # What the study reads from each run: Snakemake builds only these (and what they need).
 RUN_TARGETS = ("results/tables/prompt_scores.parquet", "results/experiments.json", "results/tables/premise.json")
 
@@ -81,11 +82,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configfile", nargs="+", type=Path, default=[REPOSITORY / c for c in DEFAULT_CONFIGS])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--aggregate-only", action="store_true", help="read the runs that exist; run nothing")
+    parser.add_argument("--designs", nargs="+", help="only these designs of the study section")
+    parser.add_argument("--worlds", type=int, help="only worlds 0 .. N-1")
+    parser.add_argument("--directory", help="another directory for the study (study.directory)")
     parser.add_argument("snakemake_args", nargs="*", help="options passed to every Snakemake run (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings(merged_config([load_yaml(p) for p in args.configfile]))
     study = settings.study
+    unknown = sorted(set(args.designs or ()) - set(study.designs))
+    if unknown:
+        parser.error(f"--designs: {unknown[0]!r} is not a design of the study section ({', '.join(study.designs)})")
+    study = replace(study, designs={d: r for d, r in study.designs.items() if d in (args.designs or study.designs)},
+                    worlds=args.worlds or study.worlds, directory=args.directory or study.directory)
     if not args.aggregate_only:
         for design in study.designs:
             for world in range(study.worlds):

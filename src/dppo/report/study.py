@@ -61,24 +61,28 @@ def _interval(row: pd.Series, prefix: str) -> str:
 
 def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown: list[str], labels: dict[str, str],
                          path_stem: Path) -> None:
-    """Gain over DPO against the design (the share of chosen answers minus the share of rejected
-    answers that carry y_gen's flaw), one line per experiment, replicated 95% intervals."""
-    balance = {name: chosen - rejected for name, (chosen, rejected) in study.designs.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8), sharex=True)
+    """Gain over DPO at each design (ordered by the share of chosen minus the share of rejected
+    answers that carry y_gen's flaw), one line per experiment, replicated 95% intervals. The
+    designs are categories on the x axis, so drawing the lines side by side moves no value."""
+    order = sorted(study.designs, key=lambda name: study.designs[name][0] - study.designs[name][1])
+    position = {name: k for k, name in enumerate(order)}
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0), sharex=True)
     panels = (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A"))
     for ax, (prefix, ylabel) in zip(axes, panels):
         for k, name in enumerate(shown):
-            rows = comparisons[comparisons["experiment"] == name].assign(x=lambda d: d["design"].map(balance))
+            rows = comparisons[comparisons["experiment"] == name].assign(x=lambda d: d["design"].map(position))
             rows = rows.sort_values("x")
-            offset = (k - (len(shown) - 1) / 2) * 0.012  # side by side; the x tick says the design
+            offset = (k - (len(shown) - 1) / 2) * 0.6 / max(1, len(shown))
             ax.errorbar(rows["x"] + offset, rows[prefix + "estimate"],
                         yerr=[rows[prefix + "estimate"] - rows[prefix + "low"],
                               rows[prefix + "high"] - rows[prefix + "estimate"]],
                         marker="o", ms=3, capsize=2, lw=1, label=labels.get(name, name))
         ax.axhline(0, color="0.5", lw=0.8)
-        ax.set_xticks(sorted(balance.values()))
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"{name}\n({study.designs[name][0]:g}, {study.designs[name][1]:g})" for name in order],
+                           fontsize=7)
         ax.set_ylabel(ylabel)
-    fig.supxlabel("design: share of chosen minus share of rejected answers with y_gen's flaw", fontsize=9)
+    fig.supxlabel("design (share of chosen, share of rejected answers with y_gen's flaw)", fontsize=9)
     n = comparisons.iloc[0]
     fig.suptitle(f"{int(n['n_worlds'])} worlds x {int(n['n_seeds'])} seed(s) x {int(n['n_prompts'])} prompts per "
                  f"design; 95% intervals over worlds", fontsize=9)
