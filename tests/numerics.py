@@ -40,7 +40,9 @@ def summation_bound(abs_terms: torch.Tensor, n: int, unit: float = U32) -> torch
 
 def assert_within(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor | float, name: str = "") -> None:
     """|got - want| <= bound elementwise (want and bound in float64)."""
-    error = (got.detach().double() - want).abs()
+    error = (got.detach().double() - want.detach()).abs()
+    if isinstance(bound, torch.Tensor):
+        bound = bound.detach()
     excess = error - bound
     if excess.numel() and float(excess.max()) > 0:
         i = int(excess.flatten().argmax())

@@ -281,12 +281,12 @@ def test_the_worker_key_follows_the_sources_bytes(tmp_path):
     """A copy of dppo (the real sources stay untouched): a same-size edit whose mtime was put back,
     as ``cp -p`` or ``rsync -t`` leave it, changes the key."""
     package = tmp_path / "dppo"
-    shutil.copytree(Path(warm.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = importlib.util.spec_from_file_location("warm_copy", package / "warm.py")
+    shutil.copytree(Path(warm.__file__).parents[1], package, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("warm_copy", package / "runtime" / "warm.py")
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)
     key = copy.worker_key(("dppo.train.preference",))
-    source = package / "losses.py"
+    source = package / "train" / "losses.py"
     before = source.stat()
     text = source.read_bytes()
     source.write_bytes(text.replace(b"a", b"b", 1))
