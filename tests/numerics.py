@@ -55,7 +55,7 @@ def assert_as_accurate_as(got: torch.Tensor, trusted: torch.Tensor, exact: torch
     """``got`` (float32, a new path) is within SLACK times the trusted float32 path's own largest
     error against ``exact`` (the trusted path in float64), or within a few roundings of the
     largest value where the trusted path happens to be exact."""
-    exact = exact.double()
+    exact, trusted = exact.detach().double(), trusted.detach()
     floor = 4 * U32 * float(exact.abs().max()) if exact.numel() else 0.0
     own_error = float((trusted.double() - exact).abs().max()) if exact.numel() else 0.0
     assert_within(got, exact, SLACK * max(own_error, floor), name)
