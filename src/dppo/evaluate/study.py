@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from dppo.evaluate.replicates import (
-    INCONCLUSIVE,
     aa_check,
     alpha_trend_test,
     interior_beats_ends,
@@ -98,35 +97,28 @@ def compare_with_baseline(table: pd.DataFrame, design: str, names: Sequence[str]
     return pd.DataFrame(rows)
 
 
-def _choose_on_validation(table: pd.DataFrame, design: str, candidates: Sequence[str], split_seed: int,
-                          baseline: str = BASELINE) -> tuple[str, dict]:
-    """The candidate with the highest mean win score against SFT on the validation prompts of
-    every world (each world's prompts split by :func:`split_prompts`), and those means."""
-    rows = table[(table["design"] == design) & table["experiment"].isin(candidates)]
-    keep = []
-    for world, part in rows.groupby("world", sort=True):
-        validation, _ = split_prompts(part["prompt_id"], split_seed)
-        keep.append(part[part["prompt_id"].isin(validation)])
-    means = pd.concat(keep).groupby("experiment")["win"].mean()
-    return str(means.idxmax()), {str(k): float(v) for k, v in means.items()}
+def split_rows(table: pd.DataFrame, design: str, split_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One design's rows on each world's validation prompts and on its test prompts
+    (:func:`split_prompts` per world)."""
+    validation, test = [], []
+    for _, part in table[table["design"] == design].groupby("world", sort=True):
+        validation_ids, test_ids = split_prompts(part["prompt_id"], split_seed)
+        validation.append(part[part["prompt_id"].isin(validation_ids)])
+        test.append(part[part["prompt_id"].isin(test_ids)])
+    return pd.concat(validation), pd.concat(test)
 
 
-def _on_test_prompts(table: pd.DataFrame, design: str, split_seed: int) -> pd.DataFrame:
-    rows = table[table["design"] == design]
-    keep = []
-    for world, part in rows.groupby("world", sort=True):
-        _, test = split_prompts(part["prompt_id"], split_seed)
-        keep.append(part[part["prompt_id"].isin(test)])
-    return pd.concat(keep)
+def best_on(rows: pd.DataFrame, candidates: Sequence[str]) -> str:
+    """The candidate with the highest mean win score against SFT over ``rows``."""
+    return str(rows[rows["experiment"].isin(candidates)].groupby("experiment")["win"].mean().idxmax())
 
 
 def tuned_comparison(table: pd.DataFrame, design: str, method: Sequence[str], dpo: Sequence[str], level: float,
                      split_seed: int) -> dict:
     """The method at its best setting against DPO at its best, each chosen on the validation
     prompts, compared on the test prompts (so neither choice sees the prompts it is judged on)."""
-    chosen, method_means = _choose_on_validation(table, design, method, split_seed)
-    chosen_dpo, dpo_means = _choose_on_validation(table, design, dpo, split_seed)
-    test = _on_test_prompts(table, design, split_seed)
+    validation, test = split_rows(table, design, split_seed)
+    chosen, chosen_dpo = best_on(validation, method), best_on(validation, dpo)
     result = replicated_interval(paired_differences(values_of(test, design, "win"), chosen, chosen_dpo), level)
     return {"design": design, "chosen": chosen, "chosen_dpo": chosen_dpo, **_interval_columns(result, "d_win_"),
             "verdict": verdict(result, "greater")}
@@ -163,7 +155,3 @@ def aa_checks(table: pd.DataFrame, designs: Sequence[str], pairs: Sequence[tuple
             rows.append({"design": design, "experiment": experiment, "twin": twin,
                          **_interval_columns(check, "d_win_"), "excludes_zero": check["excludes_zero"]})
     return pd.DataFrame(rows)
-
-
-def inconclusive_share(verdicts: pd.Series) -> float:
-    return float((verdicts == INCONCLUSIVE).mean()) if len(verdicts) else float("nan")
