@@ -29,7 +29,7 @@ if not workflow.overwrite_configfiles:
 # The whole config, checked and parsed once: rules read S, never `config`.
 try:
     check_config_files(workflow.configfiles)
-    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+    validate_config(config)
     S = load_settings(config)
     check_local_paths(S)
     if workflow.is_main_process:  # once, not again in every job (a SLURM job parses this file too)

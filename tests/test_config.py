@@ -12,12 +12,10 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
-import yaml
 from pipeline import snakemake
 
 from dppo import settings as st
 from dppo.config import (
-    SECTIONS,
     ConfigError,
     check_config_files,
     check_vllm_environments,
@@ -27,10 +25,9 @@ from dppo.config import (
     validate_config,
     vllm_problem,
 )
+from dppo.schema import config_schema, reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-SCHEMA = str(SCHEMA_PATH)
 SHIPPED = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 
 
@@ -40,7 +37,7 @@ def default_config():
 
 
 def _load(config):
-    validate_config(config, SCHEMA)
+    validate_config(config)
     return load_settings(config)
 
 
@@ -81,7 +78,7 @@ def test_schema_errors_name_the_key(default_config, key, value, expected):
     config = copy.deepcopy(default_config)
     _set(config, key, value)
     with pytest.raises(ConfigError) as err:
-        validate_config(config, SCHEMA)
+        validate_config(config)
     assert str(err.value).startswith(expected)
 
 
@@ -103,7 +100,7 @@ def test_schema_errors_name_the_key(default_config, key, value, expected):
         ("resources.sft.gpu", -1, "config key resources.sft.gpu: -1 is less than the minimum of 0"),
         ("claims.dppo", "nope", "config key claims.dppo: 'nope' names no experiment"),
         # found by benchmarks/reliability.py: numpy refuses a negative seed inside the job
-        ("experiments.dpo.seeds", [-1], "config key experiments.dpo.seeds: must be >= 0"),
+        ("experiments.dpo.seeds", [-1], "config key experiments.dpo.seeds.0: -1 is less than the minimum of 0"),
         ("toy.seeds", [0, 0], "config key toy.seeds: must be a list of distinct"),  # the paper would count 2 seeds
         ("tiny_model.num_attention_heads", 5, "config key tiny_model.num_attention_heads: must divide hidden_size 96"),
         ("tiny_model.num_key_value_heads", 2, "config key tiny_model.num_key_value_heads: must divide"),
@@ -230,7 +227,7 @@ def test_a_schema_error_on_a_large_value_stays_short(default_config):
     config["paper"] = {"setup": {"model": shared}}
     start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
-        validate_config(config, SCHEMA)
+        validate_config(config)
     assert time.perf_counter() - start < 2
     message = str(err.value)
     assert message.startswith("config key paper.setup.model: ") and message.endswith("is not of type 'string'")
@@ -273,13 +270,14 @@ def test_rule_resources_merge_the_defaults_the_default_entry_and_the_rule(defaul
 # ------------------------------------------------------------------ one home for every default
 
 
-def _schema():
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def _resolve(schema, node):
-    ref = node.get("$ref")
-    return _resolve(schema, schema["$defs"][ref.split("/")[-1]]) if ref else node
+def _declared_sections():
+    """(config path, settings class) of every section, nested ones too."""
+    for name, cls in st.section_classes().items():
+        yield name, cls
+        for f in fields(cls):
+            nested = st.base_type(st.type_hints(cls)[f.name])[0]
+            if isinstance(nested, type) and issubclass(nested, st.Section):
+                yield f"{name}.{st.config_key(f)}", nested
 
 
 def test_the_schema_declares_no_default_of_its_own():
@@ -292,26 +290,51 @@ def test_the_schema_declares_no_default_of_its_own():
             for value in node:
                 yield from keys(value)
 
-    assert "default" not in set(keys(_schema())), "defaults live in dppo.settings only"
+    assert "default" not in set(keys(config_schema())), "defaults live in dppo.settings only"
 
 
-@pytest.mark.parametrize("section", [s for s in SECTIONS if s not in ("data",)])
-def test_schema_sections_list_exactly_the_settings_fields(section):
-    schema = _schema()
-    props = set(_resolve(schema, schema["properties"][section])["properties"])
-    assert props == set(st.field_names(SECTIONS[section])), section
+def test_every_setting_is_declared_once_with_setting():
+    """Default, range and help come from one declaration (dppo.settings.setting); a bare field
+    would have no range in the schema and no line in docs/config.md."""
+    classes = dict(_declared_sections()) | {"experiments.<name>": st.Experiment, "resources.<rule>": st.Resources}
+    bare = [f"{where}.{f.name}" for where, cls in classes.items() for f in fields(cls)
+            if "help" not in f.metadata and not (cls is st.Experiment and f.name in ("loss", "optim"))]
+    assert bare == []
 
 
-def test_schema_experiment_keys_are_the_loss_optim_and_run_fields():
-    schema = _schema()
-    props = set(schema["$defs"]["experiment"]["properties"]) - {"sweep"}
-    expected = set(st.LOSS_CONFIG_KEYS) | set(st.Experiment.OPTIM_KEYS) | set(st.Experiment.RUN_KEYS)
-    assert props == expected
-    assert set(schema["$defs"]["toy_loss"]["properties"]) == set(st.LOSS_CONFIG_KEYS)
-    assert set(schema["$defs"]["dataset"]["properties"]) == set(st.field_names(st.DatasetSettings))
-    assert set(schema["$defs"]["resources"]["properties"]) == set(st.field_names(st.Resources))
-    data_props = set(schema["properties"]["data"]["properties"])
-    assert data_props == set(st.field_names(st.DataSettings))
+def _bounded_fields():
+    for where, cls in _declared_sections():
+        for f in fields(cls):
+            for bound in ("minimum", "above", "maximum", "below"):
+                if f.metadata.get(bound) is not None and st.base_type(st.type_hints(cls)[f.name])[0] in (int, float):
+                    yield pytest.param(where, cls, f, bound, id=f"{where}.{f.name}-{bound}")
+
+
+@pytest.mark.parametrize("where, cls, f, bound", list(_bounded_fields()))
+def test_the_schema_and_the_class_refuse_the_same_value_past_each_bound(default_config, where, cls, f, bound):
+    """Both come from the one declaration; a value just past the bound (or at an exclusive one)
+    stops the run in the schema check and in the class a job builds from its dict."""
+    limit = f.metadata[bound]
+    value = {"minimum": limit - 1, "above": limit, "maximum": limit + 1, "below": limit}[bound]
+    if st.base_type(st.type_hints(cls)[f.name])[0] is float:
+        value = {"minimum": limit - 0.5, "maximum": limit + 0.5}.get(bound, float(value))
+    config = copy.deepcopy(default_config)
+    _set(config, f"{where}.{st.config_key(f)}", value)
+    with pytest.raises(ConfigError, match=re.escape(f"config key {where}.{st.config_key(f)}: ")):
+        validate_config(config)
+    with pytest.raises(ConfigError, match=re.escape(f"config key {where}.{st.config_key(f)}: ")):
+        cls.from_dict({st.config_key(f): value}, where)
+
+
+def test_the_config_reference_is_generated_from_the_declarations():
+    generated = reference_markdown()
+    assert (ROOT / "docs" / "config.md").read_text() == generated, \
+        "docs/config.md is out of date: python -m dppo.schema --docs docs/config.md"
+    for where, cls in _declared_sections():
+        for f in fields(cls):
+            assert f"| `{st.config_key(f)}` |" in generated or isinstance(
+                st.base_type(st.type_hints(cls)[f.name])[0], type) and issubclass(
+                st.base_type(st.type_hints(cls)[f.name])[0], st.Section), f"{where}.{f.name}"
 
 
 def test_rule_files_hold_no_defaults():

@@ -1,9 +1,9 @@
 """Reading a config: duplicate keys, the schema, sweep expansion and the checks across keys,
 into one :class:`dppo.settings.PipelineSettings`.
 
-The schema (``workflow/schemas/config.schema.yaml``) checks key names and value types; the
-settings classes check values (and hold every default); this module checks what depends on
-several keys (an ``init`` naming a missing experiment, duplicate names) and expands sweeps
+The schema (generated from the settings classes by :mod:`dppo.schema`) checks key names,
+types and ranges; the settings classes check them too when built (and hold every default,
+range and help text); this module checks what depends on several keys (an ``init`` naming a missing experiment, duplicate names) and expands sweeps
 into one experiment each, with stable, readable names: ``unll__f=sqrt__alpha=0.1``.
 """
 
@@ -18,29 +18,16 @@ from typing import Any, Mapping
 
 import yaml
 
+from dppo.schema import config_schema
 from dppo.settings import (
-    GROUPS,
-    LOSS_KINDS,
-    WEIGHTING_KINDS,
-    ClaimsSettings,
     ConfigError,
-    DataSettings,
     Experiment,
     FieldError,
-    GenerationSettings,
-    ModelSettings,
-    OptimSettings,
-    PaperSettings,
     PipelineSettings,
     Resources,
-    RewardSettings,
-    StudySettings,
-    TaskSpec,
-    TinyModelSpec,
     ToySettings,
-    WinRateSettings,
-    field_names,
     parse,
+    section_classes,
 )
 
 __all__ = ["ConfigError", "load_settings", "expand_experiments", "check_config_files", "load_yaml", "validate_config",
@@ -111,18 +98,13 @@ def check_config_files(paths) -> None:
         load_yaml(path)
 
 
-def validate_config(config: dict, schema_path: str) -> None:
-    """The schema check, with the error cut down to the offending key and the reason. Not
-    Snakemake's ``validate()``: its error prints the whole config and the schema."""
+def validate_config(config: dict) -> None:
+    """The schema check (:func:`dppo.schema.config_schema`), with the error cut down to the
+    offending key and the reason. Not Snakemake's ``validate()``: its error prints the whole
+    config and the schema."""
     import jsonschema
 
-    with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
-    # The names come from the records, so that a new loss or weighting is written once.
-    schema["$defs"]["loss_name"]["enum"] = list(LOSS_KINDS)
-    schema["$defs"]["weighting"]["enum"] = list(WEIGHTING_KINDS)
-    schema["$defs"]["group"]["enum"] = list(GROUPS)
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(config_schema()).iter_errors(config))
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
         raise ConfigError(f"config key {key}: {_shorten(error.message)}")
@@ -181,27 +163,10 @@ def _check_inits(experiments: Mapping[str, Experiment]) -> None:
             current = experiments[current].init
 
 
-# Config section -> its settings class (sections with nested parts parse themselves).
-SECTIONS = {
-    "model": ModelSettings,
-    "tiny_model": TinyModelSpec,
-    "synthetic": TaskSpec,
-    "data": DataSettings,
-    "sft": OptimSettings,
-    "generation": GenerationSettings,
-    "reward": RewardSettings,
-    "win_rate": WinRateSettings,
-    "claims": ClaimsSettings,
-    "toy": ToySettings,
-    "paper": PaperSettings,
-    "study": StudySettings,
-}
-
-
 def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
     """The checked settings of a config (after :func:`validate_config`). Raises ConfigError
     naming the key."""
-    sections = {key: cls.from_dict(config.get(key), key) for key, cls in SECTIONS.items() if key != "toy"}
+    sections = {key: cls.from_dict(config.get(key), key) for key, cls in section_classes().items() if key != "toy"}
     resources = {rule: dict(entry or {}) for rule, entry in (config.get("resources") or {}).items()}
     for rule, entry in resources.items():
         parse(Resources, entry, f"resources.{rule}")
@@ -220,7 +185,7 @@ def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
     settings = PipelineSettings(
         **sections,
         experiments=experiments,
-        toy=ToySettings.from_dict(config["toy"]) if config.get("toy") is not None else None,
+        toy=ToySettings.from_dict(config["toy"], "toy") if config.get("toy") is not None else None,
         resources=resources,
     )
     try:
@@ -356,9 +321,3 @@ def check_vllm_environments(settings: PipelineSettings, workdir: str | Path = ".
     problem = vllm_problem(settings, workdir)
     if problem is not None:
         raise ConfigError(f"{problem} ({SKIP_VLLM_CHECK}=1 skips this check: for dry runs on a machine without it)")
-
-
-def schema_sections() -> dict[str, tuple[str, ...]]:
-    """Config section -> the keys its settings class reads (the schema must list the same)."""
-    keys = {section: field_names(cls) for section, cls in SECTIONS.items()}
-    return keys
