@@ -29,10 +29,16 @@ GROUPS = ("main", "alpha_sweep", "unll_forms", "data_efficiency", "chained", "3d
           "aa_twin")
 # The groups whose penalized runs form the alpha sweep (and the penalty variant is picked from).
 PENALTY_SWEEP_GROUPS = ("main", "alpha_sweep")
-GENERATION_BACKENDS = ("transformers", "vllm")
+# Where a section's model runs: transformers in the job's interpreter, vllm in vllm_python.
+ENGINES = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REWARD_BACKENDS = ("programmatic", "seqcls", "nemotron")
-REWARD_ENGINES = ("transformers", "vllm")
+# Keys of earlier configs, refused with the key that replaced them (dppo.config.check_renamed_keys).
+RENAMED_KEYS = {
+    "generation.backend": "generation.engine",
+    "reward.tensor_parallel_size": "reward.vllm_options.tensor_parallel_size",
+    "reward.gpu_memory_utilization": "reward.vllm_options.gpu_memory_utilization",
+}
 # An experiment's loss is named by this config key (LossSettings.name in code).
 LOSS_KEY = "loss"
 
@@ -536,39 +542,46 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
-class GenerationSettings(Section):
-    """Greedy generation (y_gen and the evaluation answers) and the batch size of every
-    inference pass (the reference log-probs too)."""
+class EngineSettings(Section):
+    """Where a section's model runs, one vocabulary for generation and reward. vLLM pins its own
+    torch and transformers, so it runs in its own environment (`bash .ci/vllm_env.sh` builds
+    it), through dppo.infer.vllm_engine; its interpreter is checked before any job
+    (dppo.config.check_vllm_environments)."""
 
-    backend: str = "transformers"  # transformers | vllm (runs in its own environment)
-    # The vLLM environment's interpreter, for every section that runs vLLM (reward.engine: vllm
-    # too); relative paths from the working directory. Checked before any job
-    # (dppo.config.check_vllm_environments); `bash .ci/vllm_env.sh` builds it.
-    vllm_python: str = ".venv-vllm/bin/python"
-    batch_size: int = 64
-    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on CPU
-    max_new_tokens: int | None = None  # None: the data's cut-off
-    device: str | None = None  # None: cuda when available
-    vllm_options: dict = field(default_factory=dict)  # extra vllm.LLM arguments
+    engine: str = "transformers"  # transformers | vllm
+    vllm_python: str = ".venv-vllm/bin/python"  # relative paths from the working directory
+    vllm_options: dict = field(default_factory=dict)  # extra vllm.LLM arguments (tensor_parallel_size, ...)
 
     def __post_init__(self):
-        check_choice("backend", self.backend, GENERATION_BACKENDS)
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_int("max_new_tokens", self.max_new_tokens, minimum=1, optional=True)
+        check_choice("engine", self.engine, ENGINES)
         if not isinstance(self.vllm_options, Mapping):
             raise FieldError("vllm_options", f"must be a mapping, got {self.vllm_options!r}")
 
 
 @dataclass(frozen=True)
-class RewardSettings(Section):
-    """The reward backend and, for the model backends (seqcls, nemotron), its options. The vLLM
-    engine's environment is generation.vllm_python (one environment for vLLM, one key); the score
-    job still imports vllm in its own interpreter (dppo.config.vllm_problem checks both)."""
+class GenerationSettings(EngineSettings):
+    """Greedy generation (y_gen and the evaluation answers) and the batch size of every
+    inference pass (the reference log-probs too)."""
+
+    batch_size: int = 64
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on CPU
+    max_new_tokens: int | None = None  # None: the data's cut-off
+    device: str | None = None  # None: cuda when available
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_int("max_new_tokens", self.max_new_tokens, minimum=1, optional=True)
+
+
+@dataclass(frozen=True)
+class RewardSettings(EngineSettings):
+    """The reward backend (the kind of reward) and, for the model backends (seqcls, nemotron),
+    its options and engine."""
 
     backend: str = "programmatic"  # programmatic | seqcls | nemotron
     model: str | None = None  # local directory or hub id (the model backends)
-    engine: str = "transformers"  # transformers | vllm
     batch_size: int = 8
     # Longer chats keep their LAST max_length tokens (the response end is what the RM reads).
     max_length: int | None = None
@@ -576,16 +589,12 @@ class RewardSettings(Section):
     device_map: str | None = None  # transformers: e.g. "auto" to shard a 70B model over the GPUs
     dtype: str = "auto"  # "auto" = the checkpoint's dtype; or float32 / bfloat16 / float16
     trust_remote_code: bool = False
-    tensor_parallel_size: int = 1  # vllm
-    gpu_memory_utilization: float = 0.9  # vllm
 
     def __post_init__(self):
+        super().__post_init__()
         check_choice("backend", self.backend, REWARD_BACKENDS)
-        check_choice("engine", self.engine, REWARD_ENGINES)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("max_length", self.max_length, minimum=2, optional=True)
-        check_int("tensor_parallel_size", self.tensor_parallel_size, minimum=1)
-        check_number("gpu_memory_utilization", self.gpu_memory_utilization, above=0, maximum=1)
         if self.backend != "programmatic" and not self.model:
             raise FieldError("model", f"reward backend {self.backend!r} needs a model (a local directory or hub id)")
 
