@@ -342,7 +342,7 @@ def vllm_problem(settings: PipelineSettings, workdir: str | Path = ".") -> str |
         options = getattr(settings, section)
         if options.engine == "vllm":
             users.setdefault(options.vllm_python, []).append(section)
-    hint = f"build the vLLM environment with `{VLLM_ENV_COMMAND}` (it creates .venv-vllm)"
+    hint = f"build the vLLM environment with `{VLLM_ENV_COMMAND}` (it creates .venv-vllm; VLLM_GPU=1 on a GPU machine)"
     for value, sections in users.items():
         key = " and ".join(f"{s}.vllm_python" for s in sections)
         where = " and ".join(f"{s}.engine: vllm" for s in sections)

