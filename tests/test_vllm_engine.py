@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from dppo.infer import vllm_engine
 from dppo.infer.rewards import ProgrammaticReward
+from dppo.runtime.stage import stage
 from dppo.settings import RewardSettings
 
 PROMPTS = ["rsort : a b c", "sort : c a b", "unique : b a b"]
@@ -45,6 +47,18 @@ def test_a_failure_there_names_the_function_and_its_exit_code(other_python):
     with pytest.raises(RuntimeError, match=r"dppo.infer.rewards:score_in_vllm failed in the vLLM environment "
                                            r"\(exit code 1"):
         vllm_engine.call(other_python, "dppo.infer.rewards:score_in_vllm", table, settings={"backend": "gpt4"})
+
+
+def test_the_childs_output_goes_to_the_rules_log(other_python, tmp_path):
+    """Under dppo.runtime.stage (every workflow script) the child's traceback is in the rule's
+    log, beside the error that points to it, not in the scheduler's output."""
+    job = SimpleNamespace(log=[str(tmp_path / "score.log")], threads=1, rule="score")
+    table = pd.DataFrame({"prompt": PROMPTS, "response": RESPONSES})
+    with pytest.raises(RuntimeError, match="exit code 1"), stage(job):
+        vllm_engine.call(other_python, "dppo.infer.rewards:score_in_vllm", table, settings={"backend": "gpt4"})
+    log = (tmp_path / "score.log").read_text()
+    assert "Traceback" in log and "config key reward.backend: 'gpt4' is not one of" in log
+    assert log.index("config key reward.backend") < log.index("failed in the vLLM environment")
 
 
 def test_a_missing_interpreter_says_how_to_build_it(tmp_path):

@@ -66,11 +66,24 @@ def call(python: str | Path, function: str, table: pd.DataFrame, **arguments: An
         (work / "arguments.json").write_text(json.dumps(arguments))
         command = [str(python.absolute()), "-m", __name__, function, str(work)]
         log.info("running %s in the vLLM environment: %s", function, " ".join(command))
-        done = subprocess.run(command, check=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        done = subprocess.run(command, check=False, stdout=_file(sys.stdout), stderr=_file(sys.stderr))
         if done.returncode != 0:
             raise RuntimeError(f"{function} failed in the vLLM environment (exit code {done.returncode}; "
-                               f"its traceback is above): {' '.join(command)}")
+                               f"its traceback is in this job's output above): {' '.join(command)}")
         return pd.read_parquet(work / "output.parquet")
+
+
+def _file(stream):
+    """``stream`` where it is a file (the rule's log, where dppo.runtime.stage redirects
+    sys.stdout and sys.stderr): the child's output, vLLM's log and any traceback, goes there
+    too. None (inherit the descriptors) where it is not."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return stream
 
 
 def _resolve(function: str):
