@@ -40,7 +40,7 @@ INSTALL_HINT = (
     "VLLM_GPU=1) and name its interpreter in the section's vllm_python (default "
     ".venv-vllm/bin/python)."
 )
-# On CPU vLLM would reserve gpu_memory_utilization (0.9) of the NUMA node's RAM at start and
+# On CPU vLLM would reserve gpu_memory_utilization (0.92) of the NUMA node's RAM at start and
 # refuse to start when other processes use more; a fixed KV-cache size avoids both.
 CPU_KV_CACHE_BYTES = 1 << 30
 
