@@ -9,7 +9,7 @@ Rows (each in the table whether it ran, failed or was skipped, with the reason):
   bf16 autocast, AdamW, clipping, the finiteness checks and metrics of every step), tokens/s and MFU.
 - ``dpo``: :class:`dppo.train.preference.PreferenceTask` (loss dpo, cached reference log-probs, the
   shared-prompt forward) through the same loop.
-- ``generate``: :func:`dppo.infer.generation.generate_greedy`, backend transformers and backend vllm
+- ``generate``: :func:`dppo.infer.generation.generate_greedy`, engine transformers and engine vllm
   (same prompts, same batch size), new tokens/s with the model load excluded.
 - ``score seqcls`` / ``score nemotron``: :func:`dppo.infer.rewards.reward_backend` with engine
   transformers and engine vllm, rows/s and MFU (model load and a short warm-up excluded).
@@ -371,7 +371,7 @@ def run_generation(engine: str, args, models: dict, data: dict, on_gpu: bool) ->
     options = {}
     if engine == "vllm" and on_gpu:
         options = {"gpu_memory_utilization": args.vllm_gpu_memory_utilization}
-    settings = GenerationSettings(backend=engine, vllm_python=sys.executable, batch_size=args.gen_batch_size,
+    settings = GenerationSettings(engine=engine, vllm_python=sys.executable, batch_size=args.gen_batch_size,
                                   dtype="auto", vllm_options=options)
     handler = ThroughputLog()
     logger = logging.getLogger("dppo.infer.generation")
@@ -405,9 +405,9 @@ def run_scoring(backend: str, engine: str, args, models: dict, data: dict, on_gp
     model_dir = models["dirs"]["policy" if backend == "nemotron" else "seqcls"]
     prompts = [p for p, _ in data["score"]]
     responses = [r for _, r in data["score"]]
-    kwargs = {"gpu_memory_utilization": args.vllm_gpu_memory_utilization} if engine == "vllm" else {}
+    options = {"gpu_memory_utilization": args.vllm_gpu_memory_utilization} if engine == "vllm" else {}
     settings = RewardSettings(backend=backend, model=model_dir, engine=engine, batch_size=args.score_batch_size,
-                              dtype="auto", **kwargs)
+                              dtype="auto", vllm_python=sys.executable, vllm_options=options)
     start = time.perf_counter()
     scorer = reward_backend(settings)
     loaded = time.perf_counter()

@@ -4,7 +4,7 @@ checks; sweep expansion; one home for every default (dppo.settings)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
+import os
 import re
 import sys
 import time
@@ -69,7 +69,8 @@ def _set(config, dotted, value):
         ("data.max_len_percentile", 0, "config key data.max_len_percentile: 0 is less than or equal to the minimum"),
         ("data.max_len_percentile", 101, "config key data.max_len_percentile: 101 is greater than the maximum of 100"),
         ("reward.backend", "gpt4", "config key reward.backend: 'gpt4' is not one of"),
-        ("generation.backend", "sglang", "config key generation.backend: 'sglang' is not one of"),
+        ("generation.engine", "sglang", "config key generation.engine: 'sglang' is not one of"),
+        ("reward.engine", "tgi", "config key reward.engine: 'tgi' is not one of"),
         ("experiments.dpo.n_train", 0, "config key experiments.dpo.n_train: 0 is less than the minimum of 1"),
         ("toy.losses.dpo.bta", 0.1, "config key toy.losses.dpo: Additional properties are not allowed ('bta'"),
     ],
@@ -366,50 +367,77 @@ def test_training_priority_puts_starting_points_then_longer_experiments_first(de
 # ------------------------------------------------------------------ the vLLM environment
 
 
-def _fake_vllm_python(tmp_path: Path) -> Path:
-    """An interpreter (this one) that imports a stand-in ``vllm`` package."""
+def _fake_vllm_python(tmp_path: Path, name: str = "venv") -> Path:
+    """An interpreter (this one) that imports a stand-in ``vllm`` package, and this dppo (the
+    environment's PYTHONPATH, as a job's vLLM subprocess inherits it)."""
     package = tmp_path / "site" / "vllm"
-    package.mkdir(parents=True)
+    package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
-    python = tmp_path / "venv" / "bin" / "python"
+    python = tmp_path / name / "bin" / "python"
     python.parent.mkdir(parents=True)
-    python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "site"} exec {sys.executable} "$@"\n')
+    path = os.pathsep.join([str(tmp_path / "site"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={path} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     return python
 
 
 def test_the_vllm_environment_is_checked_only_where_a_section_runs_vllm(default_config, tmp_path, monkeypatch):
     settings = _load(copy.deepcopy(default_config))
-    assert settings.generation.backend == "transformers" and settings.reward.engine == "transformers"
+    assert settings.generation.engine == "transformers" and settings.reward.engine == "transformers"
     assert vllm_problem(settings, tmp_path) is None  # no vLLM: no interpreter is looked at
     python = _fake_vllm_python(tmp_path)
     config = copy.deepcopy(default_config)
-    config["generation"].update(backend="vllm", vllm_python=str(python))
+    config["generation"].update(engine="vllm", vllm_python=str(python))
     assert vllm_problem(_load(config), tmp_path) is None  # it exists and imports vllm
     config["generation"]["vllm_python"] = "venv/bin/python"  # relative to the working directory
     assert vllm_problem(_load(config), tmp_path) is None
     config["generation"]["vllm_python"] = "missing/bin/python"
     with pytest.raises(ConfigError, match=re.escape("config key generation.vllm_python: 'missing/bin/python' does "
-                                                    "not exist (generation.backend: vllm runs vLLM with it); build "
+                                                    "not exist (generation.engine: vllm runs vLLM with it); build "
                                                     "the vLLM environment with `bash .ci/vllm_env.sh`")):
         check_vllm_environments(_load(config), tmp_path)
     monkeypatch.setenv("DPPO_SKIP_VLLM_CHECK", "1")  # dry runs on a machine without the environment
     check_vllm_environments(_load(config), tmp_path)
 
 
-def test_vllm_scoring_needs_vllm_where_the_score_job_runs(default_config, tmp_path):
-    """reward.engine: vllm names the same environment (generation.vllm_python); the score job
-    still imports vllm in its own interpreter, so that one must import it too."""
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("this interpreter imports vllm")
+def test_vllm_scoring_is_checked_in_its_own_interpreter_only(default_config, tmp_path):
+    """reward.engine: vllm names its interpreter (reward.vllm_python) as generation does; the
+    score job hands the answers to it, so the pipeline's own interpreter needs no vllm."""
     (tmp_path / "rm").mkdir()
     config = copy.deepcopy(default_config)
-    config["reward"].update(backend="nemotron", engine="vllm", model=str(tmp_path / "rm"))
-    config["generation"]["vllm_python"] = "missing/bin/python"
+    config["reward"].update(backend="nemotron", engine="vllm", model=str(tmp_path / "rm"),
+                            vllm_python="missing/bin/python")
+    with pytest.raises(ConfigError, match=re.escape(
+            "config key reward.vllm_python: 'missing/bin/python' does not exist (reward.engine: vllm runs vLLM with "
+            "it); build the vLLM environment with `bash .ci/vllm_env.sh`")):
+        check_vllm_environments(_load(config), tmp_path)
+    config["reward"]["vllm_python"] = str(_fake_vllm_python(tmp_path))
+    assert vllm_problem(_load(config), tmp_path) is None  # whether this interpreter imports vllm or not
+    # One interpreter for both sections: both keys named, one check.
+    config["generation"].update(engine="vllm", vllm_python="missing/bin/python")
+    config["reward"]["vllm_python"] = "missing/bin/python"
     assert vllm_problem(_load(config), tmp_path).startswith(
-        "config key generation.vllm_python: 'missing/bin/python' does not exist (reward.engine: vllm runs vLLM with it)")
-    config["generation"]["vllm_python"] = str(_fake_vllm_python(tmp_path))
+        "config key generation.vllm_python and reward.vllm_python: 'missing/bin/python' does not exist "
+        "(generation.engine: vllm and reward.engine: vllm run vLLM with it)")
+    # An interpreter that imports vllm but not the entry point the job hands its work to.
+    bare = tmp_path / "bare" / "bin" / "python"
+    bare.parent.mkdir(parents=True)
+    bare.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "site"} exec {sys.executable} -S "$@"\n')
+    bare.chmod(0o755)
+    config["generation"]["engine"] = "transformers"
+    config["reward"]["vllm_python"] = str(bare)
     problem = vllm_problem(_load(config), tmp_path)
-    assert problem.startswith(f"config key reward.engine: vllm: the score job imports vllm in the pipeline's own "
-                              f"environment ({sys.executable}), which cannot: ModuleNotFoundError")
-    assert "`bash .ci/vllm_env.sh`" in problem
+    assert problem.startswith(f"config key reward.vllm_python: {str(bare)!r} cannot `import vllm, "
+                              "dppo.infer.vllm_engine`: ModuleNotFoundError: No module named 'dppo'"), problem
+
+
+@pytest.mark.parametrize("old, new", sorted(st.RENAMED_KEYS.items()))
+def test_a_renamed_key_stops_naming_its_new_name(default_config, old, new):
+    config = copy.deepcopy(default_config)
+    section, key = old.split(".")
+    config[section][key] = 1
+    message = f"config key {old}: renamed to {new}; write {new} instead"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config)  # before the schema, which would only say "unexpected"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(config)

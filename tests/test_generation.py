@@ -8,14 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dppo.data import synthetic
 from dppo.data.tiny_model import TinyModelSpec, save_tiny_model
-from dppo.infer import generation
 from dppo.infer.generation import cut_after_eos, generate_greedy, length_sorted_batches, special_token_ids
 from dppo.settings import FieldError, GenerationSettings
 from dppo.train.batching import pad_sequences
@@ -166,18 +164,6 @@ def test_saved_sampling_settings_are_ignored(model_dir, prompts, reference, tmp_
     assert generate_greedy(copy, prompts, MAX_NEW_TOKENS) == reference
 
 
-def test_command_line_writes_generated_ids_beside_input_columns(model_dir, prompts, reference, tmp_path):
-    src, dst = tmp_path / "prompts.parquet", tmp_path / "out" / "generated.parquet"
-    pd.DataFrame({"prompt_id": [f"p{i}" for i in range(len(prompts))], "prompt_ids": prompts}).to_parquet(src)
-    argv = ["--model-dir", str(model_dir), "--input", str(src), "--output", str(dst)]
-    settings = json.dumps(GenerationSettings(batch_size=6).to_dict())
-    assert generation.main([*argv, "--max-new-tokens", str(MAX_NEW_TOKENS), "--settings", settings]) == 0
-    table = pd.read_parquet(dst)
-    assert list(table["prompt_id"]) == [f"p{i}" for i in range(len(prompts))]
-    assert [list(ids) for ids in table["generated_ids"]] == reference
-    assert [p.name for p in dst.parent.iterdir()] == ["generated.parquet"]  # written atomically, nothing left
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -218,7 +204,7 @@ def test_special_token_ids_prefer_generation_config(model_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"backend": "beam"}, "backend: 'beam' is not one of"), ({"dtype": "int8"}, "dtype"),
+    [({"engine": "beam"}, "engine: 'beam' is not one of"), ({"dtype": "int8"}, "dtype"),
      ({"batch_size": 0}, "batch_size")],
 )
 def test_bad_settings_fail_with_a_clear_message(kwargs, message):
@@ -231,7 +217,7 @@ def test_bad_settings_fail_with_a_clear_message(kwargs, message):
     [
         ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
         ({"prompt_ids": [[4, 5], []]}, ValueError, "prompt 1 is empty"),
-        ({"settings": GenerationSettings(backend="vllm", vllm_python="/nonexistent/bin/python")}, FileNotFoundError,
+        ({"settings": GenerationSettings(engine="vllm", vllm_python="/nonexistent/bin/python")}, FileNotFoundError,
          "vllm_python"),
     ],
 )
@@ -254,4 +240,4 @@ def test_vllm_missing_from_this_interpreter_says_how_to_install(model_dir):
     else:
         pytest.skip("vllm is importable here")
     with pytest.raises(ImportError, match="vllm_env.sh"):
-        generate_greedy(model_dir, [[4, 5]], 2, GenerationSettings(backend="vllm", vllm_python=sys.executable))
+        generate_greedy(model_dir, [[4, 5]], 2, GenerationSettings(engine="vllm", vllm_python=sys.executable))

@@ -81,7 +81,7 @@ def test_bad_settings_name_the_key(seqcls_dir):
 def test_backend_from_config_section(seqcls_dir):
     # The embedded default's section: model options are present but null or irrelevant.
     section = {"backend": "programmatic", "model": None, "engine": "transformers", "batch_size": 64,
-               "tensor_parallel_size": 1}
+               "vllm_python": ".venv-vllm/bin/python"}
     assert isinstance(reward_backend(RewardSettings.from_dict(section)), ProgrammaticReward)
     backend = reward_backend(RewardSettings.from_dict({**section, "backend": "seqcls", "model": str(seqcls_dir)}))
     assert isinstance(backend, SeqClsReward)
@@ -155,7 +155,7 @@ def test_seqcls_refuses_multi_label_head(tmp_path, tokenizer):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_engine_without_vllm_says_so(causal_dir):
-    with pytest.raises(ImportError, match="vllm is not installed"):
+    with pytest.raises(ImportError, match="needs the vllm package.*bash .ci/vllm_env.sh"):
         get_reward_backend("nemotron", model=str(causal_dir), engine="vllm")
 
 

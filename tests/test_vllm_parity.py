@@ -1,8 +1,8 @@
 """vLLM and transformers give identical greedy token ids on the same model.
 
 vLLM lives in its own virtual environment (``bash .ci/vllm_env.sh`` builds ``.venv-vllm``), so
-the vLLM side runs through the parquet entry point ``python -m dppo.infer.generation`` under that
-interpreter, exactly as the pipeline calls it. About 30 s, mostly vLLM's engine start-up.
+the vLLM side runs under that interpreter through :mod:`dppo.infer.vllm_engine`, exactly as the
+pipeline calls it. About 30 s, mostly vLLM's engine start-up.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_vllm_and_transformers_greedy_ids_are_identical(tmp_path):
 
     expected = generate_greedy(model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(batch_size=16))
     got = generate_greedy(
-        model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(backend="vllm", batch_size=16, vllm_python=VLLM_PYTHON)
+        model_dir, prompts, MAX_NEW_TOKENS, GenerationSettings(engine="vllm", batch_size=16, vllm_python=str(VLLM_PYTHON))
     )
     assert got == expected
     # Both EOS-ended and max-length answers were compared.

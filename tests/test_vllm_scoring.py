@@ -1,45 +1,45 @@
-"""vLLM and transformers reward engines give the same rewards on the same model (CPU, float32).
+"""vLLM and transformers reward engines give the same rewards on the same model (CPU), through
+the score job's own code path: :func:`dppo.infer.rewards.score_files`, which hands the answers
+from this (the pipeline's) interpreter to the vLLM environment through
+:mod:`dppo.infer.vllm_engine` with ``reward.engine: vllm``.
 
 Two tiny local models (no download), each with the ChatML tokenizer of :mod:`dppo.data.tiny_model`:
 a ``LlamaForCausalLM`` for ``nemotron`` (reward = raw logit of token id 0 at the first generated
 position) and a ``LlamaForSequenceClassification`` with one label for ``seqcls`` (reward = that
-logit). The same (prompt, response) pairs are scored by the transformers engine here and by the
-vLLM engine in its own environment (``bash .ci/vllm_env.sh`` builds ``.venv-vllm``), which runs
-``dppo.infer.rewards.reward_backend`` from this checkout in a subprocess, as the pipeline's scoring job
-would there. One subprocess starts both vLLM engines, in its own process; about 30 s on 2 cores,
-mostly vLLM's import and first engine start-up.
+logit). The same (prompt, response) pairs, in two generations files (one engine start scores
+both), are scored by the transformers engine here and by the vLLM engine in its own environment
+(``bash .ci/vllm_env.sh`` builds ``.venv-vllm``). About a minute on 2 cores, mostly vLLM's import
+and engine start-up (one per backend).
 
-Tolerance: ``|vllm - transformers| <= 1e-4 + 1e-4 * |transformers|`` per reward. Both engines
-run float32 on CPU but with different kernels (vLLM's CPU attention and fused ops vs eager
-PyTorch/SDPA); on rewards of order 1 the largest differences seen were 4.3e-6 (seqcls) and
-3.1e-6 (nemotron), so 1e-4 leaves a margin of over 20x, while a wrong mode is off by far more:
-float16 weights (what vLLM's own dtype "auto" picks for a float32 checkpoint) by 5e-3, a
-sigmoid on the seqcls logit, log-probs instead of logits, another token's logit or another
-pooled position by order 1.
+Tolerance, from the computation (tests/numerics.py): the transformers engine in float64 is the
+exact reward; vLLM in float32 must be within SLACK times the transformers engine's own float32
+error against it (or a few roundings of the largest reward). Both float32 engines round the same
+sums in other orders (vLLM's CPU attention and fused ops vs eager PyTorch), so their errors are
+of one order; a wrong mode is off by far more: float16 weights (what vLLM's own dtype "auto"
+picks for a float32 checkpoint) by about 5e-3, a sigmoid on the seqcls logit, log-probs instead
+of logits, another token's logit or another pooled position by order 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from numerics import assert_as_accurate_as
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from dppo.data import synthetic
 from dppo.data.tiny_model import build_tokenizer
-from dppo.infer.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend
+from dppo.infer.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend, score_files
 from dppo.settings import RewardSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("DPPO_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-ATOL = RTOL = 1e-4
 N_PAIRS = 24
 # Short enough that some chats are cut to their last tokens (and vLLM's max_model_len is
 # max_length + 1 for the nemotron engine): the truncation path of both engines is compared too.
@@ -50,26 +50,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"no vLLM environment at {VLLM_PYTHON}: build it with `bash .ci/vllm_env.sh` "
     "(or point DPPO_VLLM_PYTHON at one)",
 )
-
-# Runs under the vLLM interpreter: every backend of the spec with ONE python start-up.
-RUNNER = """
-import json, sys, time
-from dppo.infer.rewards import reward_backend
-from dppo.settings import RewardSettings
-
-if __name__ == "__main__":  # vLLM's worker processes re-import the main module
-    spec = json.load(open(sys.argv[1]))
-    out = {}
-    for name, job in spec.items():
-        start = time.perf_counter()
-        backend = reward_backend(RewardSettings(**job["settings"]))
-        loaded = time.perf_counter()
-        out[name] = backend.score(job["prompts"], job["responses"])
-        print(f"vllm {name}: engine start {loaded - start:.1f} s, scoring {time.perf_counter() - loaded:.1f} s",
-              file=sys.stderr, flush=True)
-        del backend
-    json.dump(out, open(sys.argv[2], "w"))
-"""
 
 
 def _config(tokenizer, **extra) -> LlamaConfig:
@@ -110,59 +90,61 @@ def _pairs() -> tuple[list[str], list[str]]:
     return prompts, responses
 
 
-def _settings(backend: str, model_dir: Path, engine: str) -> RewardSettings:
+def _settings(backend: str, model_dir: Path, engine: str, dtype: str = "auto") -> RewardSettings:
     # dtype "auto" (the default): the checkpoint's float32 in both engines.
-    return RewardSettings(backend=backend, model=str(model_dir), engine=engine, batch_size=8,
-                          max_length=NEMOTRON_MAX_LENGTH if backend == "nemotron" else None)
+    return RewardSettings(backend=backend, model=str(model_dir), engine=engine, vllm_python=str(VLLM_PYTHON),
+                          batch_size=8, dtype=dtype, max_length=NEMOTRON_MAX_LENGTH if backend == "nemotron" else None)
+
+
+def _score_job(settings: RewardSettings, generations: list[Path], work: Path) -> list[float]:
+    """The score job's call (workflow/scripts/score.py) on these files; their rewards in order."""
+    outputs = [work / f"{settings.engine}-{settings.dtype}" / path.name for path in generations]
+    assert score_files(list(zip(map(str, generations), map(str, outputs))), settings, work / "cache") == len(outputs)
+    return [r for path in outputs for r in pd.read_parquet(path)["reward"].tolist()]
 
 
 @pytest.fixture(scope="module")
-def scores(models, tmp_path_factory) -> dict[str, tuple[list[float], list[float]]]:
-    """backend -> (transformers rewards, vLLM rewards) of the same pairs."""
+def scores(models, tmp_path_factory) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """backend -> (transformers float64, transformers float32, vLLM float32) rewards of the same pairs."""
     work = tmp_path_factory.mktemp("vllm_scoring")
     prompts, responses = _pairs()
-    expected = {name: reward_backend(_settings(name, path, "transformers")).score(prompts, responses)
-                for name, path in models.items()}
-    spec = {name: {"settings": _settings(name, path, "vllm").to_dict(), "prompts": prompts, "responses": responses}
-            for name, path in models.items()}
-    (work / "spec.json").write_text(json.dumps(spec))
-    (work / "runner.py").write_text(RUNNER)
-    # This checkout's dppo, whichever one the vLLM environment was built from. The engine core
-    # runs in the runner's process (no engine and worker processes to spawn per engine: about
-    # 15 s instead of 30-45 s per engine on 2 cores); the scoring code path is the same.
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    done = subprocess.run(
-        [str(VLLM_PYTHON), str(work / "runner.py"), str(work / "spec.json"), str(work / "out.json")],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )
-    sys.stderr.write("".join(line + "\n" for line in done.stderr.splitlines() if line.startswith("vllm ")))
-    assert done.returncode == 0, f"vLLM scoring failed (exit {done.returncode}):\n{done.stderr[-6000:]}"
-    got = json.loads((work / "out.json").read_text())
-    return {name: (expected[name], got[name]) for name in models}
+    table = pd.DataFrame({"seed": 0, "prompt_id": [f"p{i}" for i in range(N_PAIRS)], "prompt": prompts,
+                          "response": responses})
+    generations = [work / "a.parquet", work / "b.parquet"]  # two models' answers: one engine start
+    table.iloc[: N_PAIRS // 2].to_parquet(generations[0])
+    table.iloc[N_PAIRS // 2 :].to_parquet(generations[1])
+    out = {}
+    with pytest.MonkeyPatch.context() as env:
+        # The engine core runs in the vLLM interpreter's process (no engine and worker processes
+        # to spawn: about 15 s instead of 30-45 s per engine on 2 cores); the scoring path is the same.
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"))
+        for name, path in models.items():
+            out[name] = tuple(_score_job(_settings(name, path, engine, dtype), generations, work / name)
+                              for engine, dtype in (("transformers", "float64"), ("transformers", "auto"),
+                                                    ("vllm", "auto")))
+    return out
 
 
-def _check_close(name: str, expected: list[float], got: list[float]) -> None:
-    assert len(got) == len(expected) == N_PAIRS
+def _check_close(name: str, exact: list[float], trusted: list[float], got: list[float]) -> None:
+    assert len(got) == len(trusted) == len(exact) == N_PAIRS
     # The rewards are spread out (not all 0 or equal), so agreeing on them means something.
-    assert statistics.pstdev(expected) > 0.3, expected
-    diffs = [abs(g - e) for g, e in zip(got, expected)]
-    worst = max(range(N_PAIRS), key=lambda i: diffs[i] / (ATOL + RTOL * abs(expected[i])))
-    print(f"{name}: max |vllm - transformers| = {max(diffs):.2e}; "
-          f"worst row {worst}: {got[worst]!r} vs {expected[worst]!r}")
-    assert got == pytest.approx(expected, rel=RTOL, abs=ATOL), f"{name}: max abs diff {max(diffs):.3e}"
+    assert statistics.pstdev(exact) > 0.3, exact
+    errors = [abs(g - e) for g, e in zip(got, exact)]
+    print(f"{name}: max |vllm - float64| = {max(errors):.2e}, "
+          f"max |transformers float32 - float64| = {max(abs(t - e) for t, e in zip(trusted, exact)):.2e}")
+    assert_as_accurate_as(torch.tensor(got), torch.tensor(trusted), torch.tensor(exact, dtype=torch.float64), name)
 
 
 def test_seqcls_vllm_matches_transformers(scores):
-    expected, got = scores["seqcls"]
+    exact, trusted, got = scores["seqcls"]
     # A sigmoid (vLLM's default activation for one label) would put every reward in (0, 1).
-    assert min(expected) < 0 < max(expected)
-    _check_close("seqcls", expected, got)
+    assert min(exact) < 0 < max(exact)
+    _check_close("seqcls", exact, trusted, got)
 
 
-def test_nemotron_vllm_matches_transformers(scores, models):
-    expected, got = scores["nemotron"]
-    _check_close("nemotron", expected, got)
+def test_nemotron_vllm_matches_transformers(scores):
+    exact, trusted, got = scores["nemotron"]
+    _check_close("nemotron", exact, trusted, got)
 
 
 def test_nemotron_premise_token_zero_is_often_not_the_argmax(models):

@@ -72,12 +72,13 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("overlay, key", [
-    ({"reward": {"backend": "nemotron", "engine": "vllm", "model": "RM_DIR"}}, "reward.engine: vllm"),
-    ({"generation": {"backend": "vllm", "vllm_python": "nowhere/bin/python"}}, "generation.backend: vllm"),
-    ({"generation": {"backend": "vllm", "vllm_python": "PYTHON"}}, "generation.backend: vllm"),
-], ids=["reward", "generation", "no-vllm-module"])
-def test_a_vllm_section_without_its_environment_stops_before_any_job(overlay, key, tmp_path):
+@pytest.mark.parametrize("overlay, section", [
+    ({"reward": {"backend": "nemotron", "engine": "vllm", "model": "RM_DIR"}}, "reward"),
+    ({"reward": {"backend": "nemotron", "engine": "vllm", "model": "RM_DIR", "vllm_python": "PYTHON"}}, "reward"),
+    ({"generation": {"engine": "vllm", "vllm_python": "nowhere/bin/python"}}, "generation"),
+    ({"generation": {"engine": "vllm", "vllm_python": "PYTHON"}}, "generation"),
+], ids=["reward", "reward-no-vllm-module", "generation", "generation-no-vllm-module"])
+def test_a_vllm_section_without_its_environment_stops_before_any_job(overlay, section, tmp_path):
     """Without the vLLM environment the pipeline would train every model and fail only at
     generation or scoring: the dry run already stops, naming the key and how to build it."""
     if "PYTHON" in json.dumps(overlay) and importlib.util.find_spec("vllm") is not None:
@@ -89,11 +90,11 @@ def test_a_vllm_section_without_its_environment_stops_before_any_job(overlay, ke
                      str(tmp_path / "overlay.yaml"), check=False)
     output = done.stderr + done.stdout
     assert done.returncode != 0
-    python = overlay.get("generation", {}).get("vllm_python", ".venv-vllm/bin/python").replace("PYTHON", sys.executable)
-    reason = ("cannot import vllm: ModuleNotFoundError: No module named 'vllm'" if python == sys.executable
-              else "does not exist")
-    assert f"invalid config: config key generation.vllm_python: {python!r} {reason} ({key} runs vLLM with it); " \
-           "build the vLLM environment with `bash .ci/vllm_env.sh`" in output, output[-3000:]
+    python = overlay[section].get("vllm_python", ".venv-vllm/bin/python").replace("PYTHON", sys.executable)
+    reason = ("cannot `import vllm, dppo.infer.vllm_engine`: ModuleNotFoundError: No module named 'vllm'"
+              if python == sys.executable else "does not exist")
+    assert f"invalid config: config key {section}.vllm_python: {python!r} {reason} ({section}.engine: vllm runs " \
+           "vLLM with it); build the vLLM environment with `bash .ci/vllm_env.sh`" in output, output[-3000:]
     assert "Job stats" not in output and not (tmp_path / "results").exists()  # no job planned, none run
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +19,7 @@ import yaml
 
 from dppo.schema import config_schema
 from dppo.settings import (
+    RENAMED_KEYS,
     ConfigError,
     Experiment,
     FieldError,
@@ -31,7 +31,8 @@ from dppo.settings import (
 )
 
 __all__ = ["ConfigError", "load_settings", "expand_experiments", "check_config_files", "load_yaml", "validate_config",
-           "check_local_paths", "check_resource_rules", "check_vllm_environments", "vllm_problem"]
+           "check_local_paths", "check_resource_rules", "check_renamed_keys", "check_vllm_environments",
+           "vllm_problem"]
 
 SWEEP_SEPARATOR = "__"
 RESERVED_NAMES = ("sft", "init")  # model directories of the SFT stage and the initial model
@@ -104,10 +105,21 @@ def validate_config(config: dict) -> None:
     config and the schema."""
     import jsonschema
 
+    check_renamed_keys(config)  # before the schema, whose message cannot name the new key
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(config_schema()).iter_errors(config))
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
         raise ConfigError(f"config key {key}: {_shorten(error.message)}")
+
+
+def check_renamed_keys(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the new key when the config uses one an earlier config spelled
+    otherwise (dppo.settings.RENAMED_KEYS): a clearer stop than "unknown key"."""
+    for old, new in RENAMED_KEYS.items():
+        section, key = old.split(".", 1)
+        values = config.get(section)
+        if isinstance(values, Mapping) and key in values:
+            raise ConfigError(f"config key {old}: renamed to {new}; write {new} instead")
 
 
 def _shorten(message: str, limit: int = 200) -> str:
@@ -166,6 +178,7 @@ def _check_inits(experiments: Mapping[str, Experiment]) -> None:
 def load_settings(config: Mapping[str, Any]) -> PipelineSettings:
     """The checked settings of a config (after :func:`validate_config`). Raises ConfigError
     naming the key."""
+    check_renamed_keys(config)
     sections = {key: cls.from_dict(config.get(key), key) for key, cls in section_classes().items() if key != "toy"}
     resources = {rule: dict(entry or {}) for rule, entry in (config.get("resources") or {}).items()}
     for rule, entry in resources.items():
@@ -259,17 +272,19 @@ def check_local_paths(settings: PipelineSettings, workdir: str | Path = ".") -> 
 
 
 VLLM_ENV_COMMAND = "bash .ci/vllm_env.sh"
+# What a vLLM job imports there: vllm, and the entry point the job hands its work to.
+VLLM_IMPORTS = "import vllm, dppo.infer.vllm_engine"
 VLLM_IMPORT_TIMEOUT_S = 300  # `import vllm` from a cold shared file system can take a minute
 SKIP_VLLM_CHECK = "DPPO_SKIP_VLLM_CHECK"  # =1: for dry runs on machines without the vLLM environment
 
 
 def _vllm_import_problem(python: str, workdir: Path) -> str | None:
-    """Why ``python`` cannot ``import vllm`` (its last line of stderr), or None."""
+    """Why ``python`` cannot run VLLM_IMPORTS (its last line of stderr), or None."""
     try:
-        done = subprocess.run([python, "-c", "import vllm"], cwd=workdir, capture_output=True, text=True,
+        done = subprocess.run([python, "-c", VLLM_IMPORTS], cwd=workdir, capture_output=True, text=True,
                               timeout=VLLM_IMPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return f"`import vllm` did not finish within {VLLM_IMPORT_TIMEOUT_S} s"
+        return f"`{VLLM_IMPORTS}` did not finish within {VLLM_IMPORT_TIMEOUT_S} s"
     except OSError as err:
         return f"{type(err).__name__}: {err}"
     if done.returncode == 0:
@@ -281,37 +296,33 @@ def _vllm_import_problem(python: str, workdir: Path) -> str | None:
 def vllm_problem(settings: PipelineSettings, workdir: str | Path = ".") -> str | None:
     """Why a section that runs vLLM could not, or None (also None when none does).
 
-    vLLM pins its own torch, so it lives in its own environment, named by ONE key for every
-    section: ``generation.vllm_python`` (``generation.backend: vllm`` and ``reward.engine:
-    vllm``), a path relative to the working directory, as the jobs read it. It must exist
-    and ``import vllm``: checked with one subprocess. The score job, unlike generation, does
-    not run in that environment yet: it imports vllm in its own interpreter (this one), so
-    with ``reward.engine: vllm`` this interpreter must import vllm too."""
-    users = [key for key, used in (("generation.backend: vllm", settings.generation.backend == "vllm"),
-                                   ("reward.engine: vllm", settings.reward.engine == "vllm")) if used]
-    if not users:
-        return None
-    value = settings.generation.vllm_python
-    python = Path(workdir) / Path(value).expanduser()
-    where = f"{' and '.join(users)} run{'s' if len(users) == 1 else ''} vLLM with it"
-    hint = f"build the vLLM environment with `{VLLM_ENV_COMMAND}` (it creates .venv-vllm)"
-    if not python.exists():
-        return f"config key generation.vllm_python: {value!r} does not exist ({where}); {hint}"
-    why = _vllm_import_problem(str(python.absolute()), Path(workdir))
-    if why is not None:
-        return f"config key generation.vllm_python: {value!r} cannot import vllm: {why} ({where}); {hint}"
-    if settings.reward.engine == "vllm":
-        why = _vllm_import_problem(sys.executable, Path(workdir))
+    vLLM pins its own torch, so each section that runs it (``generation.engine: vllm``,
+    ``reward.engine: vllm``) names the interpreter of its environment, ``<section>.vllm_python``,
+    a path relative to the working directory as the jobs read it; the job hands its work to
+    that interpreter (dppo.infer.vllm_engine), so the pipeline's own environment needs no vllm.
+    Each named interpreter must exist and import vllm and that entry point (VLLM_IMPORTS, in
+    the environment the jobs inherit): one subprocess per interpreter."""
+    users: dict[str, list[str]] = {}  # interpreter -> the sections that run vLLM with it
+    for section in ("generation", "reward"):
+        options = getattr(settings, section)
+        if options.engine == "vllm":
+            users.setdefault(options.vllm_python, []).append(section)
+    hint = f"build the vLLM environment with `{VLLM_ENV_COMMAND}` (it creates .venv-vllm; VLLM_GPU=1 on a GPU machine)"
+    for value, sections in users.items():
+        key = " and ".join(f"{s}.vllm_python" for s in sections)
+        where = " and ".join(f"{s}.engine: vllm" for s in sections)
+        where += f" run{'s' if len(sections) == 1 else ''} vLLM with it"
+        python = Path(workdir) / Path(value).expanduser()
+        if not python.exists():
+            return f"config key {key}: {value!r} does not exist ({where}); {hint}"
+        why = _vllm_import_problem(str(python.absolute()), Path(workdir))
         if why is not None:
-            return (f"config key reward.engine: vllm: the score job imports vllm in the pipeline's own environment "
-                    f"({sys.executable}), which cannot: {why}. Scoring does not run in generation.vllm_python's "
-                    f"environment (`{VLLM_ENV_COMMAND}`) yet; use reward.engine: transformers (device_map: auto "
-                    "spreads a large model over the GPUs) or install vllm in this environment")
+            return f"config key {key}: {value!r} cannot `{VLLM_IMPORTS}`: {why} ({where}); {hint}"
     return None
 
 
 def check_vllm_environments(settings: PipelineSettings, workdir: str | Path = ".") -> None:
-    """Stop before any job when a section runs vLLM (``generation.backend: vllm``,
+    """Stop before any job when a section runs vLLM (``generation.engine: vllm``,
     ``reward.engine: vllm``) and its interpreter is missing or cannot import vllm
     (:func:`vllm_problem`); else the pipeline would train every model and fail at generation
     or scoring. ``DPPO_SKIP_VLLM_CHECK=1`` skips the check: for dry runs on machines without

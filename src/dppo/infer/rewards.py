@@ -1,4 +1,4 @@
-"""Reward backends behind one interface: ``get_reward_backend(name, **options).score(prompts, responses)``.
+"""Reward backends behind one interface: ``reward_backend(settings).score(prompts, responses)``.
 
 - ``programmatic``: the embedded synthetic task's ground truth (:func:`dppo.data.synthetic.reward`).
 - ``seqcls``: any ``AutoModelForSequenceClassification`` reward model with ``num_labels=1``;
@@ -8,8 +8,9 @@
 
 Both model backends render the conversation with the reward model's OWN chat template, and
 run either with transformers (``engine: transformers``, CPU or GPU) or with vLLM (``engine: vllm``,
-tensor parallel on GPUs; vLLM is imported only then). Loading is safe: safetensors only,
-``trust_remote_code`` off unless configured.
+tensor parallel on GPUs), which runs in the vLLM environment ``reward.vllm_python``: the score
+job hands the answers to it through :mod:`dppo.infer.vllm_engine`, the route generation takes
+too. Loading is safe: safetensors only, ``trust_remote_code`` off unless configured.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import json
 import logging
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from dppo.infer import vllm_engine
 from dppo.runtime.io import (
     atomic_output_file,
     check_safetensors,
@@ -245,44 +248,25 @@ class NemotronReward(_HFChatModelReward):
 
 
 class _VLLMChatModelReward(_ChatModelReward):
-    """vLLM engine (GPU, tensor parallel; or vLLM's CPU backend). Tokens come from the same chat
-    template as the transformers engine and are passed as ``prompt_token_ids`` so both engines
-    score identical inputs. Needs vllm >= 0.11.1 (``logprobs_mode``, ``PoolingParams.use_activation``).
+    """vLLM engine (GPU, tensor parallel; or vLLM's CPU backend), in this interpreter: the score
+    job reaches it in the vLLM environment through :func:`score_in_vllm`. Tokens come from the
+    same chat template as the transformers engine and are passed as ``prompt_token_ids`` so both
+    engines score identical inputs. Needs vllm >= 0.11.1 (``logprobs_mode``,
+    ``PoolingParams.use_activation``).
 
     ``dtype: auto`` means the checkpoint's dtype here too, as in the transformers engine (vLLM's
-    own "auto" downcasts a float32 checkpoint to float16 or bfloat16). On CPU the engine runs
-    eagerly with a fixed KV cache, as :mod:`dppo.infer.generation` runs it: there vLLM would otherwise
-    reserve ``gpu_memory_utilization`` of the machine's RAM and refuse to start when other
-    processes use more."""
+    own "auto" downcasts a float32 checkpoint to float16 or bfloat16). The engine's other
+    defaults are :func:`dppo.infer.vllm_engine.start_engine`'s, as for generation."""
 
-    CPU_KV_CACHE_BYTES = 1 << 30
-
-    def __init__(self, options: RewardSettings, **engine_kwargs):
+    def __init__(self, options: RewardSettings, **protocol):
         super().__init__(options)
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise ImportError("reward engine 'vllm' selected but vllm is not installed (pip install vllm)") from err
-        import torch
-
-        kwargs: dict[str, Any] = dict(
-            model=options.model,
-            tensor_parallel_size=options.tensor_parallel_size,
-            dtype=self._checkpoint_dtype(options),
-            trust_remote_code=options.trust_remote_code,
-            gpu_memory_utilization=options.gpu_memory_utilization,
+        self.llm = vllm_engine.start_engine(
+            options.model, self._checkpoint_dtype(options), options.trust_remote_code,
             # +1: room for the one generated position after a max_length chat (nemotron).
-            max_model_len=options.max_length + 1 if options.max_length else None,
-            load_format="safetensors",  # never fall back to pickle weights
-            seed=0,
-        )
-        if not torch.cuda.is_available():  # vLLM's CPU backend
-            from dppo.infer.generation import _check_vllm_cpu_head_size
-
-            if (Path(options.model) / "config.json").is_file():
-                _check_vllm_cpu_head_size(Path(options.model))
-            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=self.CPU_KV_CACHE_BYTES)
-        self.llm = LLM(**{**kwargs, **engine_kwargs})
+            # The reward protocol's own options last: the config cannot turn them off.
+            {"max_model_len": options.max_length + 1 if options.max_length else None,
+             **options.vllm_options, **protocol},
+        )  # fmt: skip
 
     @staticmethod
     def _checkpoint_dtype(options: RewardSettings) -> str:
@@ -359,18 +343,55 @@ def reward_backend(settings: RewardSettings) -> RewardBackend:
 GENERATION_COLUMNS = ("seed", "prompt_id", "prompt", "response")
 
 
-def score_generations(generations: pd.DataFrame, backend: RewardBackend) -> pd.DataFrame:
-    """``seed, prompt_id, prompt, response`` rows -> the same rows plus a float ``reward`` column."""
+def _answers(generations: pd.DataFrame) -> pd.DataFrame:
+    """The ``seed, prompt_id, prompt, response`` rows of a generations table, checked."""
     missing = [c for c in GENERATION_COLUMNS if c not in generations.columns]
     if missing:
         raise ValueError(f"generations table lacks column(s) {missing}; has {list(generations.columns)}")
     repeated = generations.duplicated(["seed", "prompt_id"])
     if repeated.any():
         raise ValueError(f"generations table repeats prompt_id {generations.loc[repeated, 'prompt_id'].iloc[0]!r}")
-    out = generations.loc[:, list(GENERATION_COLUMNS)].reset_index(drop=True)
-    responses = out["response"].fillna("").astype(str).tolist()
-    out["reward"] = pd.Series(backend.score(out["prompt"].astype(str).tolist(), responses), dtype="float64")
+    return generations.loc[:, list(GENERATION_COLUMNS)].reset_index(drop=True)
+
+
+def _texts(answers: pd.DataFrame) -> tuple[list[str], list[str]]:
+    return answers["prompt"].astype(str).tolist(), answers["response"].fillna("").astype(str).tolist()
+
+
+def score_generations(generations: pd.DataFrame, backend: RewardBackend) -> pd.DataFrame:
+    """``seed, prompt_id, prompt, response`` rows -> the same rows plus a float ``reward`` column."""
+    out = _answers(generations)
+    out["reward"] = pd.Series(backend.score(*_texts(out)), dtype="float64")
     return out
+
+
+def score_in_vllm(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    """The vLLM side of the route (:func:`dppo.infer.vllm_engine.call`): the ``reward`` of each
+    (``prompt``, ``response``) row of ``table``, with one engine start."""
+    backend = reward_backend(RewardSettings.from_dict(settings, "reward"))
+    return pd.DataFrame({"reward": backend.score(table["prompt"].tolist(), table["response"].tolist())})
+
+
+def _scored(tables: list[pd.DataFrame], settings: RewardSettings, backend_factory) -> Iterator[pd.DataFrame]:
+    """Each generations table with its rewards, in order, from ONE reward-model load: here with
+    ``backend_factory``, or (engine vllm) in the vLLM environment with one call for them all."""
+    if settings.engine != "vllm":
+        backend = backend_factory(settings)
+        for generations in tables:
+            yield score_generations(generations, backend)
+        return
+    answers = [_answers(generations) for generations in tables]
+    pairs = pd.concat([pd.DataFrame(dict(zip(("prompt", "response"), _texts(out)))) for out in answers],
+                      ignore_index=True)
+    rewards = vllm_engine.call(settings.vllm_python, "dppo.infer.rewards:score_in_vllm", pairs,
+                               settings=settings.to_dict())["reward"].astype("float64")
+    if len(rewards) != len(pairs):
+        raise RuntimeError(f"the vLLM environment returned {len(rewards)} rewards for {len(pairs)} answers")
+    start = 0
+    for out in answers:
+        out["reward"] = rewards.iloc[start : start + len(out)].to_numpy()
+        start += len(out)
+        yield out
 
 
 def score_key(generations: pd.DataFrame, settings: RewardSettings) -> str:
@@ -386,7 +407,8 @@ def score_files(pairs: Sequence[tuple[str, str]], settings: RewardSettings, cach
     """Score every (generations file, scores file) pair with ONE reward backend (one model load
     for the whole pass, minutes for a 70B model), and only the files whose rows or reward
     settings changed: scores are cached under ``cache_dir`` by :func:`score_key`, so a change to
-    one experiment rescores only its answers. Returns the number of files scored afresh."""
+    one experiment rescores only its answers. Returns the number of files scored afresh.
+    ``backend_factory`` builds the backend of the engines that run in this interpreter."""
     cache_dir = Path(cache_dir)
     stale = []
     for generations_file, scores_file in pairs:
@@ -401,10 +423,10 @@ def score_files(pairs: Sequence[tuple[str, str]], settings: RewardSettings, cach
     if not stale:
         log.info("reward-model loads: 0 (every answer already scored)")
         return 0
-    backend = backend_factory(settings)
-    log.info("reward-model loads: 1 (%s) for %d of %d files", settings.backend, len(stale), len(pairs))
-    for generations_file, generations, scores_file, cached in stale:
-        scores = score_generations(generations, backend)
+    log.info("reward-model loads: 1 (%s, %s) for %d of %d files", settings.backend, settings.engine, len(stale),
+             len(pairs))
+    scored = _scored([generations for _, generations, _, _ in stale], settings, backend_factory)
+    for (generations_file, _, scores_file, cached), scores in zip(stale, scored):
         write_parquet(cached, scores)
         write_parquet(scores_file, scores)
         log.info("%s: %d answers, mean reward %.4f, %.1f%% negative", generations_file, len(scores),
