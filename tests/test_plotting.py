@@ -7,7 +7,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 
 from dppo.evaluate import run_selection
 from dppo.report import plotting
-from dppo.report.tables import read_win_rates
+from dppo.report.result_files import read_win_rates
 from dppo.runtime.io import save_figure
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
