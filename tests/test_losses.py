@@ -11,7 +11,7 @@ import torch
 
 from dppo import settings as st
 from dppo.config import load_yaml, validate_config
-from dppo.evaluate import claims
+from dppo.evaluate import run_selection
 from dppo.settings import FieldError, LossSettings
 from dppo.train.losses import (
     LOSSES,
@@ -595,8 +595,8 @@ def test_a_new_loss_needs_one_record_and_one_function(monkeypatch):
     # The run labels and the config's schema read the record too.
     assert st.Experiment(name="x", loss=cfg).label == "minll_copy (quadratic)"
     row = {"loss": "minll_copy", "f": "quadratic", "alpha": 0.5, "label": "minll_copy (quadratic)"}
-    assert claims._method_key(row) == "minll_copy (quadratic)"
-    assert claims.label_with_alpha(row) == "minll_copy (quadratic), α=0.5"
+    assert run_selection.method_key(row) == "minll_copy (quadratic)"
+    assert run_selection.label_with_alpha(row) == "minll_copy (quadratic), α=0.5"
     config = load_yaml(ROOT / "config.yaml")
     config["experiments"]["dpo"]["loss"] = "minll_copy"
     validate_config(config)

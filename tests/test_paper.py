@@ -12,7 +12,7 @@ import pytest
 from dppo.evaluate import claims
 from dppo.evaluate.winrate import against_sft, paired_differences, per_prompt, per_seed_scores
 from dppo.report import latex, paper, pdf
-from dppo.report.tables import win_rate_table
+from dppo.report.win_rate_table import win_rate_table
 from dppo.settings import ClaimsSettings, WinRateSettings
 
 N = 300

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from dppo.evaluate import claims
+from dppo.evaluate import run_selection
 from dppo.report import plotting
-from dppo.report.tables import read_win_rates
+from dppo.report.result_files import read_win_rates
 from dppo.runtime.io import save_figure
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -62,12 +62,12 @@ def _errorbars(ax):
 
 
 def test_pick_runs_the_baseline_and_the_named_or_best_penalty_variant():
-    runs = claims.pick_runs(full_grid(), baseline="dpo", dppo="unll-linear-a0.1-s0")
+    runs = run_selection.pick_runs(full_grid(), baseline="dpo", dppo="unll-linear-a0.1-s0")
     assert runs["dpo"]["name"] == "dpo" and runs["dppo"]["name"] == "unll-linear-a0.1-s0"
     # without a named variant: the best one; unll alpha=1.0 sweeps score 0.55+0.1+0.05 = 0.70
-    best = claims.pick_runs(full_grid(), baseline="dpo", dppo=None)
+    best = run_selection.pick_runs(full_grid(), baseline="dpo", dppo=None)
     assert best["dppo"]["name"] == "unll-linear-a1.0-n200-s0" and "α=1" in best["dppo"]["label"]
-    assert claims.pick_runs(full_grid().iloc[:0], baseline="dpo", dppo=None) == {}
+    assert run_selection.pick_runs(full_grid().iloc[:0], baseline="dpo", dppo=None) == {}
 
 
 def test_hparam_search_panels_and_lines(tmp_path):
@@ -208,4 +208,4 @@ def test_read_win_rates_keeps_missing_f_as_null(tmp_path):
     full_grid().to_csv(path, index=False)
     df = read_win_rates(path)
     assert df.loc[df["loss"] == "dpo", "f"].isna().all()
-    assert claims.pick_runs(df, "dpo", None)["dppo"]["name"] == "unll-linear-a1.0-n200-s0"
+    assert run_selection.pick_runs(df, "dpo", None)["dppo"]["name"] == "unll-linear-a1.0-n200-s0"

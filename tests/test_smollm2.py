@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 from gguf.quants import dequantize, quantize
+from gguf_model import convert_gguf
 from safetensors import safe_open
 from sft_checks import check_sft_loss_masks_the_prompt
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from dppo.data.prepare import RowError, prompt_and_response_ids
-from dppo.gguf_model import convert_gguf
 from dppo.infer.generation import generate_greedy
 from dppo.runtime.io import load_causal_lm, load_tokenizer
 from dppo.train.logprobs import response_logps

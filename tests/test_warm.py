@@ -199,6 +199,12 @@ def test_the_worker_key_follows_sources_environment_and_preload(monkeypatch):
     assert warm.worker_key(("dppo.train.preference",)) == key  # sources: see the next test
 
 
+def test_the_preload_list_names_job_modules_and_importable_modules():
+    # find_spec finds a module without importing it (its parent packages only)
+    assert warm.PRELOAD and all(importlib.util.find_spec(job) for job in warm.PRELOAD)
+    assert all(importlib.util.find_spec(name) for names in warm.PRELOAD.values() for name in names)
+
+
 def test_an_idle_worker_leaves_only_its_log_if_it_said_something(tmp_path, env):
     env = {**env, "DPPO_WARM_IDLE_S": "1"}
     sockets = Path(env["TMPDIR"]) / f"dppo-warm-{os.getuid()}"

@@ -18,7 +18,8 @@ from dppo.evaluate.winrate import (
     per_prompt,
     per_seed_scores,
 )
-from dppo.report.tables import latex_table, win_rate_table
+from dppo.report.table_latex import win_rates_caption, win_rates_latex
+from dppo.report.win_rate_table import win_rate_table
 from dppo.settings import WinRateSettings
 
 SETTINGS = WinRateSettings(n_boot=400, seed=0, level=0.95, baseline="dpo")
@@ -183,7 +184,7 @@ def test_win_rate_table_rows(table):
 
 
 def test_latex_table_content(table):
-    tex = latex_table(table, caption="Win rates.", label="tab:wr")
+    tex = win_rates_latex(table, 0.95, caption="Win rates.", label="tab:wr")
     lines = tex.splitlines()
     # No placement option: paper/main.tex renews `table` as `table*`, which would print "[t]".
     assert lines[0] == r"\begin{table}" and lines[-1] == r"\end{table}"
@@ -195,3 +196,12 @@ def test_latex_table_content(table):
     assert unll.startswith(rf"\texttt{{unll}} & 0.1 & 4 & 2 & 0.625 & [{low:.3f}, {high:.3f}] & ")
     assert any(line.startswith(r"\ifdim\wd0>\linewidth\ifdefined\resizebox") for line in lines)  # shrink if too wide
     assert r"\caption{Win rates.}" in lines and r"\label{tab:wr}" in lines
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_latex_table_names_the_intervals_level(table, level):
+    tex = win_rates_latex(table, level, win_rates_caption(table, level))
+    percent = f"{100 * level:g}"
+    header = next(line for line in tex.splitlines() if line.startswith("Experiment &"))
+    assert header.count(f"{percent}\\% CI") == 3 and "CI" not in header.replace(f"{percent}\\% CI", "")
+    assert f"with {percent}\\% percentile-bootstrap intervals" in tex

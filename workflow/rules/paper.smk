@@ -13,7 +13,7 @@ PAPER_FIGURES = [*WIN_RATE_FIGURES, "reward_hist", "data_efficiency", "dynamics"
 WIN_RATES_CSV = "results/tables/win_rates.csv"
 DATA_STATS = {key: f"results/data/{key}/stats.json" for key in ("sft", "pref")}
 DATA_LENGTHS = {key: f"results/data/{key}/lengths.parquet" for key in ("sft", "pref")}
-# The runs a figure may pick from (its script picks with dppo.evaluate.claims.pick_runs).
+# The runs a figure may pick from (its script picks with dppo.evaluate.run_selection.pick_runs).
 PICKABLE_RUNS = experiments_in(PENALTY_SWEEP_GROUPS)
 # No TeX -> the PDF rule only writes paper/build.log saying how to install it, so
 # `snakemake all` never fails for want of TeX; once TeX is installed paper/main.pdf is
@@ -30,7 +30,7 @@ PAPER_OUTPUTS = (
     + PAPER_TABLES
     + list(PAPER_PDF_OUTPUTS.values())
 )
-# The two runs the reward histogram and the dynamics compare (dppo.evaluate.claims.pick_runs).
+# The two runs the reward histogram and the dynamics compare (dppo.evaluate.run_selection.pick_runs).
 PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 
 
@@ -76,7 +76,7 @@ rule fig_win_rates:
 
 rule fig_reward_hist:
     # The best penalty variant is known only from the win rates, so every candidate's
-    # scores are inputs; the script picks (dppo.evaluate.claims.pick_runs).
+    # scores are inputs; the script picks (dppo.evaluate.run_selection.pick_runs).
     input:
         win_rates=WIN_RATES_CSV,
         sft="results/scores/sft.parquet",

@@ -3,7 +3,7 @@ import logging
 
 from dppo.evaluate.claims import test_claims
 from dppo.evaluate.winrate import per_prompt
-from dppo.report.tables import read_prompt_scores, read_win_rates, write_claims
+from dppo.report.result_files import read_prompt_scores, read_win_rates, write_claims
 from dppo.runtime.stage import stage
 from dppo.settings import ClaimsSettings, WinRateSettings
 

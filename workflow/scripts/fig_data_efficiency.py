@@ -3,7 +3,7 @@ import logging
 
 from dppo.data.stats import read_stats, train_count
 from dppo.report.plotting import fig_data_efficiency
-from dppo.report.tables import read_win_rates
+from dppo.report.result_files import read_win_rates
 from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 

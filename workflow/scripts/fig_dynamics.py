@@ -1,7 +1,7 @@
 """Figure 'dynamics': log-probs over training, DPO vs the best penalty variant."""
-from dppo.evaluate.claims import picked_files
+from dppo.evaluate.run_selection import picked_files
 from dppo.report.plotting import fig_dynamics
-from dppo.report.tables import read_metrics, read_win_rates
+from dppo.report.result_files import read_metrics, read_win_rates
 from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 

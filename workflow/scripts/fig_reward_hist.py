@@ -1,9 +1,9 @@
 """Figure 'reward_hist': SFT vs DPO vs the best penalty variant (logic in dppo.report.plotting)."""
 import pandas as pd
 
-from dppo.evaluate.claims import picked_files
+from dppo.evaluate.run_selection import picked_files
 from dppo.report.plotting import fig_reward_hist
-from dppo.report.tables import read_win_rates
+from dppo.report.result_files import read_win_rates
 from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 

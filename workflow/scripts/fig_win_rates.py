@@ -1,6 +1,6 @@
 """Figures 'hparam_search', 'paradigms' and 'differences' from the win-rate table (dppo.report.plotting)."""
 from dppo.report import plotting
-from dppo.report.tables import read_win_rates
+from dppo.report.result_files import read_win_rates
 from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 

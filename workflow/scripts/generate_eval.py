@@ -3,7 +3,10 @@ from pathlib import Path
 
 from dppo.infer.answers import generate_all
 from dppo.runtime.stage import stage
+from dppo.runtime.warm import import_preloads
 from dppo.settings import GenerationSettings
+
+import_preloads(generate_all.__module__)  # before stage(): the model stack's import is start-up
 
 with stage(snakemake):
     p = snakemake.params

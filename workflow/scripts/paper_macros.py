@@ -6,7 +6,7 @@ from pathlib import Path
 from dppo.data.stats import read_stats
 from dppo.report.latex import render_macros
 from dppo.report.paper import paper_macros
-from dppo.report.tables import read_claims, read_penalty_scale, read_win_rates
+from dppo.report.result_files import read_claims, read_penalty_scale, read_win_rates
 from dppo.runtime.io import write_text
 from dppo.runtime.stage import stage
 

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from dppo.evaluate.penalty_scale import penalty_scale
-from dppo.report.tables import read_metrics, write_penalty_scale
+from dppo.report.result_files import read_metrics, write_penalty_scale
 from dppo.runtime.stage import stage
 
 with stage(snakemake):

@@ -1,5 +1,5 @@
 """Every model against SFT and, paired on the same prompts, against the baseline experiment:
-results/tables/win_rates.csv, its LaTeX table and the per-prompt scores (dppo.evaluate.winrate, dppo.report.tables)."""
+results/tables/win_rates.csv, its LaTeX table and the per-prompt scores (dppo.evaluate.winrate, dppo.report.result_files)."""
 import json
 import logging
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from dppo.evaluate.winrate import against_sft, paired_differences, per_prompt, per_seed_scores
-from dppo.report.tables import win_rate_table, write_win_rates
+from dppo.report.result_files import write_win_rates
+from dppo.report.win_rate_table import win_rate_table
 from dppo.runtime.stage import stage
 from dppo.settings import WinRateSettings
 

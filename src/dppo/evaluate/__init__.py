@@ -1,1 +1,1 @@
-"""Evidence: paired win rates, the claims' verdicts, the premise statistics, the penalty scale. Imports neither torch nor transformers."""
+"""Evidence: paired win rates, which runs a figure shows, the claims' verdicts, the premise statistics, the penalty scale. Imports neither torch nor transformers."""

@@ -18,7 +18,7 @@ from dppo.settings import RewardSettings
 
 def premise_stats(rows: pd.DataFrame, reward: RewardSettings) -> dict:
     """``rows``: training rows joined with y_gen and the reference log-probs
-    (:func:`dppo.train.preference.load_training_rows`). Shares are fractions of the training rows
+    (:func:`dppo.train.rows.load_training_rows`). Shares are fractions of the training rows
     (``*_of_triggered``: of the rows where the trigger fires)."""
     gen = [tuple(g) for g in rows["gen_ids"]]
     is_rejected = np.array([g == tuple(r) for g, r in zip(gen, rows["rejected_ids"])])

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch  # noqa: F401  (every generation job uses it: imported with the job, not inside it)
-from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.data.stats import read_stats
 from dppo.infer.generation import generate_greedy

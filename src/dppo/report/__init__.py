@@ -1,1 +1,1 @@
-"""The paper: results tables, figures, LaTeX helpers, the generated macros, the PDF build. Imports neither torch nor transformers."""
+"""The paper: the results tables (schema, LaTeX, files), figures, LaTeX helpers, the generated macros, the PDF build. Imports neither torch nor transformers."""

@@ -54,8 +54,25 @@ IDLE_S = float(os.environ.get("DPPO_WARM_IDLE_S", "60"))  # a worker with no job
 START_TIMEOUT_S = 120.0  # a worker that has not bound its socket by then is given up on
 PER_DIRECTORY = ("PWD", "OLDPWD")  # the shell's, differ per working directory: set in the child, not keyed
 HEAVY_PACKAGES = ("torch", "transformers")  # installed packages whose change must not reach a live worker
+# What is imported before a job's module, per job module, and why: a job module imports torch
+# itself, but transformers imports its model classes lazily, at the job's first model load (about
+# 1.5 s; more on a busy machine). Preloaded (import_preloads), that cost is start-up, not the
+# job's work: paid once per worker, or before stage() by a job that runs in its own process.
+MODEL_STACK = ("transformers.modeling_utils",)  # PreTrainedModel, the base of every model class
+PRELOAD = {
+    "dppo.train.preference": MODEL_STACK,  # loads the policy (the reference's log-probs come from a cache)
+    "dppo.train.sft": MODEL_STACK,  # loads the model it fine-tunes
+    "dppo.train.reference": MODEL_STACK,  # loads the reference model to cache its log-probs
+    "dppo.infer.answers": MODEL_STACK,  # loads every model it generates answers with
+}
 _HEADER = struct.Struct("!I")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+
+def import_preloads(job_module: str) -> None:
+    """Import what :data:`PRELOAD` lists for ``job_module`` (nothing for a module it does not list)."""
+    for name in PRELOAD.get(job_module, ()):
+        importlib.import_module(name)
 
 
 def usable(n_gpus: int = 0) -> bool:
@@ -311,6 +328,7 @@ def serve(path: Path, preload: tuple[str, ...], idle_s: float = IDLE_S) -> None:
     listener.listen(64)
     inode = path.stat().st_ino
     for module in preload:  # after bind: the first clients wait in the backlog, not in a retry loop
+        import_preloads(module)
         importlib.import_module(module)
     running: dict[int, socket.socket] = {}
     last_busy = time.monotonic()

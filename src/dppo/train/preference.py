@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.runtime.io import (
     atomic_output_dir,

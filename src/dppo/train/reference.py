@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel  # noqa: F401  (the model stack: its import is start-up, not work)
 
 from dppo.runtime.io import load_causal_lm, load_tokenizer, pad_token_id, write_parquet
 from dppo.train.logprobs import response_logps

