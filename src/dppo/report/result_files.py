@@ -13,10 +13,15 @@ from dppo.report.win_rate_table import TEXT_COLUMNS
 from dppo.runtime.io import atomic_output_file, write_text
 
 
+def write_csv(table: pd.DataFrame, path) -> None:
+    """``table`` as CSV (no index), written atomically."""
+    with atomic_output_file(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def write_table(table: pd.DataFrame, csv_path, tex_path, tex: str) -> None:
     """``table`` as CSV and its typeset form ``tex`` as LaTeX, each written atomically."""
-    with atomic_output_file(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, csv_path)
     write_text(tex_path, tex)
 
 

@@ -29,7 +29,8 @@ from dppo.evaluate.study import (  # noqa: E402
     tuned_comparison,
 )
 from dppo.report.latex import fmt_float  # noqa: E402
-from dppo.runtime.io import atomic_output_file, save_figure, write_text  # noqa: E402
+from dppo.report.result_files import write_csv  # noqa: E402
+from dppo.runtime.io import save_figure, write_text  # noqa: E402
 from dppo.settings import PENALTY_SWEEP_GROUPS, StudySettings, penalized_losses  # noqa: E402
 
 
@@ -47,11 +48,6 @@ def distinct_labels(labels: dict[str, str]) -> dict[str, str]:
     """Each experiment's label, with its name added where two experiments share one."""
     seen = pd.Series(labels).value_counts()
     return {name: label if seen[label] == 1 else f"{label} [{name}]" for name, label in labels.items()}
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_output_file(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def _interval(row: pd.Series, prefix: str) -> str:
@@ -105,7 +101,7 @@ def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettin
                                                             study.split_seed)}
                           for d in designs for loss, curve in curves.items()])
     for name, frame in (("comparisons", comparisons), ("aa", aa), ("alpha", alpha), ("tuned", tuned)):
-        _write_csv(frame, directory / "tables" / f"{name}.csv")
+        write_csv(frame, directory / "tables" / f"{name}.csv")
     shown = [n for n in study.dose_response if n in names]
     labels = distinct_labels(labels)
     dose_response_figure(comparisons, study, shown, labels, directory / "figures" / "dose_response")
