@@ -60,7 +60,7 @@ def test_sft_job_under_torchrun_keeps_the_effective_batch_and_equals_one_process
 
 # --- faults seen by one process only ----------------------------------------------------------
 
-RUN = "probe"  # the run name the fault variables of dppo.train.loop.injected_fault name
+RUN = "probe"  # the run name the fault variables of dppo.train.faults.injected_fault name
 OPT = {"lr": 1e-2, "epochs": 1, "batch_size": 4, "warmup_ratio": 0.0, "save_steps": 100, "bf16": False}
 
 
@@ -157,7 +157,7 @@ def test_a_nonfinite_loss_on_one_process_stops_every_process(tmp_path, tiny_mode
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_checkpoints_and_stops_every_process(tmp_path, tiny_model_dir):
-    from dppo.train.loop import last_checkpoint
+    from dppo.train.checkpoints import last_checkpoint
 
     done, ckpt = two_processes(tmp_path, tiny_model_dir, "two", fault=one_fault("SIGTERM"))
     assert done.returncode != 0

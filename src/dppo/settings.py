@@ -423,15 +423,22 @@ class Experiment:
 # ----------------------------------------------------------------------------- other stages
 
 
+DISTRIBUTED = ("ddp", "fsdp2")  # dppo.train.distributed.wrap
+
+
 @dataclass(frozen=True)
 class ModelSettings(Section):
     init: str = "tiny"  # "tiny" (built from `tiny_model`) or a hub id / local path of a causal LM
     trust_remote_code: bool = False
+    # How a training job on several GPUs spreads the model: "ddp" (a copy per GPU) or "fsdp2"
+    # (sharded, for a model that does not fit one GPU).
+    distributed: str = "ddp"
 
     def __post_init__(self):
         if not isinstance(self.init, str) or not self.init:
             raise FieldError("init", f"must be 'tiny' or a model id / path, got {self.init!r}")
         check_bool("trust_remote_code", self.trust_remote_code)
+        check_choice("distributed", self.distributed, DISTRIBUTED)
 
     @property
     def is_tiny(self) -> bool:
