@@ -55,12 +55,11 @@ def wrap(model, strategy: str):
     from torch.distributed.fsdp import fully_shard
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    for layer in getattr(decoder, "layers", []):
-        fully_shard(layer)
-    fully_shard(model)
-    # Sum over the processes and let the loss weights average (as for DDP, below): the default
-    # divisor has not been the world size on every backend and torch version.
-    model.set_gradient_divide_factor(1.0)
+    for module in [*getattr(decoder, "layers", []), model]:
+        fully_shard(module)
+        # Gloo has no AVG or PREMUL_SUM reduce-scatter: a plain SUM, divided by the world size
+        # by FSDP itself, averages on every backend.
+        module.set_force_sum_reduction_for_comms(True)
     return model
 
 
@@ -77,8 +76,9 @@ def is_sharded(model) -> bool:
 
 def gradient_scale(model) -> float:
     """What a loss that is already a share of the whole batch's mean is multiplied by so that
-    the reduced gradient is that mean: DDP divides the sum over the processes by their number."""
-    return float(world()[1]) if isinstance(model, DistributedDataParallel) else 1.0
+    the reduced gradient is that mean: DDP and FSDP2 divide the sum over the processes by their
+    number."""
+    return float(world()[1]) if world()[1] > 1 else 1.0
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dppo.train.batching import PADDING_SIDES, pad_sequences
 from dppo.train.chunked_head import token_logps
-from dppo.train.distributed import unwrapped
+from dppo.train.distributed import is_sharded, unwrapped
 from dppo.train.losses import ResponseLogps
 
 
@@ -48,8 +48,11 @@ def check_inputs(prompt_ids, responses, padding_side: str = "right") -> None:
 
 def can_share_prompt(model, prompt_ids, responses) -> bool:
     """Whether the shared-prompt forward applies: several responses per prompt, every prompt
-    long enough to leave a cached prefix, and no activation checkpointing (a recomputed layer
-    would append to the cache twice)."""
+    long enough to leave a cached prefix, no activation checkpointing (a recomputed layer
+    would append to the cache twice), and no FSDP2 (the cache reaches the backward pass by no
+    layer's output, so no hook gathers the weights it needs again)."""
+    if is_sharded(model):
+        return False
     inner = unwrapped(model)
     checkpointing = getattr(inner, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5

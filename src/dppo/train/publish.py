@@ -50,6 +50,9 @@ def save_model(model, tokenizer, out_dir: str | Path, record: dict) -> None:
     if world()[0] != 0:
         return
     model = unwrapped(model)
+    if state is not None:  # a tied weight once, under its first name, as save_pretrained does
+        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+        state = {name: tensor for name, tensor in state.items() if name not in tied}
     for name, weight in state.items() if state is not None else model.named_parameters():
         if weight.is_floating_point() and not torch.isfinite(weight).all():
             raise NonFiniteError(f"parameter {name} is not finite; refusing to save the model")
