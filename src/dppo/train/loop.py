@@ -86,6 +86,24 @@ def check_finite_gradients(model, grad_norm: torch.Tensor, step: int, run: str) 
     raise NonFiniteError(f"non-finite gradient of {name} at step {step} of {run!r}")
 
 
+def _prepare(model, opt: OptimSettings, distributed: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model on this process's device in training mode, wrapped for the processes, and its optimizer."""
+    model.to(device())
+    if opt.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    model = wrap(model, distributed)
+    return model, _optimizer(model, opt)
+
+
+def _warn_if_frozen(opt: OptimSettings, total: int, run: str) -> None:
+    # Linear warm-up starts at 0 (as in transformers): a run no longer than its warm-up never
+    # changes the weights.
+    if not any(lr_factor(opt, step, total) > 0 for step in range(total)):
+        log.warning("%s: every one of its %d update(s) has learning rate 0 (warm-up ratio %g); the model will "
+                    "not change", run, total, opt.warmup_ratio)
+
+
 def _open_run_dir(checkpoint_dir: Path, fingerprint: str, run: str) -> tuple[Path, bool]:
     """(``checkpoint_dir/run-<fingerprint>``, whether it holds the finished run already); runs of
     other settings, rows or initial weights there are removed, as is a finished model that no
@@ -109,13 +127,17 @@ def _open_run_dir(checkpoint_dir: Path, fingerprint: str, run: str) -> tuple[Pat
     return run_dir, False
 
 
-def _accumulate(model, task: Task, chunks: list[list[dict]], total_weight: torch.Tensor, poisoned: bool,
+def _accumulate(model, task: Task, mine: list[dict], micro: int, poisoned: bool,
                 use_bf16: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """Forward and backward of one process's micro batches; the last backward reduces the
-    gradients over the processes. Returns (the weighted loss parts, the parts of the first
-    micro batch whose loss is not finite, or None). Every micro batch runs whatever its loss, so
-    every process enters the same gradient reduction; a step with a non-finite loss is dropped
-    after it (:func:`dppo.train.distributed.agree`)."""
+    """Forward and backward of this process's rows of the batch (``mine``) in micro batches of
+    ``micro``; the last backward reduces the gradients over the processes. Returns (the loss
+    parts, weighted to the whole batch's mean, then summed over the processes; the parts of the
+    first micro batch whose loss is not finite, or None). Every micro batch runs whatever its
+    loss, so every process enters the same gradient reduction; a step with a non-finite loss is
+    dropped after it (:func:`_agree`)."""
+    total_weight = torch.tensor([float(task.weight(mine))], device=device())
+    all_reduce_sum([total_weight])  # the whole batch's units, over every process
+    chunks = [mine[begin : begin + micro] for begin in range(0, len(mine), micro)]
     logged: dict[str, torch.Tensor] = {}
     nonfinite = None
     scale = gradient_scale(model)
@@ -133,6 +155,25 @@ def _accumulate(model, task: Task, chunks: list[list[dict]], total_weight: torch
         for key, value in {"loss": loss.detach(), **parts}.items():
             logged[key] = logged.get(key, 0.0) + value.detach().float() * share
     return logged, nonfinite
+
+
+def _agree(nonfinite: dict[str, torch.Tensor] | None, terminate: bool, step: int, run: str,
+           on_nonfinite: str) -> tuple[str | None, bool]:
+    """What every process does with step ``step`` (0-based), decided together: (why it is skipped,
+    or None; whether to checkpoint and stop). Raises :class:`NonFiniteError` on every process
+    when any loss is not finite and ``on_nonfinite`` is "stop". A SIGTERM to a single process is
+    acted on at the end of the step instead (by the loop)."""
+    rank, size = world()
+    where = f" on process {rank}" if size > 1 else ""
+    message = None if nonfinite is None else (
+        f"non-finite loss at step {step + 1} of {run!r}{where}: "
+        + ", ".join(f"{k}={float(v):.4g}" for k, v in nonfinite.items()))
+    bad, stop = agree(message is not None, terminate and size > 1)
+    if bad is not None:
+        message = message or f"non-finite loss at step {step + 1} of {run!r} on process {bad} (its log names the parts)"
+        if on_nonfinite == "stop":
+            raise NonFiniteError(message)
+    return message, stop
 
 
 def _update(model, optimizer, params: list[torch.Tensor], opt: OptimSettings, lr: float, step: int,
@@ -167,55 +208,32 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     if finished:
         return run_dir
 
-    model.to(device())
-    if opt.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    model = wrap(model, distributed)
-    optimizer = _optimizer(model, opt)
+    model, optimizer = _prepare(model, opt, distributed)
     checkpoint = last_checkpoint(run_dir)
     start = saved = load_checkpoint(checkpoint, model, optimizer) if checkpoint else 0
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     metrics = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
     fields = {"seed": record["seed"]} if "seed" in record else {}
-
     total = total_steps(opt, len(rows))
-    if not any(lr_factor(opt, step, total) > 0 for step in range(total)):
-        # Linear warm-up starts at 0 (as in transformers): a run no longer than its warm-up
-        # never changes the weights.
-        log.warning("%s: every one of its %d update(s) has learning rate 0 (warm-up ratio %g); the model will "
-                    "not change", run, total, opt.warmup_ratio)
+    _warn_if_frozen(opt, total, run)
     per_process, micro = micro_batches(opt, size)
     lengths = task.lengths() if opt.group_by_length else None
     use_bf16 = opt.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     fault, poisoned = injected_fault(run), injected_nonfinite(run)
     skipped = 0
     params = [p for p in model.parameters() if p.requires_grad]
-    where = f" on process {rank}" if size > 1 else ""
     with SignalFlag() as terminate, tqdm(total=total, initial=start, desc=f"train {run}", disable=rank != 0) as bar:
         for step in range(start, total):
             batch = batch_rows(len(rows), opt, step, lengths)
             mine = [rows[i] for i in batch[rank * per_process : (rank + 1) * per_process]]
-            total_weight = torch.tensor([float(task.weight(mine))], device=device())
-            all_reduce_sum([total_weight])  # the whole batch's units, over every process
-            chunks = [mine[begin : begin + micro] for begin in range(0, len(mine), micro)]
-            logged, nonfinite = _accumulate(model, task, chunks, total_weight, poisoned(step + 1), use_bf16)
-            message = None if nonfinite is None else (
-                f"non-finite loss at step {step + 1} of {run!r}{where}: "
-                + ", ".join(f"{k}={float(v):.4g}" for k, v in nonfinite.items()))
-            # Every process skips, stops or checkpoints at the same step (SIGTERM: single-process
-            # runs act on it at the end of the step, below).
-            bad, stop = agree(message is not None, terminate.raised and size > 1)
-            if bad is not None:
-                message = message or f"non-finite loss at step {step + 1} of {run!r} on process {bad} (its log names the parts)"
-                if on_nonfinite == "stop":
-                    raise NonFiniteError(message)
+            logged, nonfinite = _accumulate(model, task, mine, micro, poisoned(step + 1), use_bf16)
+            skip, stop = _agree(nonfinite, terminate.raised, step, run, on_nonfinite)
             if stop:  # before this step's update: the state of `step` updates is checkpointed
                 optimizer.zero_grad(set_to_none=True)
                 _terminate(run_dir, step, saved, model, optimizer)
-            if bad is not None:  # skip the batch on every process alike (its gradients are dropped)
-                log.warning("%s; skipping the batch%s", message, " on every process" if size > 1 else "")
+            if skip is not None:  # on every process alike (its gradients are dropped)
+                log.warning("%s; skipping the batch%s", skip, " on every process" if size > 1 else "")
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 bar.update(1)
