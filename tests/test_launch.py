@@ -102,19 +102,19 @@ def torchrun(job: str, kwargs: dict, fault: dict | None = None, timeout: float =
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
-def sft_train_file(tmp_path) -> Path:
-    """16 SFT rows: 4 steps of 2 rows per process."""
-    train = tmp_path / "train.parquet"
+def sft_train_file(tmp_path, n: int = 16) -> Path:
+    """``n`` SFT rows (16: 4 steps of 2 rows per process)."""
+    train = tmp_path / f"train-{n}.parquet"
     if not train.exists():
-        pd.DataFrame({"prompt_ids": [[2, 24, 20, 23, 4 + i % 5, 3, 2, 25] for i in range(16)],
-                      "response_ids": [[4 + i % 5, 3] for i in range(16)]}).to_parquet(train)
+        pd.DataFrame({"prompt_ids": [[2, 24, 20, 23, 4 + i % 5, 3, 2, 25] for i in range(n)],
+                      "response_ids": [[4 + i % 5, 3] for i in range(n)]}).to_parquet(train)
     return train
 
 
 def two_processes(tmp_path, tiny_model_dir, name: str, on_nonfinite: str = "stop", fault: dict | None = None,
-                  distributed: str = "ddp") -> tuple[subprocess.CompletedProcess, Path]:
+                  distributed: str = "ddp", rows: int = 16) -> tuple[subprocess.CompletedProcess, Path]:
     """:func:`loop_job` under torchrun with 2 processes; its output and checkpoint directory."""
-    kwargs = {"model_dir": str(tiny_model_dir), "train_file": str(sft_train_file(tmp_path)),
+    kwargs = {"model_dir": str(tiny_model_dir), "train_file": str(sft_train_file(tmp_path, rows)),
               "checkpoint_dir": str(tmp_path / name), "on_nonfinite": on_nonfinite, "distributed": distributed}
     return torchrun("loop_job", kwargs, fault), tmp_path / name
 
@@ -192,15 +192,18 @@ def test_sigterm_to_one_process_checkpoints_and_stops_every_process(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_fsdp2_under_torchrun_trains_the_weights_of_one_process(tmp_path, tiny_model_dir):
-    """FSDP2 shards the model over 2 gloo processes; its reduce-scatter must average, as one
-    process does (on gloo it has summed in some torch versions), so the reference is one process."""
-    done, ckpt = two_processes(tmp_path, tiny_model_dir, "two", distributed="fsdp2")
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp2"])
+def test_a_short_last_batch_leaves_one_process_without_rows_and_trains_as_one_process(tmp_path, tiny_model_dir,
+                                                                                        distributed):
+    """18 rows in batches of 4: the last batch's 2 rows are all process 0's, process 1 joins the
+    gradient reduction with nothing to add. FSDP2's reduce-scatter must average, as one process
+    does (on gloo it has summed in some torch versions), so the reference is one process."""
+    done, ckpt = two_processes(tmp_path, tiny_model_dir, "two", distributed=distributed, rows=18)
     assert done.returncode == 0, done.stdout[-4000:]
-    loop_job(str(tiny_model_dir), str(sft_train_file(tmp_path)), str(tmp_path / "one"), "stop")
+    loop_job(str(tiny_model_dir), str(sft_train_file(tmp_path, 18)), str(tmp_path / "one"), "stop")
     [two_dir], [one_dir] = ckpt.glob("run-*"), (tmp_path / "one").glob("run-*")
-    assert steps_logged(two_dir) == steps_logged(one_dir) == [1, 2, 3, 4]
-    assert_same_training(two_dir / "final", one_dir / "final", tiny_model_dir, 4, 4 * 10)
+    assert steps_logged(two_dir) == steps_logged(one_dir) == [1, 2, 3, 4, 5]
+    assert_same_training(two_dir / "final", one_dir / "final", tiny_model_dir, 5, 4 * 10)
 
 
 def preference_job(model_dir: str, checkpoint_dir: str, distributed: str = "ddp") -> None:

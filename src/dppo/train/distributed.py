@@ -56,7 +56,10 @@ def wrap(model, strategy: str):
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     for module in [*getattr(decoder, "layers", []), model]:
-        fully_shard(module)
+        # Gathered once per step and kept until its last backward: a process may run more
+        # forwards than another (more micro batches, y_gen rows with a gradient), and per-forward
+        # all-gathers would then pair with another process's other collectives.
+        fully_shard(module, reshard_after_forward=False)
         # Gloo has no AVG or PREMUL_SUM reduce-scatter: a plain SUM, divided by the world size
         # by FSDP itself, averages on every backend.
         module.set_force_sum_reduction_for_comms(True)
@@ -92,10 +95,12 @@ def accumulating(model, sync: bool):
             yield
     else:
         model.set_requires_gradient_sync(False)
+        model.set_reshard_after_backward(False)
         try:
             yield
         finally:
             model.set_requires_gradient_sync(True)
+            model.set_reshard_after_backward(True)
 
 
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:

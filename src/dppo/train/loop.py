@@ -127,10 +127,11 @@ def _open_run_dir(checkpoint_dir: Path, fingerprint: str, run: str) -> tuple[Pat
     return run_dir, False
 
 
-def _accumulate(model, task: Task, mine: list[dict], micro: int, poisoned: bool,
+def _accumulate(model, task: Task, mine: list[dict], filler: list[dict], micro: int, poisoned: bool,
                 use_bf16: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """Forward and backward of this process's rows of the batch (``mine``) in micro batches of
-    ``micro``; the last backward reduces the gradients over the processes. Returns (the loss
+    ``micro``; the last backward reduces the gradients over the processes (a process without
+    rows runs ``filler`` with weight 0, so that it reduces too). Returns (the loss
     parts, weighted to the whole batch's mean, then summed over the processes; the parts of the
     first micro batch whose loss is not finite, or None). Every micro batch runs whatever its
     loss, so every process enters the same gradient reduction; a step with a non-finite loss is
@@ -141,10 +142,13 @@ def _accumulate(model, task: Task, mine: list[dict], micro: int, poisoned: bool,
     logged: dict[str, torch.Tensor] = {}
     nonfinite = None
     scale = gradient_scale(model)
-    for index, chunk in enumerate(chunks):
-        with accumulating(model, sync=index == len(chunks) - 1):
+    for index, chunk in enumerate(chunks or [filler]):
+        with accumulating(model, sync=index == max(len(chunks), 1) - 1):
             with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, parts = task.loss(model, chunk)
+            if not chunks:  # no rows here (a short last batch): join the reduction, adding nothing
+                (loss * 0.0).backward()
+                return {key: torch.zeros((), device=loss.device) for key in ("loss", *parts)}, None
             if index == 0 and poisoned:
                 loss = loss * float("nan")
             if nonfinite is None and not torch.isfinite(loss):
@@ -227,7 +231,7 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
         for step in range(start, total):
             batch = batch_rows(len(rows), opt, step, lengths)
             mine = [rows[i] for i in batch[rank * per_process : (rank + 1) * per_process]]
-            logged, nonfinite = _accumulate(model, task, mine, micro, poisoned(step + 1), use_bf16)
+            logged, nonfinite = _accumulate(model, task, mine, [rows[batch[0]]], micro, poisoned(step + 1), use_bf16)
             skip, stop = _agree(nonfinite, terminate.raised, step, run, on_nonfinite)
             if stop:  # before this step's update: the state of `step` updates is checkpointed
                 optimizer.zero_grad(set_to_none=True)
