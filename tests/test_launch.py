@@ -1,7 +1,9 @@
-"""Multi-process training: the same job under torchrun (2 processes, gloo on CPU) keeps the
-configured effective batch size, saves once, and logs every optimizer step once; a non-finite
-loss or a SIGTERM seen by one process only makes every process skip, stop or checkpoint alike
-(each process would otherwise wait for the others in a collective that never comes)."""
+"""Multi-process training: the same job under torchrun (2 processes, gloo on CPU; DDP, and FSDP2
+where named) keeps the configured effective batch size, trains the weights of one process (SFT
+and preference training, a short last batch that leaves a process without rows), saves once,
+and logs every optimizer step once; a non-finite loss or a SIGTERM seen by one process only makes
+every process skip, stop or checkpoint alike (each process would otherwise wait for the others in
+a collective that never comes), and a run stopped so resumes bit-identically."""
 
 from __future__ import annotations
 
@@ -208,18 +210,24 @@ def test_a_short_last_batch_leaves_one_process_without_rows_and_trains_as_one_pr
 
 def preference_job(model_dir: str, checkpoint_dir: str, distributed: str = "ddp") -> None:
     """A DPPO penalty (unll, y_gen scored with autograd) on 16 rows, batches of 4 in micro batches
-    of 1 (2 accumulated per process under torchrun), probe rows logged at every step."""
+    of 1 (2 accumulated per process under torchrun), probe rows logged at every step, and the
+    chunked LM head at any size (it reaches into the model behind the DDP wrapper; FSDP2 takes
+    the plain head)."""
+    from unittest import mock
+
     from test_reliability import preference_rows
 
     from dppo.runtime.io import load_tokenizer
     from dppo.settings import Experiment, LossSettings, OptimSettings
+    from dppo.train import logprobs
     from dppo.train.preference import train_seed
 
     rows = preference_rows(load_tokenizer(model_dir), 16)
     experiment = Experiment(name="pref_probe", loss=LossSettings(name="unll", f="linear", alpha=0.5),
                             optim=OptimSettings(lr=1e-2, batch_size=4, micro_batch_size=1, warmup_ratio=0.0,
                                                 bf16=False), probe_rows=2, probe_every=1)
-    train_seed(experiment, 0, Path(model_dir), rows, rows.iloc[:2], Path(checkpoint_dir), False, -1, distributed)
+    with mock.patch.object(logprobs, "FULL_LOGITS_MAX", 0):
+        train_seed(experiment, 0, Path(model_dir), rows, rows.iloc[:2], Path(checkpoint_dir), False, -1, distributed)
 
 
 @pytest.mark.slow
