@@ -48,8 +48,7 @@ def wrap(model, strategy: str):
     if world()[1] == 1:
         return model
     if strategy == "ddp":
-        # Buffers (rotary frequencies) are constants: no broadcast at every forward, which would
-        # also make a forward on one process alone (a probe) wait for the others.
+        # Buffers (rotary frequencies) are constants: no broadcast (a collective) at every forward.
         ids = [device().index] if device().type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     from torch.distributed.fsdp import fully_shard
