@@ -15,9 +15,9 @@ from test_logprobs import param_grads, tiny_causal_lm, unbatched_sums, unbatched
 from dppo.settings import Experiment, LossSettings, OptimSettings
 from dppo.train.batching import packed_lengths, padding_fraction
 from dppo.train.logprobs import ResponseScorer, as_response_logps, can_share_prompt, gated_logps, response_logps
-from dppo.train.loop import batch_order
 from dppo.train.losses import ResponseLogps, preference_loss
 from dppo.train.preference import PreferenceTask, collate, policy_logps
+from dppo.train.schedule import batch_order
 
 PAD = 0
 # Every prompt has >= 2 tokens (a cached prefix); uneven prompt and response lengths, K = 3.

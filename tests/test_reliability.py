@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 from dppo.config import ConfigError, check_local_paths, expand_experiments, load_settings
 from dppo.runtime import io
 from dppo.settings import Experiment, LossSettings, OptimSettings
-from dppo.train import loop as trainer
-from dppo.train import preference
+from dppo.train import checkpoints, faults, loop, preference, publish
+from dppo.train.errors import NonFiniteError, TrainingTerminated
+from dppo.train.metrics_log import MetricsLog
 from dppo.train.sft import SFTTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def tokenizer(tiny_model_dir):
 
 def test_nonfinite_loss_stops_with_step_experiment_and_parts(tmp_path, tiny_model_dir, tokenizer):
     rows = preference_rows(tokenizer, 8, nan_rows={0, 1, 2, 3, 4, 5, 6, 7})
-    with pytest.raises(trainer.NonFiniteError) as err:
+    with pytest.raises(NonFiniteError) as err:
         train(tmp_path, tiny_model_dir, rows, loss="minll")
     message = str(err.value)
     assert message.startswith("non-finite loss at step 1 of 'nan_probe': loss=nan, dpo=nan")
@@ -87,10 +88,12 @@ def test_nonfinite_gradient_stops_before_the_optimizer_step(tiny_model_dir):
     param_name, param = next(iter(model.named_parameters()))
     param.grad = torch.zeros_like(param)
     param.grad.view(-1)[0] = float("inf")
-    with pytest.raises(trainer.NonFiniteError, match=rf"non-finite gradient of {re.escape(param_name)} at step 7 of 'x'"):
-        trainer._check_finite_gradients(model, 7, "x")
+    params = list(model.parameters())
+    with pytest.raises(NonFiniteError, match=rf"non-finite gradient of {re.escape(param_name)} at step 7 of 'x'"):
+        loop.check_finite_gradients(model, torch.nn.utils.get_total_norm([param.grad]), 7, "x")
     param.grad.view(-1)[0] = 0.0
-    trainer._check_finite_gradients(model, 7, "x")  # finite: passes
+    loop.check_finite_gradients(model, torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]),
+                                7, "x")  # finite: passes
 
 
 def test_a_nan_model_is_never_saved(tmp_path, tiny_model_dir, tokenizer):
@@ -98,7 +101,7 @@ def test_a_nan_model_is_never_saved(tmp_path, tiny_model_dir, tokenizer):
     with torch.no_grad():
         next(model.parameters()).view(-1)[3] = float("nan")
     with pytest.raises(FloatingPointError, match="is not finite; refusing to save"):
-        trainer.save_model(model, tokenizer, tmp_path / "out", {})
+        publish.save_model(model, tokenizer, tmp_path / "out", {})
     assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary directory
 
 
@@ -264,7 +267,7 @@ def fit_tiny_sft(tmp_path, model_dir, tokenizer, lr=1e-3, stop_at_call=None) -> 
     if stop_at_call:
         task = StopAtCall(task, stop_at_call)
     opt = OptimSettings(lr=lr, batch_size=2, save_steps=1, warmup_ratio=0.0, bf16=False)
-    run_dir = trainer.train(io.load_causal_lm(model_dir), tokenizer, rows, task, opt, tmp_path / "ckpt", {"stage": "probe"})
+    run_dir = loop.train(io.load_causal_lm(model_dir), tokenizer, rows, task, opt, tmp_path / "ckpt", {"stage": "probe"})
     return json.loads((run_dir / "final" / "dppo_training.json").read_text())
 
 
@@ -272,7 +275,7 @@ def test_checkpoints_of_other_settings_are_discarded_never_resumed(tmp_path, tin
     with pytest.raises(KeyboardInterrupt):
         fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 1e-3, stop_at_call=3)
     [first_run] = (tmp_path / "ckpt").glob("run-*")
-    assert trainer.last_checkpoint(first_run).name == "checkpoint-2"  # step 3 ended before its save
+    assert checkpoints.last_checkpoint(first_run).name == "checkpoint-2"  # step 3 ended before its save
     info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer, 2e-3)  # lr changed: a fresh start, not the old optimizer
     assert info["resumed_from"] is None and info["steps"] == 4
     assert f"discarding {first_run}" in caplog.text and not first_run.exists()
@@ -412,11 +415,11 @@ def test_metrics_log_is_cut_back_to_the_resumed_step_and_a_torn_line_dropped(tmp
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
     with caplog.at_level("WARNING"):
-        trainer.MetricsLog(path, resume_step=4)
+        MetricsLog(path, resume_step=4)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
     assert "dropping a torn line 8" in caplog.text
     path.write_text('{"step": 1}\n{"st')
-    trainer.MetricsLog(path, resume_step=9)
+    MetricsLog(path, resume_step=9)
     assert path.read_text() == '{"step": 1}\n'
 
 
@@ -425,14 +428,14 @@ def test_undecodable_or_non_record_metrics_lines_are_dropped(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"step": 1}\n\x00\xff\xfe\n[1, 2]\n{"step": 2}\n')
     with caplog.at_level("WARNING"):
-        trainer.MetricsLog(path, resume_step=2)
+        MetricsLog(path, resume_step=2)
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
     assert "dropping a torn line 2" in caplog.text and "dropping a torn line 3" in caplog.text
 
 
 def test_fault_injection_is_off_unless_the_environment_names_the_run(monkeypatch):
     monkeypatch.delenv("DPPO_FAULT_RUN", raising=False)
-    trainer.injected_fault("sft")(3)  # a no-op
+    faults.injected_fault("sft")(3)  # a no-op
     monkeypatch.setenv("DPPO_FAULT_RUN", "dpo")
     monkeypatch.setenv("DPPO_FAULT_AT_STEP", "3")
     monkeypatch.setenv("DPPO_FAULT_SIGNAL", "SIGUSR1")
@@ -441,10 +444,10 @@ def test_fault_injection_is_off_unless_the_environment_names_the_run(monkeypatch
     seen = []
     previous = signal.signal(signal.SIGUSR1, lambda *a: seen.append(a[0]))
     try:
-        trainer.injected_fault("sft")(3)
-        trainer.injected_fault("dpo")(2)
+        faults.injected_fault("sft")(3)
+        faults.injected_fault("dpo")(2)
         assert seen == []
-        trainer.injected_fault("dpo")(3)
+        faults.injected_fault("dpo")(3)
         assert seen == [signal.SIGUSR1]
     finally:
         signal.signal(signal.SIGUSR1, previous)
@@ -519,12 +522,12 @@ def test_sigterm_saves_the_current_step_and_stops_without_a_model(tmp_path, tiny
     monkeypatch.setenv("DPPO_FAULT_AT_STEP", "2")
     monkeypatch.setenv("DPPO_FAULT_SIGNAL", "SIGTERM")
     handler_before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(trainer.TrainingTerminated, match="terminated \\(SIGTERM\\) at step 2; checkpoint saved"):
+    with pytest.raises(TrainingTerminated, match="terminated \\(SIGTERM\\) at step 2; checkpoint saved"):
         fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
     assert signal.getsignal(signal.SIGTERM) == handler_before  # the job's own handler is put back
     [run_dir] = (tmp_path / "ckpt").glob("run-*")
     assert not (run_dir / "final").exists()
-    assert trainer.last_checkpoint(run_dir) == run_dir / "checkpoint-2"  # no finished step lost
+    assert checkpoints.last_checkpoint(run_dir) == run_dir / "checkpoint-2"  # no finished step lost
     monkeypatch.delenv("DPPO_FAULT_RUN")
     info = fit_tiny_sft(tmp_path, tiny_model_dir, tokenizer)
     assert info["resumed_from"] == str(run_dir / "checkpoint-2") and info["steps"] == 4

@@ -507,6 +507,9 @@ class Experiment(Section):
 # ----------------------------------------------------------------------------- other stages
 
 
+DISTRIBUTED = ("ddp", "fsdp2")  # dppo.train.distributed.wrap
+
+
 @dataclass(frozen=True)
 class ModelSettings(Section):
     """The initial model every stage starts from (config key ``model``)."""
@@ -514,6 +517,8 @@ class ModelSettings(Section):
     init: str = setting("tiny", '"tiny" (built from tiny_model) or a hub id / local path of a causal LM', minimum=1,
                         required=True)
     trust_remote_code: bool = setting(False, "let transformers run the model repository's own code")
+    distributed: str = setting("ddp", 'how a training job on several GPUs spreads the model: "ddp" (a copy per '
+                               'GPU) or "fsdp2" (sharded, for a model that does not fit one GPU)', choices=DISTRIBUTED)
 
     @property
     def is_tiny(self) -> bool:

@@ -64,6 +64,7 @@ rule train_preference:
         subset_seed=S.data.subset_seed,
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.name}",
         trust_remote_code=S.model.trust_remote_code,
+        distributed=S.model.distributed,
     log:
         "logs/train_preference/{name}.log",
     threads: threads_of("train_preference")

@@ -14,6 +14,7 @@ rule sft:
         # Not an output: Snakemake would delete it with a failed job, and a rerun resumes from it.
         checkpoint_dir="results/checkpoints/sft",
         trust_remote_code=S.model.trust_remote_code,
+        distributed=S.model.distributed,
     log:
         "logs/sft/sft.log",
     threads: threads_of("sft")

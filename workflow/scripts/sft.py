@@ -10,5 +10,5 @@ with stage(snakemake):
     run_job(sft_job, dict(
         opt=snakemake.params.opt, model_dir=snakemake.params.init, train_file=snakemake.input.train,
         out_dir=snakemake.output.model, metrics_file=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
-        trust_remote_code=snakemake.params.trust_remote_code,
+        trust_remote_code=snakemake.params.trust_remote_code, distributed=snakemake.params.distributed,
     ), n_gpus=snakemake.resources.gpu)

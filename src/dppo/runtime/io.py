@@ -165,12 +165,19 @@ MODEL_MANIFEST = "dppo_manifest.json"  # a finished model's manifest, written wh
 TRAINING_RECORD = "dppo_training.json"  # ... and its training record: the pipeline trained it
 
 
-def file_sha256(path: str | Path) -> str:
+def files_sha256(paths) -> str:
+    """SHA-256 of the files' bytes one after the other, read in blocks of 1 MiB (model weights
+    need not fit in memory)."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with Path(path).open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return files_sha256([path])
 
 
 def _listed_files(directory: Path, name: str) -> list[Path]:
@@ -339,12 +346,7 @@ def check_safetensors(model_dir: str | Path) -> None:
 def weights_digest(model_dir: str | Path) -> str:
     """SHA-256 over a model directory's safetensors files: which weights a run started from
     (the other files, its manifest among them, do not count)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(sorted(Path(model_dir).glob("*.safetensors")))
 
 
 def load_pretrained(auto_class, model_dir: str | Path, trust_remote_code: bool = False, **kwargs):

@@ -1,7 +1,7 @@
 """Multi-GPU launch: a training job that holds several GPUs (one SLURM task) runs as one
-process per GPU under ``torchrun``; the Trainer then trains with DDP, and the effective
-batch size stays the configured one (``dppo.training.accumulation_steps`` divides it by the
-number of processes).
+process per GPU under ``torchrun``; :func:`dppo.train.loop.train` then wraps the model for data
+parallelism (:mod:`dppo.train.distributed`), and the effective batch size stays the configured
+one (:func:`dppo.train.schedule.micro_batches` gives each process its share).
 
 A job function takes JSON-serialisable keyword arguments, so the same call runs in-process (CPU,
 one GPU) or under torchrun (which re-imports it by its ``"module:function"`` name).

@@ -2,7 +2,7 @@
 
 The policy forward packs the B*K (prompt + response) sequences of a batch to the batch's
 longest one, so its cost is about B * K * max length. Batching rows of similar length
-(``OptimSettings.group_by_length``, :func:`dppo.train.loop.batch_order`) cuts the padding while
+(``OptimSettings.group_by_length``, :func:`dppo.train.schedule.batch_order`) cuts the padding while
 the order of batches stays random; the loss of any one batch is unchanged.
 """
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from dppo.train.batching import PADDING_SIDES, pad_sequences
 from dppo.train.chunked_head import token_logps
+from dppo.train.distributed import is_sharded, unwrapped
 from dppo.train.losses import ResponseLogps
 
 
@@ -47,9 +48,12 @@ def check_inputs(prompt_ids, responses, padding_side: str = "right") -> None:
 
 def can_share_prompt(model, prompt_ids, responses) -> bool:
     """Whether the shared-prompt forward applies: several responses per prompt, every prompt
-    long enough to leave a cached prefix, and no activation checkpointing (a recomputed layer
-    would append to the cache twice)."""
-    inner = getattr(model, "module", model)  # DDP wraps the model
+    long enough to leave a cached prefix, no activation checkpointing (a recomputed layer
+    would append to the cache twice), and no FSDP2 (the cache reaches the backward pass by no
+    layer's output, so no hook gathers the weights it needs again)."""
+    if is_sharded(model):
+        return False
+    inner = unwrapped(model)
     checkpointing = getattr(inner, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5
         checkpointing = getattr(inner, "is_gradient_checkpointing", False)
@@ -114,7 +118,7 @@ def _forward_continuations(
              v.index_select(0, index).repeat_interleave(num_per_prompt, dim=0))
             for k, v in encoded.key_values
         ],
-        config=getattr(getattr(model, "module", model), "config", None),  # sliding-window layers, if any
+        config=getattr(unwrapped(model), "config", None),  # sliding-window layers, if any
     )
     prefix_mask = encoded.mask.index_select(0, index).repeat_interleave(num_per_prompt, dim=0)
     continuations = [[encoded.last_tokens[b], *r[:-1]] for b, group in zip(rows, responses) for r in group]
@@ -145,7 +149,7 @@ class ResponseScorer:
         self.prompt_ids = prompt_ids
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
-        # wrapped models (DDP) have no .device; the inputs go where the first weights are
+        # a DDP wrapper has no .device; the inputs go where the first weights are
         self.device = getattr(model, "device", None) or next(model.parameters()).device
         self.encoded = encode_prompts(model, prompt_ids, pad_token_id, padding_side, self.device) if share_prompt else None
 
@@ -204,13 +208,17 @@ FULL_LOGITS_MAX = 1 << 24
 
 
 def linear_head(model):
-    """The LM head (weight, bias) when the logits are ``hidden @ weight.T + bias``, else None."""
+    """The LM head (weight, bias) when the logits are ``hidden @ weight.T + bias``, else None
+    (also under FSDP2: outside the forward the head's weight is a shard)."""
+    model = unwrapped(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     if not isinstance(head, torch.nn.Linear) or not hasattr(model, "get_decoder"):
         return None
     if any(getattr(text_config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    if hasattr(head.weight, "device_mesh"):  # a DTensor
         return None
     return head.weight, head.bias
 
@@ -236,7 +244,7 @@ def token_logps_at(model, inputs: dict, scored: Tensor, targets: Tensor) -> Tens
     def keep_hidden(module, args, output):
         captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
-    handle = model.get_decoder().register_forward_hook(keep_hidden)
+    handle = unwrapped(model).get_decoder().register_forward_hook(keep_hidden)  # the forward stays wrapped
     try:
         logits = model(**inputs, logits_to_keep=torch.zeros_like(scored)).logits
     finally:

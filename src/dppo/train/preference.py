@@ -10,7 +10,6 @@ its log-probs come from the cache of :mod:`dppo.train.reference`.
 from __future__ import annotations
 
 import logging
-import shutil
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dppo.runtime.io import (
-    atomic_output_dir,
-    atomic_output_file,
-    load_causal_lm,
-    load_tokenizer,
-    pad_token_id,
-    weights_digest,
-)
+from dppo.runtime.io import load_causal_lm, load_tokenizer, pad_token_id, weights_digest
 from dppo.settings import Experiment, LossSettings
 from dppo.train.batching import packed_lengths
 from dppo.train.logprobs import (
@@ -37,8 +29,9 @@ from dppo.train.logprobs import (
     gated_logps,
     response_logps,
 )
-from dppo.train.loop import METRICS, publish_model, total_steps, train
+from dppo.train.loop import train
 from dppo.train.losses import ResponseLogps, Trigger, preference_loss, trigger
+from dppo.train.publish import publish_runs
 from dppo.train.rows import (
     REF_COLUMNS,
     load_training_rows,
@@ -46,14 +39,9 @@ from dppo.train.rows import (
     subset_indices,
     with_penalized_response,
 )
+from dppo.train.schedule import total_steps
 
 log = logging.getLogger(__name__)
-
-
-
-
-
-
 
 
 def collate(rows: list[dict], device=None) -> dict:
@@ -147,7 +135,7 @@ class PreferenceTask:
 
 
 def train_seed(experiment: Experiment, seed: int, init_dir: Path, rows: pd.DataFrame, probe: pd.DataFrame | None,
-               checkpoint_dir: Path, trust_remote_code: bool, max_steps: int) -> Path:
+               checkpoint_dir: Path, trust_remote_code: bool, max_steps: int, distributed: str = "ddp") -> Path:
     """Train one seed of ``experiment``; returns its finished run directory (``final/`` model,
     ``metrics.jsonl``). A seed already finished by an earlier, killed job is not trained again."""
     optim = replace(experiment.optim, seed=seed, max_steps=max_steps)
@@ -159,12 +147,12 @@ def train_seed(experiment: Experiment, seed: int, init_dir: Path, rows: pd.DataF
     record = {"stage": "preference", "experiment": experiment.name, "seed": seed, "settings": experiment.to_dict(),
               "rows": len(records), "init": str(init_dir), "init_sha256": weights_digest(init_dir)}
     task = PreferenceTask(experiment, records, pad_token_id(tokenizer), probe_records)
-    return train(model, tokenizer, records, task, optim, checkpoint_dir, record, experiment.on_nonfinite)
+    return train(model, tokenizer, records, task, optim, checkpoint_dir, record, experiment.on_nonfinite, distributed)
 
 
 def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: str, ref_file: str,
                    out_dir: str, metrics_file: str, checkpoint_dir: str, subset_seed: int,
-                   trust_remote_code: bool) -> None:
+                   trust_remote_code: bool, distributed: str = "ddp") -> None:
     """Every seed of one experiment (``experiment``: :meth:`Experiment.to_dict`), from file
     paths only, so :func:`dppo.runtime.launch.run_job` can run it in-process or under torchrun.
 
@@ -192,12 +180,5 @@ def experiment_job(experiment: dict, init_dir: str, train_file: str, ygen_file: 
     for seed in experiment.seeds:
         seed_init = Path(init_dir) if experiment.init == "sft" else Path(init_dir) / f"seed-{seed}"
         runs[seed] = train_seed(experiment, seed, seed_init, rows, probe, Path(checkpoint_dir) / f"seed-{seed}",
-                                trust_remote_code, max_steps)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return
-    with atomic_output_dir(out_dir) as tmp:
-        for seed, run_dir in runs.items():
-            publish_model(run_dir, tmp / f"seed-{seed}", output="..")  # rebuilt by the experiment's rule
-    with atomic_output_file(metrics_file) as tmp:
-        tmp.write_text("".join((run_dir / METRICS).read_text() for run_dir in runs.values()))
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+                                trust_remote_code, max_steps, distributed)
+    publish_runs({f"seed-{seed}": run_dir for seed, run_dir in runs.items()}, out_dir, metrics_file, checkpoint_dir)

@@ -7,16 +7,16 @@ prompt never costs a vocabulary-sized projection and carries no loss.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from dppo.runtime.io import atomic_output_dir, atomic_output_file, load_causal_lm, load_tokenizer, pad_token_id
+from dppo.runtime.io import load_causal_lm, load_tokenizer, pad_token_id
 from dppo.settings import OptimSettings
 from dppo.train.logprobs import response_logps
-from dppo.train.loop import METRICS, publish_model, train
+from dppo.train.loop import train
+from dppo.train.publish import publish_runs
 
 
 def sft_rows(frame: pd.DataFrame) -> list[dict]:
@@ -47,7 +47,8 @@ class SFTTask:
 
 
 def train_sft(model_dir: str | Path, train_file: str | Path, out_dir: str | Path, metrics_file: str | Path,
-              checkpoint_dir: str | Path, opt: OptimSettings, trust_remote_code: bool = False) -> None:
+              checkpoint_dir: str | Path, opt: OptimSettings, trust_remote_code: bool = False,
+              distributed: str = "ddp") -> None:
     """Fine-tune ``model_dir`` on the prepared SFT split; save the model to ``out_dir`` and the
     per-step metrics to ``metrics_file``. A killed run resumes from ``checkpoint_dir``."""
     torch.manual_seed(opt.seed)
@@ -55,18 +56,13 @@ def train_sft(model_dir: str | Path, train_file: str | Path, out_dir: str | Path
     model = load_causal_lm(model_dir, trust_remote_code, dtype=torch.float32)  # fp32 weights; bf16 autocast on GPUs
     rows = sft_rows(pd.read_parquet(train_file))
     task = SFTTask(rows, pad_token_id(tokenizer))
-    run_dir = train(model, tokenizer, rows, task, opt, checkpoint_dir, {"stage": "sft", "rows": len(rows)})
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return
-    with atomic_output_dir(out_dir) as tmp:
-        publish_model(run_dir, tmp, output=".")  # with its manifest: every load checks it
-    with atomic_output_file(metrics_file) as tmp:
-        shutil.copyfile(run_dir / METRICS, tmp)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    run_dir = train(model, tokenizer, rows, task, opt, checkpoint_dir, {"stage": "sft", "rows": len(rows)},
+                    distributed=distributed)
+    publish_runs({"": run_dir}, out_dir, metrics_file, checkpoint_dir)
 
 
 def sft_job(opt: dict, model_dir: str, train_file: str, out_dir: str, metrics_file: str, checkpoint_dir: str,
-            trust_remote_code: bool) -> None:
+            trust_remote_code: bool, distributed: str = "ddp") -> None:
     """:func:`train_sft` from plain arguments (for :func:`dppo.runtime.launch.run_job`)."""
     train_sft(model_dir, train_file, out_dir, metrics_file, checkpoint_dir, OptimSettings.from_dict(opt, "sft"),
-              trust_remote_code)
+              trust_remote_code, distributed)
