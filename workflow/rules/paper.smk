@@ -44,6 +44,7 @@ PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 rule paper_macros:
     input:
         win_rates=WIN_RATES_CSV,
+        prompts="results/tables/prompt_scores.parquet",
         claims="results/tables/claims.csv",
         premise="results/tables/premise.json",
         penalty="results/tables/penalty_scale.csv",
