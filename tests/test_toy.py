@@ -14,7 +14,6 @@ from numerics import U64, assert_within, gamma
 
 from dppo import settings as st
 from dppo.report.latex import latex_number, macro_name
-from dppo.runtime.io import save_figure
 from dppo.settings import LossSettings
 from dppo.toy import model as tm
 from dppo.toy import summary as ts
@@ -511,18 +510,27 @@ def test_seed_band_is_mean_and_sd_over_seeds():
     assert log_band["mean"].tolist() == pytest.approx([0.0, 1.0, 2.0])
 
 
-def test_figures_are_written_as_pdf_and_png(tmp_path):
+def test_figures_draw_seed_bands_with_their_seeds_stated(tmp_path):
     from dppo.toy import plots as toy_plots
 
     runs = _hand_runs()
-    for name, fig in (
+    band = toy_plots.seed_band(runs, "p_chosen")
+    for name, plot in (
         ("dynamics", toy_plots.plot_dynamics(runs)),
         ("gradients", toy_plots.plot_gradients(runs)),
         ("grid", toy_plots.plot_grid(runs)),
     ):
-        pdf, png = tmp_path / f"{name}.pdf", tmp_path / f"{name}.png"
-        save_figure(fig, pdf, png)
-        assert pdf.read_bytes().startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
+        data = plot.data
+        assert not data.duplicated(["panel", "series", "x"]).any()  # one curve per label and panel
+        assert data["n_seeds"].eq(2).all() and data["panel_title"].str.endswith("(2 seeds)").all()
+        assert ((data["low"] <= data["y"]) & (data["y"] <= data["high"])).all()
+        if name != "gradients":  # the optimal response's curve is the seed mean, step by step
+            chosen = data[data["series"] == toy_plots.CURVES[0][1]].drop_duplicates("x", keep="first")
+            assert chosen["y"].tolist() == pytest.approx(band["mean"].tolist())
+        paths = [tmp_path / f"{name}.{ext}" for ext in ("pdf", "png", "csv")]
+        plot.save(*paths)
+        assert paths[0].read_bytes().startswith(b"%PDF") and paths[1].read_bytes().startswith(b"\x89PNG")
+        assert len(pd.read_csv(paths[2])) == len(data)
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -561,6 +569,7 @@ def test_toy_rules_build_every_output(tmp_path):
     assert r"\newcommand{\toyDpoOutChangeUnseenMax}" in macros
     for name in ("toy_dynamics", "toy_gradients", "toy_grid"):
         assert (tmp_path / f"paper/figures/{name}.pdf").stat().st_size > 0
+        assert set(pd.read_csv(tmp_path / f"paper/figures/{name}.csv")["n_seeds"]) == {2}
     assert (tmp_path / "logs/toy/toy_run.log").read_text().count("step-1 KL") == 8
 
 
