@@ -279,12 +279,13 @@ def fig_hparam_search(win_rates: pd.DataFrame) -> Plot:
         sub = data[data["panel"] == panel]
         points = sub[sub["x"].notna()]
         _log_scale_if_wide(ax, points["x"])
-        for i, (series, line) in enumerate(points.groupby("series", sort=False)):
+        for series, line in points.groupby("series", sort=False):
             f = series.split(" (")[0]
+            k = _f_sort_key(f)  # one colour, marker and fill per f in every panel
             ax.errorbar(line["x"], line["y"], yerr=_yerr(line.rename(columns={"y": "v", "low": "v_low",
                                                                              "high": "v_high"}), "v"),
                         label=series, marker=F_MARKERS.get(f, "o"), capsize=2, elinewidth=0.8, alpha=0.85,
-                        markerfacecolor="none" if i % 2 else None)
+                        color=_PALETTE[k % len(_PALETTE)], markerfacecolor="none" if k % 2 else None)
         for _, ref in sub[sub["x"].isna()].iterrows():
             ax.axhline(ref["y"], color="0.15", ls="--", lw=0.9, label=ref["series"])
         ax.axhline(0.5, color="0.5", ls=":", lw=0.8)
