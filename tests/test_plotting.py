@@ -151,7 +151,7 @@ def test_reward_hist_shares_of_answers_with_counts(tmp_path):
                       "unll (sqrt): 10 answers (10 prompts); reward < 0: 30%"]
     # shares of each model's answers: SFT (1 per prompt) and DPO (3 per prompt) on one scale
     assert data.groupby("series", sort=False)["y"].sum().tolist() == pytest.approx([1.0, 1.0, 1.0])
-    assert data["y_label"].iloc[0] == "share of the model's answers per bin"
+    assert data["y_label"].iloc[0] == "share of answers per bin"
     assert set(data["run"]) == {"", "dpo", "unll"}
     assert_labels_unique(data, "x")
     assert_counts_stated(data)

@@ -183,10 +183,11 @@ def _counts(row) -> dict:
     return {"n_prompts": row.get("n_prompts", np.nan), "n_seeds": row.get("n_seeds", np.nan)}
 
 
-def _prompts_label(text: str, rows: pd.DataFrame) -> str:
-    """An axis label with the prompts every mark rests on: 'win rate vs SFT (800 prompts)'."""
+def _prompts_label(text: str, rows: pd.DataFrame, sep: str = " ") -> str:
+    """An axis label with the prompts every mark rests on: 'win rate vs SFT (800 prompts)';
+    ``sep`` "\\n" puts the count on a second line (long labels side by side)."""
     prompts = counts_text(rows["n_prompts"], "prompt") if "n_prompts" in rows else ""
-    return f"{text} ({prompts})" if prompts else text
+    return f"{text}{sep}({prompts})" if prompts else text
 
 
 # Settings that tell apart two runs of one label and alpha (e.g. the unlikelihood forms), each
@@ -361,7 +362,7 @@ def reward_hist_data(scores: Mapping[str, pd.DataFrame], runs: Mapping[str, str]
         share = np.histogram(rewards, bins=edges)[0] / len(rewards)
         rows += [{"series": series, "run": (runs or {}).get(label, ""), "x": c, "y": s, **counts}
                  for c, s in zip(centres, share)]
-    return drawn(rows).assign(x_label="reward", y_label="share of the model's answers per bin")
+    return drawn(rows).assign(x_label="reward", y_label="share of answers per bin")
 
 
 def fig_reward_hist(scores: Mapping[str, pd.DataFrame], runs: Mapping[str, str] | None = None,
@@ -467,7 +468,7 @@ def differences_data(win_rates: pd.DataFrame) -> pd.DataFrame:
     labels = [_with_seeds(label, r.get("n_seeds")) for label, r in zip(run_labels(rows), rows.to_dict("records"))]
     out = []
     for column, title in DIFFERENCE_PANELS:
-        x_label = _prompts_label(f"difference from {rows['baseline'].iloc[0]}: {title}", rows) if len(rows) else ""
+        x_label = _prompts_label(f"difference from {rows['baseline'].iloc[0]}: {title}", rows, "\n") if len(rows) else ""
         out += [{"panel": column, "series": label, "run": r["name"], "x": r[column], "y": float(i),
                  "low": r[f"{column}_low"], "high": r[f"{column}_high"], "x_label": x_label, **_counts(r)}
                 for i, (label, r) in enumerate(zip(labels, rows.to_dict("records")))]
