@@ -108,7 +108,8 @@ def _macros(**kw):
     table, prompts = _tables({"dpo": (0.5, 0.3), "unll": (0.7, 0.1), "unll_a1": (0.3, 0.5),
                               "unll_small": (0.7, 0.1), "chained": (0.9, 0.05)})
     verdicts = claims.test_claims(table, prompts, CLAIMS, SETTINGS)
-    return paper.paper_macros(table, verdicts, PREMISE, PENALTY, STATS, baseline="dpo", dppo="unll", **kw)
+    return paper.paper_macros(table, verdicts, PREMISE, PENALTY, STATS, baseline="dpo", dppo="unll",
+                              prompt_scores=prompts, **kw)
 
 
 def test_latex_helpers():
@@ -151,9 +152,73 @@ def test_main_tex_uses_only_defined_macros():
     defined |= set(re.findall(r"\\(?:newcommand|providecommand)\{\\([A-Za-z]+)\}", tex))
     used = set(re.findall(r"\\([A-Za-z]+)", tex))
     generated_style = {u for u in used if re.match(
-        r"(winRate|fracNeg|claim|sft[A-Z]|pref[A-Z]|dppo|ratio|premise|max[A-Z]|median[A-Z]|baseline|n[A-Z]|setup|poster|"
-        r"betaMain)", u)}
+        r"(winRate|outcomes|fracNeg|claim|sft[A-Z]|pref[A-Z]|dppo|ratio|premise|max[A-Z]|median[A-Z]|baseline|n[A-Z]|"
+        r"setup|poster|betaMain)", u)}
     assert generated_style - defined == set()
+
+
+def test_win_rates_come_with_wins_ties_and_losses():
+    """A win rate (ties count half) hides the ties: the text gives wins, ties and losses beside it,
+    against SFT from the win-rate table's counts and prompt by prompt against DPO."""
+    table, prompts = _tables({"dpo": (0.5, 0.3), "unll": (0.7, 0.1), "unll_a1": (0.3, 0.5),
+                              "unll_small": (0.7, 0.1), "chained": (0.9, 0.05)})
+    m = _macros()
+    dpo = table.set_index("name").loc["dpo"]
+    n = int(dpo["n_wins"] + dpo["n_ties"] + dpo["n_losses"])
+    assert n == N * 3  # answers: prompts x seeds
+    assert m["outcomesDPO"] == (rf"wins {100 * dpo['n_wins'] / n:.1f}\%, ties {100 * dpo['n_ties'] / n:.1f}\% and "
+                                rf"loses {100 * dpo['n_losses'] / n:.1f}\% of {n:,} answers")
+    # prompt by prompt: each model's mean reward over its seeds, unll against DPO
+    wide = prompts.pivot(index="prompt_id", columns="name", values="reward")
+    diff = wide["unll"] - wide["dpo"]
+    wins, ties, losses = (int(k) for k in ((diff > 0).sum(), (diff == 0).sum(), (diff < 0).sum()))
+    assert paper.head_to_head(prompts, "unll", "dpo") == (wins, ties, losses) and wins + ties + losses == N
+    assert m["dppoOutcomesVsDPO"] == latex.latex_escape(paper.outcome_text(wins, ties, losses, "prompt"))
+    assert m["claimNegativeSentence"].count("Prompt by prompt") == 0  # not a win-rate claim
+    duel = paper.outcome_text(*paper.head_to_head(prompts, "unll_small", "dpo"), "prompt")
+    assert latex.latex_escape(f"Prompt by prompt, unll_small, α=0.1 {duel} against dpo.") in m["claimEfficiencySentence"]
+    assert paper.outcome_text(1, 2, 1, "prompt") == "wins 25.0%, ties 50.0% and loses 25.0% of 4 prompts"
+
+
+PAPER_SOURCES = ("paper/main.tex", "paper/sections/toy.tex")
+
+
+def test_every_win_rate_sentence_gives_wins_ties_and_losses():
+    for path in PAPER_SOURCES:
+        for sentence in paper.tex_sentences(open(path).read()):
+            if re.search(r"\\winRate(DPO|Dppo)(?![A-Za-z])", sentence):
+                assert re.search(r"\\(outcomes|dppoOutcomes)[A-Za-z]*", sentence), sentence
+
+
+def test_the_text_asserts_no_verdict_or_finding_by_hand():
+    """Every verdict and toy property in the paper comes from a macro the tables generate (a
+    verdict, a sentence or a scenario list); a sentence that states one in words no table
+    backs fails here, e.g. the dispersion claim typed into the abstract."""
+    for path in PAPER_SOURCES:
+        assert paper.unbacked_assertions(open(path).read()) == [], path
+
+
+@pytest.mark.parametrize("sentence", [
+    # sentences the audit found: each asserts what no table of the run checks
+    r"DPO lowers both likelihoods and moves probability mass to responses it never saw~\cite{yan2024threed}.",
+    r"It does not hold (S1--S4: \toyScenOneDpoDispersionUnseen, \toyScenTwoDpoDispersionUnseen).",
+    r"Dispersion therefore holds only in the per-prompt reading.",
+    r"DPO wins \winRateDPO{} [\winRateDPOLow, \winRateDPOHigh] of the comparisons with SFT.",
+    r"The penalties never fire in S1, S3 and S4, where they are bit for bit DPO.",
+])
+def test_a_finding_typed_by_hand_is_flagged(sentence):
+    assert paper.unbacked_assertions(sentence) == [sentence]
+
+
+@pytest.mark.parametrize("sentence", [
+    r"The penalties fire \toyPenaltiesFireWhere.",  # the list comes from the runs
+    r"It holds \toyDpoDispersionUnseenWhere{} (S1--S4: \toyScenOneDpoDispersionUnseen).",
+    r"\citet{yan2024threed} report that DPO moves mass to responses it never saw.",  # their claim, said so
+    r"A claim holds when the interval lies above zero.",  # a definition
+    r"DPO \outcomesDPO{} against SFT.",
+])
+def test_a_finding_from_the_tables_passes(sentence):
+    assert paper.unbacked_assertions(sentence) == []
 
 
 def test_build_pdf_without_tex_writes_hint_and_returns_false(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -13,7 +14,6 @@ from numerics import U64, assert_within, gamma
 
 from dppo import settings as st
 from dppo.report.latex import latex_number, macro_name
-from dppo.runtime.io import save_figure
 from dppo.settings import LossSettings
 from dppo.toy import model as tm
 from dppo.toy import summary as ts
@@ -510,18 +510,27 @@ def test_seed_band_is_mean_and_sd_over_seeds():
     assert log_band["mean"].tolist() == pytest.approx([0.0, 1.0, 2.0])
 
 
-def test_figures_are_written_as_pdf_and_png(tmp_path):
+def test_figures_draw_seed_bands_with_their_seeds_stated(tmp_path):
     from dppo.toy import plots as toy_plots
 
     runs = _hand_runs()
-    for name, fig in (
+    band = toy_plots.seed_band(runs, "p_chosen")
+    for name, plot in (
         ("dynamics", toy_plots.plot_dynamics(runs)),
         ("gradients", toy_plots.plot_gradients(runs)),
         ("grid", toy_plots.plot_grid(runs)),
     ):
-        pdf, png = tmp_path / f"{name}.pdf", tmp_path / f"{name}.png"
-        save_figure(fig, pdf, png)
-        assert pdf.read_bytes().startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
+        data = plot.data
+        assert not data.duplicated(["panel", "series", "x"]).any()  # one curve per label and panel
+        assert data["n_seeds"].eq(2).all() and data["panel_title"].str.endswith("(2 seeds)").all()
+        assert ((data["low"] <= data["y"]) & (data["y"] <= data["high"])).all()
+        if name != "gradients":  # the optimal response's curve is the seed mean, step by step
+            chosen = data[data["series"] == toy_plots.CURVES[0][1]].drop_duplicates("x", keep="first")
+            assert chosen["y"].tolist() == pytest.approx(band["mean"].tolist())
+        paths = [tmp_path / f"{name}.{ext}" for ext in ("pdf", "png", "csv")]
+        plot.save(*paths)
+        assert paths[0].read_bytes().startswith(b"%PDF") and paths[1].read_bytes().startswith(b"\x89PNG")
+        assert len(pd.read_csv(paths[2])) == len(data)
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -560,4 +569,48 @@ def test_toy_rules_build_every_output(tmp_path):
     assert r"\newcommand{\toyDpoOutChangeUnseenMax}" in macros
     for name in ("toy_dynamics", "toy_gradients", "toy_grid"):
         assert (tmp_path / f"paper/figures/{name}.pdf").stat().st_size > 0
+        assert set(pd.read_csv(tmp_path / f"paper/figures/{name}.csv")["n_seeds"]) == {2}
     assert (tmp_path / "logs/toy/toy_run.log").read_text().count("step-1 KL") == 8
+
+
+def test_toy_text_states_where_penalties_fire_from_the_runs():
+    """Real toy runs (DPO and minll, four scenarios): the generated lists of where the penalty
+    fires, where it equals DPO, and where each property holds are those of the run's tables."""
+    runs, _ = tt.run_all(SMALL)
+    table = ts.final_table(runs)
+    checks = ts.property_checks(table)
+    rows = ts.output_row_table(runs, SMALL.losses)
+    cells = ts.penalty_cells(table, rows, SMALL).set_index("scenario")
+    fired = rows.set_index(["scenario", "loss"])["f_r_positive"]
+    assert cells["fires"].tolist() == [bool(fired[(n, "minll")]) for n in cells.index]
+    for n, cell in cells.iterrows():  # a penalty that never fires leaves DPO's runs bit for bit
+        mine, dpo = (runs[(runs["scenario"] == n) & (runs["loss"] == loss)].drop(columns="loss").reset_index(drop=True)
+                     for loss in ("minll", "dpo"))
+        assert cell["equals_dpo"] == mine.filter(like="p_").equals(dpo.filter(like="p_"))
+        if not cell["fires"]:
+            assert cell["equals_dpo"]
+    macros = dict(re.findall(r"\\newcommand\{\\(\w+)\}\{(.*)\}", ts.latex_macros(table, checks, SMALL, rows)))
+    assert macros["toyPenaltiesFireWhere"] == ts._where(cells.index[cells["fires"]])
+    assert macros["toyPenaltiesEqualDpoWhere"] == ts._where(cells.index[cells["equals_dpo"]])
+    for column in ts.PROPERTY_WORDS:
+        assert macros[macro_name("toyDpo", column, "Where")] == ts._where(checks.loc[checks[column], "scenario"])
+        assert f"{ts.PROPERTY_WORDS[column]} {ts._where(checks.loc[checks[column], 'scenario'])}" in \
+            macros["toyAbstractSentence"]
+    assert f"fire {macros['toyPenaltiesFireWhere']}" in macros["toyPenaltySentence"]
+
+
+def test_reference_argmax_ties_in_the_off_policy_chosen_scenarios():
+    """Chosen off-policy (S2, S4): the five responses outside the pairs share the reference's
+    highest probability, so y_gen is a tie-break; chosen on-policy: y_gen is y_w itself."""
+    argmax = ts.reference_argmax(SMALL).set_index("scenario")
+    for scenario in tm.SCENARIOS:
+        target = tm.initial_distribution(scenario, SMALL.initial)[0]
+        top = int((target == target.max()).sum())
+        assert argmax.loc[scenario.number, "tied"] == top
+        assert argmax.loc[scenario.number, "is_optimal"] == (top == 1 and int(target.argmax()) == tm.CHOSEN_IDS[0])
+    assert argmax["is_optimal"].tolist() == [True, False, True, False]
+
+
+def test_where_lists_scenarios_in_words():
+    assert ts._where([1, 2, 3, 4]) == "in all four scenarios" and ts._where([]) == "in no scenario"
+    assert ts._where([2]) == "in S2" and ts._where([4, 1, 3]) == "in S1, S3 and S4"

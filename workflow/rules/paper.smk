@@ -26,10 +26,17 @@ if PAPER_HAVE_TEX:
 PAPER_TABLES = ["paper/tables/macros.tex", "paper/tables/win_rates.tex", "paper/tables/claims.tex",
                 "paper/tables/penalty_scale.tex"]
 PAPER_OUTPUTS = (
-    [f"paper/figures/{fig}.{ext}" for fig in PAPER_FIGURES for ext in ("pdf", "png")]
+    [f"paper/figures/{fig}.{ext}" for fig in PAPER_FIGURES for ext in ("pdf", "png", "csv")]
     + PAPER_TABLES
     + list(PAPER_PDF_OUTPUTS.values())
 )
+
+
+def paper_figure_outputs(fig):
+    """A figure's PDF and PNG and the CSV of what it draws (dppo.report.plotting.Plot)."""
+    return {**figure_outputs(fig), "csv": f"paper/figures/{fig}.csv"}
+
+
 # The two runs the reward histogram and the dynamics compare (dppo.evaluate.run_selection.pick_runs).
 PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 
@@ -37,6 +44,7 @@ PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 rule paper_macros:
     input:
         win_rates=WIN_RATES_CSV,
+        prompts="results/tables/prompt_scores.parquet",
         claims="results/tables/claims.csv",
         premise="results/tables/premise.json",
         penalty="results/tables/penalty_scale.csv",
@@ -62,7 +70,7 @@ rule fig_win_rates:
     input:
         win_rates=WIN_RATES_CSV,
     output:
-        **{f"{fig}_{ext}": path for fig in WIN_RATE_FIGURES for ext, path in figure_outputs(fig).items()},
+        **{f"{fig}_{ext}": path for fig in WIN_RATE_FIGURES for ext, path in paper_figure_outputs(fig).items()},
     log:
         "logs/fig_win_rates/fig_win_rates.log",
     threads: 1
@@ -82,7 +90,7 @@ rule fig_reward_hist:
         sft="results/scores/sft.parquet",
         scores=expand("results/scores/{name}.parquet", name=PICKABLE_RUNS),
     output:
-        **figure_outputs("reward_hist"),
+        **paper_figure_outputs("reward_hist"),
     params:
         **PICKED,
     log:
@@ -101,7 +109,7 @@ rule fig_data_efficiency:
         win_rates=WIN_RATES_CSV,
         pref_stats=DATA_STATS["pref"],
     output:
-        **figure_outputs("data_efficiency"),
+        **paper_figure_outputs("data_efficiency"),
     log:
         "logs/fig_data_efficiency/fig_data_efficiency.log",
     threads: 1
@@ -118,7 +126,7 @@ rule fig_dynamics:
         win_rates=WIN_RATES_CSV,
         metrics=expand("results/metrics/{name}.jsonl", name=PICKABLE_RUNS),
     output:
-        **figure_outputs("dynamics"),
+        **paper_figure_outputs("dynamics"),
     params:
         **PICKED,
     log:
@@ -139,7 +147,7 @@ rule fig_length_dist:
         sft_lengths=DATA_LENGTHS["sft"],
         pref_lengths=DATA_LENGTHS["pref"],
     output:
-        **figure_outputs("length_dist"),
+        **paper_figure_outputs("length_dist"),
     log:
         "logs/fig_length_dist/fig_length_dist.log",
     threads: 1

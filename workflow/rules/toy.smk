@@ -1,7 +1,8 @@
 # The 3D-properties toy model (docs/design.md, stage 10): 4 prompts x 10 responses, 3-layer MLP, on CPU.
 #
 # One rule trains every scenario x seed x loss of the `toy` section (one batched computation,
-# seconds); the figure and table rules read only its records, so restyling never retrains. A
+# seconds); the figure and table rules read only its records, so restyling never retrains (each
+# figure's CSV holds the curves it draws: dppo.report.plotting.Plot). A
 # config without a `toy` section (a quick smoke run) builds no toy outputs.
 
 TOY_RUNS = "results/toy/runs.parquet"
@@ -16,7 +17,7 @@ TOY_TABLES = {
     "macros": "paper/tables/toy_macros.tex",
 }
 TOY_OUTPUTS = (
-    [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png")] + list(TOY_TABLES.values())
+    [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png", "csv")] + list(TOY_TABLES.values())
     if S.toy is not None
     else []
 )
@@ -45,7 +46,7 @@ rule toy_figures:
     input:
         runs=TOY_RUNS,
     output:
-        [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png")],
+        [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png", "csv")],
     params:
         loss=S.toy.dynamics_loss if S.toy is not None else None,
     log:

@@ -3,7 +3,6 @@ import pandas as pd
 
 from dppo.data.stats import read_stats
 from dppo.report.plotting import fig_length_dist
-from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 
 with stage(snakemake):
@@ -11,4 +10,4 @@ with stage(snakemake):
         title: (read_stats(snakemake.input[f"{key}_stats"]), pd.read_parquet(snakemake.input[f"{key}_lengths"])["length"])
         for key, title in (("sft", "SFT"), ("pref", "preference"))
     }
-    save_figure(fig_length_dist(datasets), *snakemake.output)
+    fig_length_dist(datasets).save(snakemake.output.pdf, snakemake.output.png, snakemake.output.csv)

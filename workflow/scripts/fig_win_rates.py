@@ -1,11 +1,10 @@
 """Figures 'hparam_search', 'paradigms' and 'differences' from the win-rate table (dppo.report.plotting)."""
 from dppo.report import plotting
 from dppo.report.result_files import read_win_rates
-from dppo.runtime.io import save_figure
 from dppo.runtime.stage import stage
 
 with stage(snakemake):
     win_rates = read_win_rates(snakemake.input.win_rates)
     for name in ("hparam_search", "paradigms", "differences"):
-        figure = getattr(plotting, f"fig_{name}")(win_rates)
-        save_figure(figure, snakemake.output[f"{name}_pdf"], snakemake.output[f"{name}_png"])
+        plot = getattr(plotting, f"fig_{name}")(win_rates)
+        plot.save(*(snakemake.output[f"{name}_{ext}"] for ext in ("pdf", "png", "csv")))

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-# data_efficiency_rows and label_with_alpha: only until report/plotting.py and report/paper.py (being
-# edited elsewhere) import them from run_selection; nothing here uses them.
-from dppo.evaluate.run_selection import data_efficiency_rows, label_with_alpha, penalty_sweep_runs  # noqa: F401
+from dppo.evaluate.run_selection import penalty_sweep_runs
 from dppo.evaluate.winrate import difference
 from dppo.settings import ClaimsSettings, WinRateSettings
 

@@ -1,17 +1,23 @@
 """The paper's generated text: every number and run-dependent word of ``paper/main.tex`` is a
 macro of ``paper/tables/macros.tex``, written here from the results tables (win rates, the
-claim verdicts, the premise statistics, the penalty scale) and the data statistics, so no
-number, and no verdict, is typed by hand."""
+claim verdicts, the premise statistics, the penalty scale, the per-prompt scores) and the data
+statistics, so no number, and no verdict, is typed by hand.
+
+A win rate (ties count one half) hides how often answers tie: every sentence that says one model
+beats another gives its wins, ties and losses beside it (:func:`outcome_text`)."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import pandas as pd
 
 from dppo.data.stats import train_count
-from dppo.evaluate.claims import NOT_TESTED, label_with_alpha
+from dppo.evaluate.claims import NOT_TESTED
+from dppo.evaluate.run_selection import label_with_alpha
+from dppo.evaluate.winrate import per_prompt
 from dppo.report.latex import NA, fmt_float, fmt_percent, latex_escape, macro_name
 from dppo.settings import penalized_losses
 
@@ -35,24 +41,58 @@ def _row(table: pd.DataFrame, name) -> dict | None:
     return rows.iloc[0].to_dict() if len(rows) else None
 
 
-def claim_sentence(claim: Mapping, labels: Mapping[str, str]) -> str:
-    """One sentence per claim, from its verdict and numbers."""
+def outcome_text(wins: int, ties: int, losses: int, unit: str) -> str:
+    """'wins 11.5%, ties 67.0% and loses 21.5% of 2,400 answers' (plain text: escape for LaTeX)."""
+    n = wins + ties + losses
+    if n == 0:
+        return f"no {unit}s to compare"
+    share = (f"{100 * k / n:.1f}%" for k in (wins, ties, losses))
+    return "wins {}, ties {} and loses {} of {:,} {}".format(*share, n, unit + ("" if n == 1 else "s"))
+
+
+def head_to_head(prompt_scores: pd.DataFrame, a: str, b: str) -> tuple[int, int, int]:
+    """A's answers against B's, prompt by prompt (each model's mean reward over its seeds on the
+    prompt, the unit every comparison of the paper is made on): (wins, ties, losses) of A."""
+    means = per_prompt(prompt_scores[prompt_scores["name"].isin([a, b])])
+    wide = means.pivot(index="prompt_id", columns="name", values="reward").dropna()
+    if a not in wide or b not in wide:
+        return 0, 0, 0
+    diff = wide[a] - wide[b]
+    return int((diff > 0).sum()), int((diff == 0).sum()), int((diff < 0).sum())
+
+
+def _against_sft(row) -> str:
+    """A run's answers against SFT's on the same prompts, from the win-rate table's counts."""
+    if row is None or pd.isna(row.get("n_wins")):
+        return NA
+    return outcome_text(int(row["n_wins"]), int(row["n_ties"]), int(row["n_losses"]), "answer")
+
+
+def claim_sentence(claim: Mapping, labels: Mapping[str, str], prompt_scores: pd.DataFrame | None = None) -> str:
+    """One sentence per claim, from its verdict and numbers; a claim on the win rate also says
+    how often A's answers beat, tie and lose to B's (:func:`head_to_head`)."""
     if claim["verdict"] == NOT_TESTED:
         return f"Not tested by this configuration ({claim['test']})."
     metric = "share of negative rewards" if claim["metric"] == "negative" else "win rate against SFT"
     a, b = labels.get(claim["a"], claim["a"]), labels.get(claim["b"], claim["b"])
+    duel = ""
+    if claim["metric"] == "win" and prompt_scores is not None:
+        duel = (f" Prompt by prompt, {a} {outcome_text(*head_to_head(prompt_scores, claim['a'], claim['b']), 'prompt')}"
+                f" against {b}.")
     return (f"{claim['verdict'].capitalize()}: {a} minus {b}, {metric}, {float(claim['diff']):+.3f} "
             f"[{float(claim['low']):+.3f}, {float(claim['high']):+.3f}] ({100 * float(claim['level']):.1f}% interval; "
             f"smallest detectable difference {float(claim['mde']):.3f}; {int(claim['n_seeds_a'])} and "
-            f"{int(claim['n_seeds_b'])} seeds).")
+            f"{int(claim['n_seeds_b'])} seeds).{duel}")
 
 
 def paper_macros(win_rates: pd.DataFrame, claims: pd.DataFrame, premise: Mapping, penalty: pd.DataFrame,
                  data_stats: Mapping[str, Mapping], baseline: str, dppo: str | None,
-                 setup: Mapping[str, str] | None = None) -> dict[str, str]:
+                 setup: Mapping[str, str] | None = None, prompt_scores: pd.DataFrame | None = None) -> dict[str, str]:
     """Every number and run-dependent word the paper's text uses, as macro name -> value.
 
-    Missing runs give 'n/a' values, never missing macros, so the paper always compiles."""
+    ``prompt_scores``: every model's reward per (seed, prompt) (``results/tables/prompt_scores.parquet``),
+    for the prompt-by-prompt comparisons. Missing runs give 'n/a' values, never missing macros,
+    so the paper always compiles."""
     m: dict[str, str] = {}
     for key, stats in data_stats.items():
         pre = macro_name(key)
@@ -80,11 +120,15 @@ def paper_macros(win_rates: pd.DataFrame, claims: pd.DataFrame, premise: Mapping
         m[f"winRate{prefix}Low"] = fmt_float(None if row is None else row["win_rate_low"])
         m[f"winRate{prefix}High"] = fmt_float(None if row is None else row["win_rate_high"])
         m[f"fracNeg{prefix}"] = fmt_percent(None if row is None else row["frac_negative"])
+        m[f"outcomes{prefix}"] = latex_escape(_against_sft(row))
     dppo_row = _row(wr, dppo)
     m["dppoLabel"] = latex_escape(label_with_alpha(dppo_row)) if dppo_row else NA
     m["dppoDiffWin"] = _signed(dppo_row["d_win_rate"] if dppo_row else None)
     m["dppoDiffWinLow"] = _signed(dppo_row["d_win_rate_low"] if dppo_row else None)
     m["dppoDiffWinHigh"] = _signed(dppo_row["d_win_rate_high"] if dppo_row else None)
+    duel = (head_to_head(prompt_scores, dppo, baseline) if dppo_row and base and prompt_scores is not None
+            else None)
+    m["dppoOutcomesVsDPO"] = latex_escape(outcome_text(*duel, "prompt")) if duel else NA
 
     # Power: the comparisons the claims rest on (every run with at least two seeds but the baseline).
     resting = wr[(wr["n_seeds"] >= 2) & (wr["name"] != baseline)]
@@ -98,7 +142,7 @@ def paper_macros(win_rates: pd.DataFrame, claims: pd.DataFrame, premise: Mapping
     for claim in claims.to_dict("records"):
         pre = "claim" + CLAIM_MACROS[claim["claim"]]
         m[f"{pre}Verdict"] = latex_escape(claim["verdict"])
-        m[f"{pre}Sentence"] = latex_escape(claim_sentence(claim, labels))
+        m[f"{pre}Sentence"] = latex_escape(claim_sentence(claim, labels, prompt_scores))
 
     for key in ("ygen_wrong", "triggered", "ygen_is_rejected_of_triggered", "ygen_is_rejected", "chosen_wrong",
                 "ygen_at_least_chosen_of_triggered"):
@@ -115,3 +159,47 @@ def paper_macros(win_rates: pd.DataFrame, claims: pd.DataFrame, premise: Mapping
     for name, text in (setup or {}).items():
         m[name] = latex_escape(text)
     return m
+
+
+# ------------------------------------------------------------------ what the text may assert
+
+# Words that state a verdict or a finding about the runs (a claim's verdict, a toy property,
+# where a penalty fires). A sentence of the paper's source with one must get the verdict from
+# the tables: through a macro whose value is a verdict, a sentence or a scenario list generated
+# from them; unless it defines a verdict (a condition: "holds when ...") or attributes a claim
+# to its authors ("\citet{x} report ...").
+FINDING_WORDS = re.compile(
+    r"\b(holds?|refut\w*|inconclusive|reproduc\w*|fires?|fired|diverge[sd]?|bit for bit|identical|dispers\w*|"
+    r"degrad\w*|drastic|never saw|never seen|beats?|wins)\b", re.IGNORECASE)
+TABLE_VERDICT_MACRO = re.compile(r"\\[A-Za-z]+(?:Verdict|Sentence|Where|In|Outcomes[A-Za-z]*|outcomes[A-Za-z]+)(?![A-Za-z])")
+CONDITION = re.compile(r"\b(when|if|while|unless|whether)\b")
+ATTRIBUTION = re.compile(r"\\citet\{[^}]+\}\s+(?:report|describe|explain|show|find|claim|argue)")
+_EMPHASIZED_CLAIM = re.compile(r"\\emph\{[^{}]*\}")  # the poster's claims, quoted as they are tested
+
+
+def tex_sentences(tex: str) -> list[str]:
+    """The prose sentences of a LaTeX source: comments, the preamble and headings dropped, a
+    paragraph or a float's boundary ends a sentence, whitespace collapsed, split after a full stop."""
+    text = re.sub(r"(?<!\\)%.*", "", tex)
+    text = text.split(r"\begin{document}", 1)[-1]
+    text = re.sub(r"\\(?:paragraph|section|subsection)\*?\{[^{}]*\}", "\n\n", text)  # headings name, not assert
+    text = re.sub(r"\\(?:begin|end)\{[^{}]*\}", "\n\n", text)
+    sentences = []
+    for block in re.split(r"\n\s*\n", text):
+        sentences += re.split(r"(?<=[.!?])\s+(?=[A-Z\\])", re.sub(r"\s+", " ", block).strip())
+    return [s for s in sentences if s]
+
+
+def unbacked_assertions(tex: str) -> list[str]:
+    """Sentences of ``tex`` that assert a verdict or a finding (:data:`FINDING_WORDS`) without a
+    generated verdict macro, a condition or an attribution: each is a claim typed by hand that
+    no table checks."""
+    flagged = []
+    for sentence in tex_sentences(tex):
+        prose = _EMPHASIZED_CLAIM.sub("", sentence)
+        if not FINDING_WORDS.search(prose):
+            continue
+        if TABLE_VERDICT_MACRO.search(sentence) or CONDITION.search(prose) or ATTRIBUTION.search(sentence):
+            continue
+        flagged.append(sentence)
+    return flagged

@@ -10,6 +10,7 @@ import pandas as pd
 
 from dppo.report.latex import latex_number, macro_name, render_macros
 from dppo.settings import LossSettings, ToySettings
+from dppo.toy.model import CHOSEN_IDS, SCENARIOS, initial_distribution
 
 # The output-layer row sets whose change step 2 records (dppo.toy.training.OUTPUT_ROWS).
 OUTPUT_ROWS = ("unseen", "rejected", "chosen")
@@ -222,6 +223,105 @@ def _output_row_macros(rows: pd.DataFrame) -> dict[str, str]:
     return m
 
 
+def _where(numbers) -> str:
+    """'in all four scenarios', 'in no scenario', 'in S2', 'in S1, S3 and S4'."""
+    numbers = sorted({int(n) for n in numbers})
+    if len(numbers) == len(SCENARIO_WORDS):
+        return "in all four scenarios"
+    if not numbers:
+        return "in no scenario"
+    names = [f"S{n}" for n in numbers]
+    return "in " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1])
+
+
+PROPERTY_WORDS = {  # property check column -> how the text names it
+    "drastic_drop": "the drastic drop",
+    "degradation": "degradation",
+    "dispersion_unseen": "dispersion onto responses 9--10, which no pair contains,",
+    "dispersion_outside": "dispersion onto the responses outside a prompt's own pairs",
+}
+
+
+def reference_argmax(settings: ToySettings) -> pd.DataFrame:
+    """Per scenario, what y_gen (the reference's most likely response) is by construction of the
+    step-1 target: ``tied``, how many responses share the highest probability of a prompt (more
+    than one: y_gen is whichever the fitted MLP happens to rank first, an arbitrary tie-break),
+    and ``is_optimal``, whether that response is the prompt's own optimal one (then y_gen = y_w)."""
+    rows = []
+    for scenario in SCENARIOS:
+        target = initial_distribution(scenario, settings.initial)
+        top = target == target.max(dim=1, keepdim=True).values
+        tied = int(top.sum(dim=1).max())
+        optimal = bool(all(top[i, c] for i, c in enumerate(CHOSEN_IDS)))
+        rows.append({"scenario": scenario.number, "tied": tied, "is_optimal": optimal and tied == 1})
+    return pd.DataFrame(rows)
+
+
+def penalty_cells(table: pd.DataFrame, output_rows: pd.DataFrame, settings: ToySettings) -> pd.DataFrame:
+    """Per scenario and DPPO loss: does its penalty fire (f(r) > 0 on some pair and step), and is
+    every statistic of :func:`final_table` (means and sds over seeds) equal to DPO's, bit for
+    bit? A penalty that never fires leaves DPO unchanged; this checks it on the runs."""
+    penalized = [label for label, cfg in settings.losses.items() if cfg.kind.penalizes_gen]
+    stats = [c for c in table.columns if c not in ("scenario", "loss")]
+    by_cell = table.set_index(["scenario", "loss"])
+    fired = output_rows.set_index(["scenario", "loss"])["f_r_positive"]
+    rows = []
+    for scenario in sorted(table["scenario"].unique()):
+        for loss in penalized:
+            if (scenario, loss) not in by_cell.index or (scenario, "dpo") not in by_cell.index:
+                continue
+            mine, dpo = by_cell.loc[(scenario, loss), stats], by_cell.loc[(scenario, "dpo"), stats]
+            same = bool(((mine == dpo) | (mine.isna() & dpo.isna())).all())
+            rows.append({"scenario": int(scenario), "loss": loss, "fires": bool(fired.get((scenario, loss), False)),
+                         "equals_dpo": same})
+    return pd.DataFrame(rows, columns=["scenario", "loss", "fires", "equals_dpo"])
+
+
+def _penalty_macros(cells: pd.DataFrame, argmax: pd.DataFrame) -> dict[str, str]:
+    """Where the DPPO penalties fire and where they equal DPO, and what y_gen is, as scenario
+    lists and one sentence (``\\toyPenaltySentence``)."""
+    scenarios = sorted(cells["scenario"].unique())
+    fires = sorted(cells.loc[cells["fires"], "scenario"].unique())
+    silent = [n for n in scenarios if n not in fires]
+    equal = [n for n in scenarios if cells.loc[cells["scenario"] == n, "equals_dpo"].all()]
+    silent_differs = [n for n in silent if n not in equal]  # would contradict "never fires -> DPO"
+    tie = argmax[argmax["tied"] > 1]
+    m = {"toyPenaltiesFireWhere": _where(fires), "toyPenaltiesSilentWhere": _where(silent),
+         "toyPenaltiesEqualDpoWhere": _where(equal), "toyYgenTieWhere": _where(tie["scenario"]),
+         "toyYgenOptimalWhere": _where(argmax.loc[argmax["is_optimal"], "scenario"]),
+         "toyYgenTieSize": str(int(tie["tied"].max())) if len(tie) else "1"}
+    sentence = (f"The DPPO penalties fire {_where(fires)} ($f(r)>0$ on some pair and step); "
+                f"{_where(silent)} they never fire")
+    sentence += (", and there every statistic of the penalized runs equals DPO's bit for bit" if not silent_differs
+                 else f", yet the penalized runs differ from DPO {_where(silent_differs)}")
+    sentence += f". $\\ygen$ is the optimal response itself {_where(argmax.loc[argmax['is_optimal'], 'scenario'])}"
+    if len(tie):
+        sentence += (f", and {_where(tie['scenario'])} one of {m['toyYgenTieSize']} responses that share the "
+                     f"reference's highest probability, so which one is penalized is an arbitrary tie-break")
+    m["toyPenaltySentence"] = sentence + "."
+    return m
+
+
+def _property_macros(checks: pd.DataFrame, cells: pd.DataFrame | None) -> dict[str, str]:
+    """Per loss and property, where it holds (``\\toyDpoDegradationWhere`` ...), and the abstract's
+    sentence on the toy model (``\\toyAbstractSentence``), built from those lists only."""
+    m: dict[str, str] = {}
+    where = {}
+    for loss, rows in checks.groupby("loss", sort=False):
+        for column in PROPERTY_WORDS:
+            where[column] = _where(rows.loc[rows[column].astype(bool), "scenario"])
+            m[macro_name("toy", loss, column, "Where")] = where[column]
+    if where:
+        sentence = ("In our rebuild of their toy model, DPO shows "
+                    + "; ".join(f"{PROPERTY_WORDS[c]} {where[c]}" for c in PROPERTY_WORDS))
+        if cells is not None and len(cells):
+            equal = [n for n, c in cells.groupby("scenario") if c["equals_dpo"].all()]
+            sentence += (f"; the DPPO penalties fire {_where(cells.loc[cells['fires'], 'scenario'])} and equal DPO "
+                         f"bit for bit {_where(equal)}")
+        m["toyAbstractSentence"] = sentence + "."
+    return m
+
+
 def latex_macros(
     table: pd.DataFrame, checks: pd.DataFrame, settings: ToySettings, output_rows: pd.DataFrame | None = None
 ) -> str:
@@ -253,8 +353,11 @@ def latex_macros(
         rows = table[table["loss"] == loss].set_index("scenario")
         for what, column in (("Peak", "p_chosen_peak_mean"), ("Final", "p_chosen_final_mean")):
             m[macro_name("toy", loss, f"Highest{what}Scenario")] = str(int(rows[column].idxmax()))
+    cells = penalty_cells(table, output_rows, settings) if output_rows is not None else None
     if output_rows is not None:
         m.update(_output_row_macros(output_rows))
+        m.update(_penalty_macros(cells, reference_argmax(settings)))
+    m.update(_property_macros(checks, cells))
     m["toyNumSeeds"] = str(len(settings.seeds))
     m["toySteps"] = str(settings.steps)
     m["toyLr"] = latex_number(settings.lr)
