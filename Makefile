@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 TORCH := torch==2.13.0
 
-.PHONY: install run study test test-kernels test-all bench clean
+.PHONY: install run study lint test test-kernels test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -25,9 +25,14 @@ run: install
 study: install
 	$(VENV)/bin/python -m dppo.study --cores 2
 
+# The code's habits, checked before the tests: ruff (ruff.toml) and snakefmt on the rule files.
+lint: install
+	$(VENV)/bin/ruff check src tests workflow benchmarks
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+
 # -rs: tests that need an optional part (the vLLM environment, the SmolLM2 model) say why they skip.
 # `long` tests run a shipped config's whole grid (minutes each): test-all and CI run them too.
-test: install
+test: lint
 	$(VENV)/bin/python -m pytest -q -rs -m "not long"
 
 # The unit tests again on other float kernels: each switch changes float32 results on

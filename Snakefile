@@ -48,13 +48,13 @@ include: "workflow/rules/paper.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/data/sft/stats.json",
         "results/data/pref/stats.json",
         "results/tables/win_rates.csv",
         TOY_OUTPUTS,
         PAPER_OUTPUTS,
-    default_target: True
 
 
 rule toy:

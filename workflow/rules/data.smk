@@ -6,15 +6,15 @@ rule make_synthetic:
     output:
         smoltalk=directory(SYNTHETIC_DIRS["sft"]),
         ultrafeedback=directory(SYNTHETIC_DIRS["pref"]),
-    params:
-        task=S.synthetic.to_dict(),
     log:
         "logs/make_synthetic/make_synthetic.log",
+    conda:
+        "../../envs/train.yaml"
     threads: threads_of("make_synthetic")
     resources:
         **res("make_synthetic"),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        task=S.synthetic.to_dict(),
     script:
         "../scripts/make_synthetic.py"
 
@@ -22,15 +22,15 @@ rule make_synthetic:
 rule init_model:
     output:
         model=directory("results/models/init"),
-    params:
-        spec=S.tiny_model.to_dict(),
     log:
         "logs/init_model/init_model.log",
+    conda:
+        "../../envs/train.yaml"
     threads: threads_of("init_model")
     resources:
         **res("init_model"),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        spec=S.tiny_model.to_dict(),
     script:
         "../scripts/init_model.py"
 
@@ -44,19 +44,19 @@ rule prepare_data:
         test="results/data/{kind}/test.parquet",
         lengths="results/data/{kind}/lengths.parquet",
         stats="results/data/{kind}/stats.json",
+    log:
+        "logs/prepare_data/{kind}.log",
     wildcard_constraints:
         kind="sft|pref",
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_of("prepare_data")
+    resources:
+        **res("prepare_data"),
     params:
         tokenizer=lambda wc: INIT_MODEL_DIR,  # an input when built here, else a hub id
         dataset=lambda wc: dataset_settings(wc.kind),
         data=S.data.to_dict(),
         trust_remote_code=S.model.trust_remote_code,
-    log:
-        "logs/prepare_data/{kind}.log",
-    threads: threads_of("prepare_data")
-    resources:
-        **res("prepare_data"),
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/prepare_data.py"

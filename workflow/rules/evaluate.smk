@@ -5,11 +5,11 @@
 rule experiments_table:
     output:
         "results/experiments.json",
-    params:
-        experiments=[e.to_dict() for e in S.experiments.values()],
     log:
         "logs/experiments_table/experiments_table.log",
     localrule: True
+    params:
+        experiments=[e.to_dict() for e in S.experiments.values()],
     run:
         from dppo.runtime.io import write_json
 
@@ -26,20 +26,20 @@ rule generate_eval:
         stats="results/data/pref/stats.json",
     output:
         generations=expand("results/generations/{model}.parquet", model=EVAL_MODELS),
+    log:
+        "logs/generate_eval/generate_eval.log",
+    benchmark:
+        "benchmarks/generate_eval/generate_eval.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_of("generate_eval")
+    resources:
+        **res("generate_eval"),
     params:
         generation=S.generation.to_dict(),
         trust_remote_code=S.model.trust_remote_code,
         max_prompts=S.data.pref.max_eval_prompts,
         cache_dir="results/generation_cache",
-    log:
-        "logs/generate_eval/generate_eval.log",
-    threads: threads_of("generate_eval")
-    resources:
-        **res("generate_eval"),
-    benchmark:
-        "benchmarks/generate_eval/generate_eval.tsv"
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/generate_eval.py"
 
@@ -52,18 +52,18 @@ rule score:
         generations=expand("results/generations/{model}.parquet", model=EVAL_MODELS),
     output:
         scores=expand("results/scores/{model}.parquet", model=EVAL_MODELS),
-    params:
-        reward=S.reward.to_dict(),
-        cache_dir="results/score_cache",
     log:
         "logs/score/score.log",
-    threads: threads_of("score")
-    resources:
-        **res("score"),
     benchmark:
         "benchmarks/score/score.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: threads_of("score")
+    resources:
+        **res("score"),
+    params:
+        reward=S.reward.to_dict(),
+        cache_dir="results/score_cache",
     script:
         "../scripts/score.py"
 
@@ -76,15 +76,15 @@ rule win_rate:
         csv="results/tables/win_rates.csv",
         prompts="results/tables/prompt_scores.parquet",
         tex="paper/tables/win_rates.tex",
-    params:
-        win_rate=S.win_rate.to_dict(),
     log:
         "logs/win_rate/win_rate.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: threads_of("win_rate")
     resources:
         **res("win_rate"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        win_rate=S.win_rate.to_dict(),
     script:
         "../scripts/win_rate.py"
 
@@ -96,16 +96,16 @@ rule claims:
     output:
         csv="results/tables/claims.csv",
         tex="paper/tables/claims.tex",
-    params:
-        claims=S.claims.to_dict(),
-        win_rate=S.win_rate.to_dict(),
     log:
         "logs/claims/claims.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("claims"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        claims=S.claims.to_dict(),
+        win_rate=S.win_rate.to_dict(),
     script:
         "../scripts/claims.py"
 
@@ -119,10 +119,10 @@ rule penalty_scale:
         tex="paper/tables/penalty_scale.tex",
     log:
         "logs/penalty_scale/penalty_scale.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("penalty_scale"),
-    conda:
-        "../../envs/plot.yaml"
     script:
         "../scripts/penalty_scale.py"

@@ -23,8 +23,12 @@ PAPER_PDF_OUTPUTS = {"status": "paper/build.log"}
 if PAPER_HAVE_TEX:
     PAPER_PDF_OUTPUTS["pdf"] = "paper/main.pdf"
 
-PAPER_TABLES = ["paper/tables/macros.tex", "paper/tables/win_rates.tex", "paper/tables/claims.tex",
-                "paper/tables/penalty_scale.tex"]
+PAPER_TABLES = [
+    "paper/tables/macros.tex",
+    "paper/tables/win_rates.tex",
+    "paper/tables/claims.tex",
+    "paper/tables/penalty_scale.tex",
+]
 PAPER_OUTPUTS = (
     [f"paper/figures/{fig}.{ext}" for fig in PAPER_FIGURES for ext in ("pdf", "png", "csv")]
     + PAPER_TABLES
@@ -43,24 +47,24 @@ PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 
 rule paper_macros:
     input:
+        **DATA_STATS,
         win_rates=WIN_RATES_CSV,
         prompts="results/tables/prompt_scores.parquet",
         claims="results/tables/claims.csv",
         premise="results/tables/premise.json",
         penalty="results/tables/penalty_scale.csv",
-        **DATA_STATS,
     output:
         "paper/tables/macros.tex",
     log:
         "logs/paper_macros/paper_macros.log",
-    params:
-        setup=S.paper.setup,
-        **PICKED,
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("paper_macros"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        **PICKED,
+        setup=S.paper.setup,
     script:
         "../scripts/paper_macros.py"
 
@@ -73,11 +77,11 @@ rule fig_win_rates:
         **{f"{fig}_{ext}": path for fig in WIN_RATE_FIGURES for ext, path in paper_figure_outputs(fig).items()},
     log:
         "logs/fig_win_rates/fig_win_rates.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("fig_win_rates"),
-    conda:
-        "../../envs/plot.yaml"
     script:
         "../scripts/fig_win_rates.py"
 
@@ -91,15 +95,15 @@ rule fig_reward_hist:
         scores=expand("results/scores/{name}.parquet", name=PICKABLE_RUNS),
     output:
         **paper_figure_outputs("reward_hist"),
-    params:
-        **PICKED,
     log:
         "logs/fig_reward_hist/fig_reward_hist.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("fig_reward_hist"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        **PICKED,
     script:
         "../scripts/fig_reward_hist.py"
 
@@ -112,11 +116,11 @@ rule fig_data_efficiency:
         **paper_figure_outputs("data_efficiency"),
     log:
         "logs/fig_data_efficiency/fig_data_efficiency.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("fig_data_efficiency"),
-    conda:
-        "../../envs/plot.yaml"
     script:
         "../scripts/fig_data_efficiency.py"
 
@@ -127,15 +131,15 @@ rule fig_dynamics:
         metrics=expand("results/metrics/{name}.jsonl", name=PICKABLE_RUNS),
     output:
         **paper_figure_outputs("dynamics"),
-    params:
-        **PICKED,
     log:
         "logs/fig_dynamics/fig_dynamics.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("fig_dynamics"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        **PICKED,
     script:
         "../scripts/fig_dynamics.py"
 
@@ -150,11 +154,11 @@ rule fig_length_dist:
         **paper_figure_outputs("length_dist"),
     log:
         "logs/fig_length_dist/fig_length_dist.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("fig_length_dist"),
-    conda:
-        "../../envs/plot.yaml"
     script:
         "../scripts/fig_length_dist.py"
 
@@ -173,13 +177,13 @@ rule paper_pdf:
         **PAPER_PDF_OUTPUTS,
     log:
         "logs/paper_pdf/paper_pdf.log",
-    params:
-        build_dir="results/paper_build",
-        src_dir=lambda wc, input: os.path.dirname(input.tex),
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("paper_pdf"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        build_dir="results/paper_build",
+        src_dir=lambda wc, input: os.path.dirname(input.tex),
     script:
         "../scripts/build_pdf.py"

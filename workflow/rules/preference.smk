@@ -8,18 +8,18 @@ rule pregenerate:
         stats="results/data/pref/stats.json",
     output:
         ygen="results/ygen/train.parquet",
-    params:
-        generation=S.generation.to_dict(),
-        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/pregenerate/pregenerate.log",
-    threads: threads_of("pregenerate")
-    resources:
-        **res("pregenerate"),
     benchmark:
         "benchmarks/pregenerate/pregenerate.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: threads_of("pregenerate")
+    resources:
+        **res("pregenerate"),
+    params:
+        generation=S.generation.to_dict(),
+        trust_remote_code=S.model.trust_remote_code,
     script:
         "../scripts/pregenerate.py"
 
@@ -31,18 +31,18 @@ rule ref_logps:
         ygen="results/ygen/train.parquet",
     output:
         ref="results/ref_logps/train.parquet",
-    params:
-        batch_size=S.generation.batch_size,
-        trust_remote_code=S.model.trust_remote_code,
     log:
         "logs/ref_logps/ref_logps.log",
-    threads: threads_of("ref_logps")
-    resources:
-        **res("ref_logps"),
     benchmark:
         "benchmarks/ref_logps/ref_logps.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: threads_of("ref_logps")
+    resources:
+        **res("ref_logps"),
+    params:
+        batch_size=S.generation.batch_size,
+        trust_remote_code=S.model.trust_remote_code,
     script:
         "../scripts/ref_logps.py"
 
@@ -56,8 +56,18 @@ rule train_preference:
     output:
         model=directory("results/models/{name}"),
         metrics="results/metrics/{name}.jsonl",
+    log:
+        "logs/train_preference/{name}.log",
+    benchmark:
+        "benchmarks/train_preference/{name}.tsv"
     wildcard_constraints:
         name=one_of(EXPERIMENT_NAMES),
+    priority: lambda wc: S.training_priority(wc.name)
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_of("train_preference")
+    resources:
+        **res("train_preference"),
     params:
         # The whole experiment: changing any of its values reruns this experiment only.
         experiment=lambda wc: S.experiments[wc.name].to_dict(),
@@ -65,16 +75,6 @@ rule train_preference:
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.name}",
         trust_remote_code=S.model.trust_remote_code,
         distributed=S.model.distributed,
-    log:
-        "logs/train_preference/{name}.log",
-    threads: threads_of("train_preference")
-    priority: lambda wc: S.training_priority(wc.name)
-    resources:
-        **res("train_preference"),
-    benchmark:
-        "benchmarks/train_preference/{name}.tsv"
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/train_preference.py"
 
@@ -87,14 +87,14 @@ rule premise:
         ref="results/ref_logps/train.parquet",
     output:
         "results/tables/premise.json",
-    params:
-        reward=S.reward.to_dict(),
     log:
         "logs/premise/premise.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("premise"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        reward=S.reward.to_dict(),
     script:
         "../scripts/premise.py"

@@ -8,6 +8,15 @@ rule sft:
     output:
         model=directory("results/models/sft"),
         metrics="results/metrics/sft.jsonl",
+    log:
+        "logs/sft/sft.log",
+    benchmark:
+        "benchmarks/sft/sft.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_of("sft")
+    resources:
+        **res("sft"),
     params:
         init=lambda wc: INIT_MODEL_DIR,  # an input when built here, else a hub id
         opt=S.sft.to_dict(),
@@ -15,14 +24,5 @@ rule sft:
         checkpoint_dir="results/checkpoints/sft",
         trust_remote_code=S.model.trust_remote_code,
         distributed=S.model.distributed,
-    log:
-        "logs/sft/sft.log",
-    threads: threads_of("sft")
-    resources:
-        **res("sft"),
-    benchmark:
-        "benchmarks/sft/sft.tsv"
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/sft.py"

@@ -28,15 +28,15 @@ rule toy_run:
     output:
         runs=TOY_RUNS,
         step1="results/toy/step1.parquet",
-    params:
-        toy=TOY,
     log:
         "logs/toy/toy_run.log",
+    conda:
+        "../../envs/train.yaml"
     threads: 1
     resources:
         **res("toy_run"),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        toy=TOY,
     script:
         "../scripts/toy_run.py"
 
@@ -47,15 +47,15 @@ rule toy_figures:
         runs=TOY_RUNS,
     output:
         [f"paper/figures/{fig}.{ext}" for fig in TOY_FIGURES for ext in ("pdf", "png", "csv")],
-    params:
-        loss=S.toy.dynamics_loss if S.toy is not None else None,
     log:
         "logs/toy/toy_figures.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("toy_figures"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        loss=S.toy.dynamics_loss if S.toy is not None else None,
     script:
         "../scripts/toy_figures.py"
 
@@ -65,14 +65,14 @@ rule toy_tables:
         runs=TOY_RUNS,
     output:
         **TOY_TABLES,
-    params:
-        toy=TOY,
     log:
         "logs/toy/toy_tables.log",
+    conda:
+        "../../envs/plot.yaml"
     threads: 1
     resources:
         **res("toy_tables"),
-    conda:
-        "../../envs/plot.yaml"
+    params:
+        toy=TOY,
     script:
         "../scripts/toy_tables.py"

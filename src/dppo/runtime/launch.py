@@ -44,11 +44,13 @@ def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0) -> None:
 
 
 def run_in_stage(target: str, kwargs: dict, job: dict, n_gpus: int = 0, started: float | None = None) -> None:
-    """``target(**kwargs)`` inside the rule's stage; the import comes first, so it counts as start-up."""
+    """``target(**kwargs)`` inside the rule's stage; the imports (the target's module and what
+    dppo.runtime.warm.PRELOAD lists for it) come first, so they count as start-up."""
     from types import SimpleNamespace
 
     from dppo.runtime.stage import stage
 
+    warm.import_preloads(target.partition(":")[0])
     function = _resolve(target)
     with stage(SimpleNamespace(rule=job["rule"], log=[job["log"]], threads=job["threads"]), started=started):
         if started is not None:
