@@ -13,7 +13,7 @@ from numerics import assert_as_accurate_as
 from test_logprobs import param_grads, tiny_causal_lm, unbatched_sums, unbatched_token_logps
 
 from dppo.settings import Experiment, LossSettings, OptimSettings
-from dppo.train.batching import packed_lengths, padding_fraction
+from dppo.train.batching import GEN_KEY, RESPONSE_KEYS, packed_lengths
 from dppo.train.logprobs import ResponseScorer, as_response_logps, can_share_prompt, gated_logps, response_logps
 from dppo.train.losses import ResponseLogps, preference_loss
 from dppo.train.preference import PreferenceTask, collate, policy_logps
@@ -296,6 +296,18 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
 
     return [{"prompt_ids": ids(2, 60), "chosen_ids": ids(1, 40), "rejected_ids": ids(1, 40), "gen_ids": ids(1, 80)}
             for _ in range(n)]
+
+
+def padding_fraction(records, batches, with_gen: bool) -> float:
+    """Share of the packed (B*K, width) token grid that is padding, over ``batches`` (what
+    group_by_length is for)."""
+    keys = (*RESPONSE_KEYS, GEN_KEY) if with_gen else RESPONSE_KEYS
+    real = padded = 0
+    for batch in batches:
+        widths = [len(records[i]["prompt_ids"]) + len(records[i][k]) for i in batch for k in keys]
+        real += sum(widths)
+        padded += len(widths) * max(widths)
+    return 1.0 - real / padded
 
 
 def test_packed_lengths_and_padding_fraction_by_hand():

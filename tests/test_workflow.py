@@ -173,7 +173,7 @@ def test_a_changed_experiment_regenerates_and_rescores_only_its_answers(tiny_run
     generated = (run / "logs/generate_eval/generate_eval.log").read_text()
     assert "generated answers of 2 of 7 models" in generated  # unll and unll_then_dpo
     scored = (run / "logs/score/score.log").read_text()
-    assert "reward-model loads: 1 (programmatic) for 2 of 7 files" in scored
+    assert "reward-model loads: 1 (programmatic, transformers) for 2 of 7 files" in scored
     for name, table in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(run / f"results/scores/{name}.parquet"), table)
 

@@ -50,7 +50,9 @@ def experiments_in(groups):
 
 
 def figure_outputs(fig):
+    """A figure's PDF and PNG and the CSV of what it draws (dppo.report.plotting.Plot)."""
     return {
         "pdf": f"paper/figures/{fig}.pdf",
         "png": report(f"paper/figures/{fig}.png", caption=f"../report/{fig}.rst", category="Figures"),
+        "csv": f"paper/figures/{fig}.csv",
     }

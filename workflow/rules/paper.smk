@@ -36,11 +36,6 @@ PAPER_OUTPUTS = (
 )
 
 
-def paper_figure_outputs(fig):
-    """A figure's PDF and PNG and the CSV of what it draws (dppo.report.plotting.Plot)."""
-    return {**figure_outputs(fig), "csv": f"paper/figures/{fig}.csv"}
-
-
 # The two runs the reward histogram and the dynamics compare (dppo.evaluate.run_selection.pick_runs).
 PICKED = {"baseline": S.win_rate.baseline, "dppo": S.claims.dppo}
 
@@ -74,7 +69,7 @@ rule fig_win_rates:
     input:
         win_rates=WIN_RATES_CSV,
     output:
-        **{f"{fig}_{ext}": path for fig in WIN_RATE_FIGURES for ext, path in paper_figure_outputs(fig).items()},
+        **{f"{fig}_{ext}": path for fig in WIN_RATE_FIGURES for ext, path in figure_outputs(fig).items()},
     log:
         "logs/fig_win_rates/fig_win_rates.log",
     conda:
@@ -94,7 +89,7 @@ rule fig_reward_hist:
         sft="results/scores/sft.parquet",
         scores=expand("results/scores/{name}.parquet", name=PICKABLE_RUNS),
     output:
-        **paper_figure_outputs("reward_hist"),
+        **figure_outputs("reward_hist"),
     log:
         "logs/fig_reward_hist/fig_reward_hist.log",
     conda:
@@ -113,7 +108,7 @@ rule fig_data_efficiency:
         win_rates=WIN_RATES_CSV,
         pref_stats=DATA_STATS["pref"],
     output:
-        **paper_figure_outputs("data_efficiency"),
+        **figure_outputs("data_efficiency"),
     log:
         "logs/fig_data_efficiency/fig_data_efficiency.log",
     conda:
@@ -130,7 +125,7 @@ rule fig_dynamics:
         win_rates=WIN_RATES_CSV,
         metrics=expand("results/metrics/{name}.jsonl", name=PICKABLE_RUNS),
     output:
-        **paper_figure_outputs("dynamics"),
+        **figure_outputs("dynamics"),
     log:
         "logs/fig_dynamics/fig_dynamics.log",
     conda:
@@ -151,7 +146,7 @@ rule fig_length_dist:
         sft_lengths=DATA_LENGTHS["sft"],
         pref_lengths=DATA_LENGTHS["pref"],
     output:
-        **paper_figure_outputs("length_dist"),
+        **figure_outputs("length_dist"),
     log:
         "logs/fig_length_dist/fig_length_dist.log",
     conda:

@@ -38,14 +38,3 @@ def packed_lengths(records: Sequence[dict], with_gen: bool) -> list[int]:
     (y_gen included when the forward scores it)."""
     keys = (*RESPONSE_KEYS, GEN_KEY) if with_gen else RESPONSE_KEYS
     return [len(r["prompt_ids"]) + max(len(r[k]) for k in keys) for r in records]
-
-
-def padding_fraction(records: Sequence[dict], batches: Sequence[Sequence[int]], with_gen: bool) -> float:
-    """Share of the packed (B*K, width) token grid that is padding, over ``batches``."""
-    keys = (*RESPONSE_KEYS, GEN_KEY) if with_gen else RESPONSE_KEYS
-    real = padded = 0
-    for batch in batches:
-        widths = [len(records[i]["prompt_ids"]) + len(records[i][k]) for i in batch for k in keys]
-        real += sum(widths)
-        padded += len(widths) * max(widths)
-    return 1.0 - real / padded
