@@ -12,7 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from dppo.data import synthetic
 from dppo.data.tiny_model import build_tokenizer
-from dppo.infer.rewards import ProgrammaticReward, SeqClsReward, reward_backend, score_files, score_generations
+from dppo.infer.rewards import ProgrammaticReward, SeqClsReward, reward_backend
+from dppo.infer.scoring import score_files, score_generations
 from dppo.runtime.io import UnsafeCheckpointError
 from dppo.settings import ConfigError, RewardSettings
 

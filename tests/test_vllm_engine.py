@@ -35,8 +35,8 @@ def other_python(tmp_path) -> Path:
 def test_a_function_runs_in_the_named_interpreter_and_returns_its_table(other_python):
     table = pd.DataFrame({"prompt": PROMPTS, "response": RESPONSES})
     settings = RewardSettings().to_dict()
-    got = vllm_engine.call(other_python, "dppo.infer.rewards:score_in_vllm", table, settings=settings)
-    here = vllm_engine.call(sys.executable, "dppo.infer.rewards:score_in_vllm", table, settings=settings)
+    got = vllm_engine.call(other_python, "dppo.infer.scoring:score_in_vllm", table, settings=settings)
+    here = vllm_engine.call(sys.executable, "dppo.infer.scoring:score_in_vllm", table, settings=settings)
     expected = ProgrammaticReward().score(PROMPTS, RESPONSES)
     assert got["reward"].tolist() == here["reward"].tolist() == expected  # exact: floats through parquet
     assert len(set(expected)) == 3  # distinct rewards: a reordering would show
@@ -44,9 +44,9 @@ def test_a_function_runs_in_the_named_interpreter_and_returns_its_table(other_py
 
 def test_a_failure_there_names_the_function_and_its_exit_code(other_python):
     table = pd.DataFrame({"prompt": PROMPTS, "response": RESPONSES})
-    with pytest.raises(RuntimeError, match=r"dppo.infer.rewards:score_in_vllm failed in the vLLM environment "
+    with pytest.raises(RuntimeError, match=r"dppo.infer.scoring:score_in_vllm failed in the vLLM environment "
                                            r"\(exit code 1"):
-        vllm_engine.call(other_python, "dppo.infer.rewards:score_in_vllm", table, settings={"backend": "gpt4"})
+        vllm_engine.call(other_python, "dppo.infer.scoring:score_in_vllm", table, settings={"backend": "gpt4"})
 
 
 def test_the_childs_output_goes_to_the_rules_log(other_python, tmp_path):
@@ -55,7 +55,7 @@ def test_the_childs_output_goes_to_the_rules_log(other_python, tmp_path):
     job = SimpleNamespace(log=[str(tmp_path / "score.log")], threads=1, rule="score")
     table = pd.DataFrame({"prompt": PROMPTS, "response": RESPONSES})
     with pytest.raises(RuntimeError, match="exit code 1"), stage(job):
-        vllm_engine.call(other_python, "dppo.infer.rewards:score_in_vllm", table, settings={"backend": "gpt4"})
+        vllm_engine.call(other_python, "dppo.infer.scoring:score_in_vllm", table, settings={"backend": "gpt4"})
     log = (tmp_path / "score.log").read_text()
     assert "Traceback" in log and "config key reward.backend: 'gpt4' is not one of" in log
     assert log.index("config key reward.backend") < log.index("failed in the vLLM environment")
@@ -63,7 +63,7 @@ def test_the_childs_output_goes_to_the_rules_log(other_python, tmp_path):
 
 def test_a_missing_interpreter_says_how_to_build_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist.*bash .ci/vllm_env.sh"):
-        vllm_engine.call(tmp_path / "none" / "python", "dppo.infer.rewards:score_in_vllm", pd.DataFrame())
+        vllm_engine.call(tmp_path / "none" / "python", "dppo.infer.scoring:score_in_vllm", pd.DataFrame())
 
 
 def test_only_functions_of_the_package_are_run():

@@ -1,5 +1,5 @@
 """vLLM and transformers reward engines give the same rewards on the same model (CPU), through
-the score job's own code path: :func:`dppo.infer.rewards.score_files`, which hands the answers
+the score job's own code path: :func:`dppo.infer.scoring.score_files`, which hands the answers
 from this (the pipeline's) interpreter to the vLLM environment through
 :mod:`dppo.infer.vllm_engine` with ``reward.engine: vllm``.
 
@@ -35,7 +35,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from dppo.data import synthetic
 from dppo.data.tiny_model import build_tokenizer
-from dppo.infer.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend, score_files
+from dppo.infer.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend
+from dppo.infer.scoring import score_files
 from dppo.settings import RewardSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """Score every model's answers with one reward-model load (logic in dppo.infer.rewards)."""
-from dppo.infer.rewards import score_files
+from dppo.infer.scoring import score_files
 from dppo.runtime.stage import stage
 from dppo.settings import RewardSettings
 
