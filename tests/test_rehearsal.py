@@ -16,6 +16,7 @@ from dppo.config import load_settings, load_yaml, merged_config, validate_config
 from dppo.data.rehearsal import (
     CHANGE_KINDS,
     INPUTS,
+    TASK,
     covered_by,
     leaf_paths,
     listed_changes,
@@ -90,7 +91,10 @@ def test_the_rehearsal_config_is_valid_and_runs_the_paper_engines(configs, monke
     s = load_settings(merged)
     # what it rehearses: vLLM for generation and scoring, Nemotron's protocol, 2 training processes
     assert s.generation.engine == s.reward.engine == "vllm" and s.reward.backend == "nemotron"
-    assert s.resources_for("sft")["gpu"] == s.resources_for("train_preference")["gpu"] == 2
+    assert s.resources_for("sft")["gpu"] == 2
+    # every training batch fills both processes' shares (a process with no rows breaks the step)
+    pref_rows = TASK.n_pref_train
+    assert all(min(e.n_train or pref_rows, pref_rows) >= e.optim.batch_size for e in s.experiments.values())
     assert {s.experiments[s.claims.dppo].init, s.experiments[s.claims.chained].init} == {"sft", s.claims.dppo}
     # the local inputs it names are the ones dppo.data.rehearsal writes
     assert [s.model.init, s.data.sft.path, s.data.pref.path, s.reward.model] == \
@@ -116,3 +120,9 @@ def test_the_inputs_load_as_the_hub_datasets_and_models_do(tmp_path):
     assert AutoTokenizer.from_pretrained(paths["policy"]).chat_template
     reward = json.loads((paths["reward"] / "config.json").read_text())
     assert reward["architectures"] == ["LlamaForCausalLM"] and reward["tie_word_embeddings"] is False
+
+
+def test_docs_name_every_setting_a_cpu_cannot_run():
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    cpu_only = [key for key, (kind, _) in listed_changes(OVERLAY).items() if kind == "cpu"]
+    assert cpu_only and not [key for key in cpu_only if f"`{key}" not in docs]
