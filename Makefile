@@ -27,7 +27,7 @@ study: install
 
 # The CPU rehearsal of configs/paper.yaml (configs/overlays/rehearsal.yaml) through a local
 # single-node SLURM cluster, in runs/rehearsal: needs root (the cluster) and .venv-vllm
-# (`bash .ci/vllm_env.sh`); about 15-20 minutes on 2 cores (docs/cluster.md).
+# (`bash .ci/vllm_env.sh`); about 11 minutes on 2 cores (docs/cluster.md).
 rehearsal: install
 	bash .ci/slurm/run_rehearsal.sh runs/rehearsal
 

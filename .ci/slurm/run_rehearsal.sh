@@ -2,7 +2,8 @@
 # The CPU rehearsal of configs/paper.yaml (configs/overlays/rehearsal.yaml) through the real
 # single-node SLURM cluster: every job submitted with sbatch, `all` to the tables and figures.
 #
-#   .ci/slurm/run_rehearsal.sh [WORKDIR]     (default: runs/rehearsal; `make rehearsal`)
+#   .ci/slurm/run_rehearsal.sh [WORKDIR [extra snakemake args]]   (default: runs/rehearsal; `make rehearsal`)
+#   e.g. ... /tmp/r --set-resources train_preference:gpu=2   (preference training under torchrun)
 #
 # Writes the local inputs into WORKDIR (python -m dppo.data.rehearsal: hub-schema datasets, a
 # tiny Qwen2 policy, a tiny Nemotron-protocol reward model; WORKDIR/.venv-vllm links to the vLLM
@@ -18,6 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 workdir=${1:-$repo/runs/rehearsal}
+shift $(( $# > 0 ? 1 : 0 ))
 python="${PYTHON:-$repo/.venv/bin/python}"
 vllm_env="${DPPO_VLLM_ENV:-$repo/.venv-vllm}"
 
@@ -39,7 +41,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING="${VLLM_ENABLE_V1_MULTIPROCESSING:-0}"
 DPPO_SLURM_SMOKE_TIMEOUT_S="${DPPO_REHEARSAL_TIMEOUT_S:-1200}" "$here/run_slurm_smoke.sh" "$workdir" none all \
     --snakefile "$repo/Snakefile" \
     --slurm-init-seconds-before-status-checks 5 \
-    --configfile "$repo/configs/paper.yaml" "$repo/configs/overlays/rehearsal.yaml"
+    "$@" --configfile "$repo/configs/paper.yaml" "$repo/configs/overlays/rehearsal.yaml"
 
 # `all`'s tables and figures, as the Snakefile lists them (a dry run prints the DAG's outputs).
 missing=0
