@@ -97,7 +97,7 @@ def write_inputs(workdir: str | Path, vllm_env: str | Path | None = None) -> dic
     if vllm_env is not None:
         link = workdir / ".venv-vllm"
         target = Path(vllm_env).absolute()
-        if link.absolute() != target and not link.exists():
+        if link.absolute() != target and not (link.exists() or link.is_symlink()):
             link.symlink_to(target)
     return paths
 
