@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 TORCH := torch==2.13.0
 
-.PHONY: install run study lint test test-kernels test-all bench clean
+.PHONY: install run study rehearsal lint test test-kernels test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ run: install
 # (configs/overlays/study.yaml; results in runs/study/, README "Evidence").
 study: install
 	$(VENV)/bin/python -m dppo.study --cores 2
+
+# The CPU rehearsal of configs/paper.yaml (configs/overlays/rehearsal.yaml) through a local
+# single-node SLURM cluster, in runs/rehearsal: needs root (the cluster) and .venv-vllm
+# (`bash .ci/vllm_env.sh`); about 11 minutes on 2 cores (docs/cluster.md).
+rehearsal: install
+	bash .ci/slurm/run_rehearsal.sh runs/rehearsal
 
 # The code's habits, checked before the tests: ruff (ruff.toml) and snakefmt on the rule files.
 lint: install

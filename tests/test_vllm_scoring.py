@@ -34,7 +34,7 @@ from numerics import assert_as_accurate_as
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from dppo.data import synthetic
-from dppo.data.tiny_model import build_tokenizer
+from dppo.data.tiny_model import TinyModelSpec, build_nemotron_reward_model, build_tokenizer
 from dppo.infer.rewards import NEMOTRON_REWARD_TOKEN_ID, chat_token_ids, reward_backend
 from dppo.infer.scoring import score_files
 from dppo.settings import RewardSettings
@@ -73,10 +73,10 @@ def _save(model, tokenizer, out: Path) -> Path:
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reward_models")
     tokenizer = build_tokenizer(synthetic.vocabulary())
-    torch.manual_seed(0)
-    # Untied head: token 0 is the pad token here, and the embedding row of the pad id is
-    # initialised to zero, so a tied head would give every row a reward of exactly 0.
-    causal = LlamaForCausalLM(_config(tokenizer, tie_word_embeddings=False))
+    # The builder the CPU rehearsal's reward model comes from (untied head, spread-out rewards).
+    causal = build_nemotron_reward_model(tokenizer, TinyModelSpec(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128,
+        max_position_embeddings=256, seed=0))
     torch.manual_seed(1)
     seqcls = LlamaForSequenceClassification(_config(tokenizer, num_labels=1))
     return {"nemotron": _save(causal, tokenizer, root / "nemotron"), "seqcls": _save(seqcls, tokenizer, root / "seqcls")}

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from pipeline import ROOT, snakemake
 
-from dppo.config import expand_experiments, load_settings, vllm_problem
+from dppo.config import expand_experiments, load_settings, merged_config, vllm_problem
 
 SHIPPED_CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
-OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))  # given after config.yaml
+OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))  # given after config.yaml, but:
+OVERLAY_BASES = {"rehearsal.yaml": ROOT / "configs" / "paper.yaml"}  # the CPU rehearsal of the paper's config
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
@@ -29,17 +30,18 @@ def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
 
 
 def _merged(paths) -> dict:
-    config: dict = {}
-    for path in paths:
-        for key, value in yaml.safe_load(path.read_text()).items():
-            config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
-    return config
+    return merged_config([yaml.safe_load(path.read_text()) for path in paths])  # as Snakemake merges them
 
 
-@pytest.mark.parametrize("configs", [[c] for c in SHIPPED_CONFIGS] + [[ROOT / "config.yaml", o] for o in OVERLAYS],
+@pytest.mark.parametrize("configs", [[c] for c in SHIPPED_CONFIGS] +
+                         [[OVERLAY_BASES.get(o.name, ROOT / "config.yaml"), o] for o in OVERLAYS],
                          ids=lambda ps: "+".join(p.name for p in ps))
 def test_dry_run_of_every_shipped_config(configs, tmp_path):
     args = ("all", "-n", "--configfile", *map(str, configs))
+    if configs[-1].name == "rehearsal.yaml":  # its local inputs must exist before any job
+        from dppo.data.rehearsal import write_inputs
+
+        write_inputs(tmp_path)
     # A config that runs vLLM (configs/paper.yaml) stops before any job where its environment is
     # missing or cannot import vllm, with the message vllm_problem gives here; the plan is then
     # checked with the check skipped (as on a laptop before submitting to the cluster).

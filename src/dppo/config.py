@@ -235,10 +235,13 @@ def merged_config(configs) -> dict:
 
     def update(into: dict, new: Mapping) -> None:
         for key, value in new.items():
-            if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            if isinstance(value, Mapping):
+                # a fresh mapping, never the input's: a later file must not change an earlier one
+                if not isinstance(into.get(key), dict):
+                    into[key] = {}
                 update(into[key], value)
             else:
-                into[key] = dict(value) if isinstance(value, Mapping) else value
+                into[key] = value
 
     for config in configs:
         update(merged, config or {})

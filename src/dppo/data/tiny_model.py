@@ -2,8 +2,10 @@
 
 Saved with ``save_pretrained`` so every later stage loads them with ``AutoModelForCausalLM``
 and ``AutoTokenizer`` exactly as it would load ``Qwen/Qwen2.5-0.5B``: a Llama-architecture
-config, safetensors weights, a fast tokenizer with a ChatML chat template (the format of Qwen
-and SmolLM2) and a generation config whose EOS ends an assistant turn.
+config (or Qwen2's, the paper's family, for the CPU rehearsal of configs/paper.yaml),
+safetensors weights, a fast tokenizer with a ChatML chat template (the format of Qwen and
+SmolLM2) and a generation config whose EOS ends an assistant turn. Also a tiny reward model
+for Nemotron's protocol (:func:`build_nemotron_reward_model`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from dppo.settings import TinyModelSpec
 
@@ -48,10 +58,15 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec) -> LlamaForCausalLM:
+# Architectures a tiny policy can have: llama (the embedded default), qwen2 (Qwen2.5's family).
+ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec, architecture: str = "llama") -> PreTrainedModel:
     import torch
 
-    config = LlamaConfig(
+    config_class, model_class = ARCHITECTURES[architecture]
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -65,7 +80,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec) -> Llam
         tie_word_embeddings=True,
     )
     torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -74,11 +89,34 @@ def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec) -> Llam
     return model
 
 
-def save_tiny_model(out_dir: str | Path, words: list[str], spec: TinyModelSpec) -> Path:
-    """Build the tokenizer and a randomly initialised model and save both to ``out_dir``."""
+def build_nemotron_reward_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec,
+                                initializer_range: float = 0.2) -> LlamaForCausalLM:
+    """A Llama-architecture causal LM read with Nemotron's protocol (the logit of token id 0 at
+    the first generated position, dppo.infer.rewards). Untied head: token 0 is the pad token
+    here, whose embedding row starts at zero, so a tied head would score every answer 0. A large
+    ``initializer_range`` spreads the random rewards over about [-3, 3]."""
+    import torch
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_position_embeddings,
+        initializer_range=initializer_range, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(spec.seed)
+    return LlamaForCausalLM(config)
+
+
+def save_model(out_dir: str | Path, model, tokenizer) -> Path:
+    """``model`` (safetensors) and ``tokenizer`` saved together, as a hub checkpoint is."""
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(words)
-    model = build_model(tokenizer, spec)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def save_tiny_model(out_dir: str | Path, words: list[str], spec: TinyModelSpec, architecture: str = "llama") -> Path:
+    """Build the tokenizer and a randomly initialised model and save both to ``out_dir``."""
+    tokenizer = build_tokenizer(words)
+    return save_model(out_dir, build_model(tokenizer, spec, architecture), tokenizer)
