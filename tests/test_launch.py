@@ -208,6 +208,23 @@ def test_a_short_last_batch_leaves_one_process_without_rows_and_trains_as_one_pr
     assert_same_training(two_dir / "final", one_dir / "final", tiny_model_dir, 5, 4 * 10)
 
 
+def keys_job(out_dir: str) -> None:
+    """Each process names the loss parts it logged, one of them a part the other lacks (as
+    reward_gen is when only one process's micro batch scored y_gen on every row)."""
+    from dppo.train.distributed import common_keys, init_distributed, world
+
+    init_distributed()
+    rank, _ = world()
+    names = ["loss", "margin", *(["reward_gen"] if rank == 0 else [])]
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(common_keys(names)))
+
+
+def test_processes_that_logged_different_loss_parts_reduce_the_common_ones(tmp_path):
+    done = torchrun("keys_job", {"out_dir": str(tmp_path)}, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [["loss", "margin"]] * 2
+
+
 def preference_job(model_dir: str, checkpoint_dir: str, distributed: str = "ddp") -> None:
     """A DPPO penalty (unll, y_gen scored with autograd) on 16 rows, batches of 4 in micro batches
     of 1 (2 accumulated per process under torchrun), probe rows logged at every step, and the

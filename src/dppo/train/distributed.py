@@ -115,6 +115,19 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
         offset += t.numel()
 
 
+def common_keys(names) -> list[str]:
+    """The names every process has, sorted: what a reduction of named values may hold so that it
+    has one size on every process. A loss part can be missing on one process only (reward_gen is
+    logged for a micro batch whose every row scored y_gen); reducing the two sets as they are
+    aborts under gloo ("data size doesn't match") and hangs under NCCL."""
+    rank, size = world()
+    if size == 1:
+        return sorted(names)
+    gathered: list = [None] * size
+    torch.distributed.all_gather_object(gathered, sorted(names))
+    return sorted(set.intersection(*map(set, gathered)))
+
+
 def agree(nonfinite: bool, stop: bool) -> tuple[int | None, bool]:
     """What every process does with this step, decided together with one all-reduce of two
     numbers, so that no process skips, stops or checkpoints alone and leaves the others waiting in

@@ -29,6 +29,7 @@ from dppo.train.distributed import (
     agree,
     all_reduce_sum,
     barrier,
+    common_keys,
     device,
     gradient_scale,
     init_distributed,
@@ -242,7 +243,7 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
                 skipped += 1
                 bar.update(1)
                 continue
-            names = sorted(logged)
+            names = common_keys(logged)  # the parts every process logged: one reduction size
             values = torch.stack([logged[k].reshape(()) for k in names])
             all_reduce_sum([values])
             lr = opt.lr * lr_factor(opt, step, total)
