@@ -26,6 +26,11 @@ from dppo.train.sft import sft_job
 TESTS = Path(__file__).resolve().parent
 
 
+# FSDP2 is the option for a model that does not fit one GPU; its 2-process runs (minutes in all on
+# 2 cores) are `long` tests: `make test-all` and CI run them, `make test` the DDP default.
+STRATEGIES = ["ddp", pytest.param("fsdp2", marks=pytest.mark.long)]
+
+
 @pytest.mark.slow
 def test_sft_job_under_torchrun_keeps_the_effective_batch_and_equals_one_process(tmp_path, tiny_model_dir):
     train = sft_train_file(tmp_path)
@@ -165,7 +170,7 @@ def test_a_nonfinite_loss_on_one_process_stops_every_process(tmp_path, tiny_mode
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("distributed", STRATEGIES)
 def test_sigterm_to_one_process_checkpoints_and_stops_every_process(tmp_path, tiny_model_dir, distributed):
     from dppo.train.checkpoints import last_checkpoint
 
@@ -194,7 +199,7 @@ def test_sigterm_to_one_process_checkpoints_and_stops_every_process(tmp_path, ti
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("distributed", STRATEGIES)
 def test_a_short_last_batch_leaves_one_process_without_rows_and_trains_as_one_process(tmp_path, tiny_model_dir,
                                                                                         distributed):
     """18 rows in batches of 4: the last batch's 2 rows are all process 0's, process 1 joins the
@@ -248,7 +253,7 @@ def preference_job(model_dir: str, checkpoint_dir: str, distributed: str = "ddp"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("distributed", STRATEGIES)
 def test_preference_training_under_torchrun_equals_one_process(tmp_path, tiny_model_dir, distributed):
     done = torchrun("preference_job", {"model_dir": str(tiny_model_dir), "checkpoint_dir": str(tmp_path / "two"),
                                        "distributed": distributed})
