@@ -218,16 +218,21 @@ def keys_job(out_dir: str) -> None:
     reward_gen is when only one process's micro batch scored y_gen on every row)."""
     from dppo.train.distributed import common_keys, init_distributed, world
 
+    import atexit
+
     init_distributed()
     rank, _ = world()
     names = ["loss", "margin", *(["reward_gen"] if rank == 0 else [])]
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(common_keys(names)))
+    # torchrun's worker must have closed the process group by the time the interpreter exits
+    atexit.register(lambda: Path(out_dir, f"rank{rank}.open").write_text(str(torch.distributed.is_initialized())))
 
 
-def test_processes_that_logged_different_loss_parts_reduce_the_common_ones(tmp_path):
+def test_processes_that_logged_different_loss_parts_reduce_the_common_ones_and_close_the_group(tmp_path):
     done = torchrun("keys_job", {"out_dir": str(tmp_path)}, timeout=120)
     assert done.returncode == 0, done.stdout[-4000:]
     assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [["loss", "margin"]] * 2
+    assert [(tmp_path / f"rank{r}.open").read_text() for r in (0, 1)] == ["False"] * 2
 
 
 def preference_job(model_dir: str, checkpoint_dir: str, distributed: str = "ddp") -> None:

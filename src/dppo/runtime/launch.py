@@ -80,4 +80,9 @@ if __name__ == "__main__":
     with open(sys.argv[1]) as spec_file:
         spec = json.load(spec_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(message)s")
-    _resolve(spec["target"])(**spec["kwargs"])
+    from dppo.train.distributed import close_distributed
+
+    try:
+        _resolve(spec["target"])(**spec["kwargs"])
+    finally:
+        close_distributed()
