@@ -216,9 +216,9 @@ def test_a_short_last_batch_leaves_one_process_without_rows_and_trains_as_one_pr
 def keys_job(out_dir: str) -> None:
     """Each process names the loss parts it logged, one of them a part the other lacks (as
     reward_gen is when only one process's micro batch scored y_gen on every row)."""
-    from dppo.train.distributed import common_keys, init_distributed, world
-
     import atexit
+
+    from dppo.train.distributed import common_keys, init_distributed, world
 
     init_distributed()
     rank, _ = world()
