@@ -158,6 +158,17 @@ def test_reward_hist_shares_of_answers_with_counts(tmp_path):
     _check_files(tmp_path, plot, "reward_hist")
 
 
+def test_data_efficiency_points_name_their_own_runs_when_numbers_coincide():
+    """Two methods whose subset runs share loss, size and win rate: each point is its own run
+    (matching runs by their numbers would give both points one run's name and counts)."""
+    grid = full_grid()
+    twin = _row("unll-sqrt-a0.1-n50-s0", "data_efficiency", "unll", "sqrt", 0.1, 50, 3, 0.65)
+    grid = pd.concat([grid, pd.DataFrame([twin])], ignore_index=True)
+    data = plotting.fig_data_efficiency(grid, n_full=200).data
+    at_50 = data.loc[(data["x"] == 50) & (data["marker"] == "line") & data["series"].str.startswith("unll"), "run"]
+    assert sorted(at_50) == ["unll-linear-a0.1-n50-s0", "unll-sqrt-a0.1-n50-s0"]
+
+
 def test_data_efficiency_lines_and_chained_star(tmp_path):
     plot = plotting.fig_data_efficiency(full_grid(), n_full=200)
     data = plot.data

@@ -65,8 +65,9 @@ def data_efficiency_rows(win_rates: pd.DataFrame, n_full: int | None = None) -> 
     The data-efficiency group holds the runs on subsets; a method's run on all rows is the
     main-group run of the same loss (and f, alpha for penalties), whose ``n_train`` is empty
     and reads as ``n_full`` (the preference rows kept). Columns: ``method`` (loss, and f for
-    penalties), ``label``, ``loss``, ``n_train``, ``win_rate``, ``win_rate_low``, ``win_rate_high``."""
-    cols = ["method", "label", "loss", "n_train", "win_rate", "win_rate_low", "win_rate_high"]
+    penalties), ``label``, ``name`` (the run), ``loss``, ``n_train``, ``win_rate``, ``win_rate_low``,
+    ``win_rate_high``."""
+    cols = ["method", "label", "name", "loss", "n_train", "win_rate", "win_rate_low", "win_rate_high"]
     eff = win_rates[win_rates["group"] == "data_efficiency"]
     if eff.empty:
         return pd.DataFrame(columns=cols)

@@ -401,12 +401,8 @@ def data_efficiency_data(win_rates: pd.DataFrame, n_full: int | None = None) -> 
     (:func:`dppo.evaluate.run_selection.data_efficiency_rows`), and the chained run (series "chained")
     at the row count of its last stage."""
     agg = data_efficiency_rows(win_rates, n_full)
-    if len(agg):  # the counts and names of the runs behind each point
-        keys = win_rates[["win_rate", "n_train", "loss", "name", "n_seeds", "n_prompts"]].copy()
-        keys["n_train"] = pd.to_numeric(keys["n_train"], errors="coerce").astype(float)
-        if n_full is not None:
-            keys["n_train"] = keys["n_train"].fillna(n_full)
-        agg = agg.merge(keys, on=["win_rate", "n_train", "loss"], how="left").drop_duplicates(["method", "n_train"])
+    if len(agg):  # the counts of the run behind each point
+        agg = agg.merge(win_rates[["name", "n_seeds", "n_prompts"]], on="name", how="left")
     rows = []
     for method in agg["method"].unique() if len(agg) else []:
         line = agg[agg["method"] == method]
