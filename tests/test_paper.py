@@ -36,13 +36,13 @@ EXPERIMENTS = [
 
 def _scores(p_win: float, p_negative: float, rng, seeds=(0, 1, 2)) -> pd.DataFrame:
     """Rewards against an SFT reward of 0: +1 (a win) with p_win, else -1 (negative) with
-    p_negative / (1 - p_win) of the rest, else 0 (a tie)."""
+    p_negative / (1 - p_win) of the rest, else 0 (a tie: SFT's own answer, "r")."""
     frames = []
     for seed in seeds:
         u = rng.random(N)
         reward = np.where(u < p_win, 1.0, np.where(u < p_win + p_negative, -1.0, 0.0))
         frames.append(pd.DataFrame({"seed": seed, "prompt_id": [f"p{i}" for i in range(N)], "prompt": "q",
-                                    "response": "r", "reward": reward}))
+                                    "response": np.where(reward == 0.0, "r", "changed"), "reward": reward}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -166,8 +166,12 @@ def test_win_rates_come_with_wins_ties_and_losses():
     dpo = table.set_index("name").loc["dpo"]
     n = int(dpo["n_wins"] + dpo["n_ties"] + dpo["n_losses"])
     assert n == N * 3  # answers: prompts x seeds
+    changed = int(dpo["n_wins"] + dpo["n_losses"])  # a tie here is SFT's own answer
+    assert dpo["n_changed"] == changed
     assert m["outcomesDPO"] == (rf"wins {100 * dpo['n_wins'] / n:.1f}\%, ties {100 * dpo['n_ties'] / n:.1f}\% and "
-                                rf"loses {100 * dpo['n_losses'] / n:.1f}\% of {n:,} answers")
+                                rf"loses {100 * dpo['n_losses'] / n:.1f}\% of {n:,} answers; "
+                                rf"{100 * dpo['n_ties'] / n:.1f}\% of them are SFT's own answer, and "
+                                rf"{100 * dpo['n_wins'] / changed:.1f}\% of the {changed:,} others win")
     # prompt by prompt: each model's mean reward over its seeds, unll against DPO
     wide = prompts.pivot(index="prompt_id", columns="name", values="reward")
     diff = wide["unll"] - wide["dpo"]

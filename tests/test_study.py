@@ -132,7 +132,8 @@ def simulated_scores(effects: dict, n_worlds=4, n_prompts=60, seed=0):
                 rows.append(pd.DataFrame({
                     "design": design, "world": world, "experiment": name, "seed": 1000 * world,
                     "prompt_id": np.arange(n_prompts), "reward": reward,
-                    "win": (reward > 0) + 0.5 * (reward == 0), "negative": (reward < 0).astype(float)}))
+                    "win": (reward > 0) + 0.5 * (reward == 0), "negative": (reward < 0).astype(float),
+                    "same_as_reference": (reward == 0).astype(float)}))  # a tie: SFT's own answer
     return pd.concat(rows, ignore_index=True)
 
 
@@ -162,6 +163,9 @@ def test_the_study_tables_and_figure_from_per_prompt_scores(tmp_path):
     for column in ("a_wins", "ties", "b_wins"):
         assert comparisons[column].between(0, 1).all()
     assert np.allclose(comparisons[["a_wins", "ties", "b_wins"]].sum(axis=1), 1)
+    same = table.groupby(["design", "experiment"])["same_as_reference"].mean()
+    assert np.allclose(gain["a_same_as_sft"], same.loc[gain.index])
+    assert np.allclose(gain["b_same_as_sft"], same.loc[[(d, "dpo") for d, _ in gain.index]])
     aa = pd.read_csv(tmp_path / "tables" / "aa.csv")
     assert list(aa["design"]) == ["teach", "correct"] and not aa["excludes_zero"].any()
     alpha = pd.read_csv(tmp_path / "tables" / "alpha.csv")

@@ -65,6 +65,24 @@ def test_against_sft_by_hand():
         assert row["win_rate_low"] <= row["win_rate"] <= row["win_rate_high"]
 
 
+def test_exact_matches_with_sft_and_the_win_share_of_changed_answers_by_hand():
+    sft = SFT.assign(response=["x", "y", "z", "w"])
+    # a: same string as SFT (a tie), b: changed and tied, c: changed and lost, d: changed and won
+    dpo = _scores(["a", "b", "c", "d"], [1.0, 1.0, 2.0, 2.0]).assign(response=["x", "y2", "z2", "w2"])
+    long = per_seed_scores({"sft": sft, "dpo": dpo})
+    mine = long[long["name"] == "dpo"].set_index("prompt_id")
+    assert mine.loc[["a", "b", "c", "d"], "same_as_reference"].tolist() == [1.0, 0, 0, 0]
+    row = against_sft(long, per_prompt(long), ["dpo"], SETTINGS).iloc[0]
+    assert row["n_changed"] == 3 and row["win_share_of_changed"] == pytest.approx(1 / 3)  # d of b, c, d
+
+
+def test_scores_without_answers_give_no_exact_match_columns():
+    long = per_seed_scores({name: t.drop(columns="response") for name, t in SCORES.items()})
+    assert "same_as_reference" not in long
+    row = against_sft(long, per_prompt(long), ["dpo"], SETTINGS).iloc[0]
+    assert pd.isna(row["n_changed"]) and np.isnan(row["win_share_of_changed"])
+
+
 def test_paired_differences_by_hand_and_paired_resampling():
     prompts = per_prompt(per_seed_scores(SCORES))
     table = paired_differences(prompts, ["dpo", "unll"], "dpo", SETTINGS).set_index("name")

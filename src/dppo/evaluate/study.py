@@ -83,6 +83,10 @@ def compare_with_baseline(table: pd.DataFrame, design: str, names: Sequence[str]
     its replicated interval, MDE and variance components."""
     wins, negatives = values_of(table, design, "win"), values_of(table, design, "negative")
     rewards = values_of(table, design, "reward")
+    rows_of_design = table[table["design"] == design]
+    # the share of each run's answers that are SFT's own string (NaN where the scores carry no answers)
+    same = (rows_of_design.groupby("experiment")["same_as_reference"].mean() if "same_as_reference" in table
+            else pd.Series(dtype=float))
     rows = []
     for name in names:
         if name == baseline:
@@ -93,6 +97,7 @@ def compare_with_baseline(table: pd.DataFrame, design: str, names: Sequence[str]
                      **_interval_columns(d_win, "d_win_"), **_components(d_win),
                      **_interval_columns(d_negative, "d_negative_"),
                      **direct_comparison(rewards, name, baseline, level),
+                     "a_same_as_sft": same.get(name, np.nan), "b_same_as_sft": same.get(baseline, np.nan),
                      "n_worlds": d_win["n_worlds"], "n_seeds": d_win["n_seeds"], "n_prompts": d_win["n_prompts"]})
     return pd.DataFrame(rows)
 

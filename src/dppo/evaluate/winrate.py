@@ -45,9 +45,20 @@ def _check_scores(name: str, table: pd.DataFrame) -> None:
         raise ValueError(f"scores of {name!r} contain {int(table['reward'].isna().sum())} missing rewards")
 
 
+def _reference_answers(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The SFT model's reward per prompt and, where every model's scores carry their answers,
+    its answer (the one of its first seed: greedy answers do not vary with the seed)."""
+    table = scores[REFERENCE].sort_values("seed", kind="stable").groupby("prompt_id")
+    reference = table["reward"].mean().rename("reward_reference").to_frame()
+    if all("response" in t for t in scores.values()):
+        reference["response_reference"] = table["response"].first()
+    return reference
+
+
 def per_seed_scores(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Every model's reward of every (seed, prompt) with the SFT answer's reward beside it:
-    ``name, seed, prompt_id, reward, reward_reference, win, negative``.
+    ``name, seed, prompt_id, reward, reward_reference, win, negative`` and, where the scores carry
+    the answers, ``same_as_reference`` (1 where the answer is the SFT answer's exact string).
 
     Every model must have scored exactly the SFT model's prompts, for every seed: a win rate
     over other prompts compares nothing."""
@@ -55,7 +66,8 @@ def per_seed_scores(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         raise ValueError(f"no scores for the reference model {REFERENCE!r}")
     for name, table in scores.items():
         _check_scores(name, table)
-    reference = scores[REFERENCE].groupby("prompt_id")["reward"].mean().rename("reward_reference")
+    reference = _reference_answers(scores)
+    answers = "response_reference" in reference
     frames = []
     for name, table in scores.items():
         for seed, part in table.groupby("seed", sort=True):
@@ -64,12 +76,15 @@ def per_seed_scores(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                 only, only_ref = sorted(ids - ref_ids), sorted(ref_ids - ids)
                 raise ValueError(f"{name!r} (seed {seed}) and {REFERENCE!r} scored different prompts: {len(only)} only "
                                  f"in {name!r} (e.g. {only[:3]}), {len(only_ref)} only in {REFERENCE!r} (e.g. {only_ref[:3]})")
-            merged = part[["seed", "prompt_id", "reward"]].join(reference, on="prompt_id")
+            merged = part[["seed", "prompt_id", "reward", *(["response"] if answers else [])]].join(reference,
+                                                                                                 on="prompt_id")
             merged.insert(0, "name", name)
             frames.append(merged)
     long = pd.concat(frames, ignore_index=True)
     long["win"] = win_scores(long["reward"], long["reward_reference"])
     long["negative"] = (long["reward"] < 0).astype(float)
+    if answers:
+        long["same_as_reference"] = (long.pop("response") == long.pop("response_reference")).astype(float)
     return long.sort_values(["name", "seed", "prompt_id"], kind="stable").reset_index(drop=True)
 
 
@@ -146,12 +161,24 @@ def against_sft(long: pd.DataFrame, prompts: pd.DataFrame, names: Sequence[str],
             "n_seeds": int(len(seeds)),
             "n_prompts": int(prompts.loc[prompts["name"] == name, "prompt_id"].nunique()),
             "n_wins": int((wins == 1.0).sum()), "n_ties": int((wins == 0.5).sum()), "n_losses": int((wins == 0.0).sum()),
+            **_changed_answers(long[long["name"] == name]),
         })
     reference = long[long["name"] == REFERENCE]
     table = pd.DataFrame([rows[n] for n in names])
     table["mean_reward_reference"] = float(reference["reward"].mean())
     table["frac_negative_reference"] = float(reference["negative"].mean())
     return table
+
+
+def _changed_answers(rows: pd.DataFrame) -> dict:
+    """How many of a model's answers are not the SFT answer's string (``n_changed``; NaN where
+    the scores carry no answers), and the share of those that win (``win_share_of_changed``): a
+    win rate against SFT is diluted by every unchanged answer, a tie by construction."""
+    if "same_as_reference" not in rows:
+        return {"n_changed": pd.NA, "win_share_of_changed": float("nan")}
+    changed = rows[rows["same_as_reference"] == 0.0]
+    share = float((changed["win"] == 1.0).mean()) if len(changed) else float("nan")
+    return {"n_changed": int(len(changed)), "win_share_of_changed": share}
 
 
 def paired_differences(prompts: pd.DataFrame, names: Sequence[str], baseline: str,

@@ -65,7 +65,14 @@ def _against_sft(row) -> str:
     """A run's answers against SFT's on the same prompts, from the win-rate table's counts."""
     if row is None or pd.isna(row.get("n_wins")):
         return NA
-    return outcome_text(int(row["n_wins"]), int(row["n_ties"]), int(row["n_losses"]), "answer")
+    text = outcome_text(int(row["n_wins"]), int(row["n_ties"]), int(row["n_losses"]), "answer")
+    n = int(row["n_wins"]) + int(row["n_ties"]) + int(row["n_losses"])
+    changed = row.get("n_changed")
+    if n and changed is not None and not pd.isna(changed):
+        text += f"; {100 * (n - int(changed)) / n:.1f}% of them are SFT's own answer"
+        if int(changed):
+            text += f", and {100 * float(row['win_share_of_changed']):.1f}% of the {int(changed):,} others win"
+    return text
 
 
 def claim_sentence(claim: Mapping, labels: Mapping[str, str], prompt_scores: pd.DataFrame | None = None) -> str:

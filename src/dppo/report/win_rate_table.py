@@ -8,7 +8,7 @@ import pandas as pd
 
 EXPERIMENT_COLUMNS = ("name", "label", "group", "loss", "f", "alpha", "beta", "zeta", "unll_level", "n_train",
                       "seeds", "init")
-INTEGER_COLUMNS = ("n_train", "n_seeds", "n_prompts", "n_wins", "n_ties", "n_losses")
+INTEGER_COLUMNS = ("n_train", "n_seeds", "n_prompts", "n_wins", "n_ties", "n_losses", "n_changed")
 # Read back as text, so that an empty cell is None rather than the string 'nan'.
 TEXT_COLUMNS = ("label", "group", "loss", "f", "unll_level", "init", "baseline", "seeds")
 
