@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 TORCH := torch==2.13.0
 
-.PHONY: install run study rehearsal lint test test-kernels test-all bench clean
+.PHONY: install run study evidence rehearsal lint test test-kernels test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ run: install
 # (configs/overlays/study.yaml; results in runs/study/, README "Evidence").
 study: install
 	$(VENV)/bin/python -m dppo.study --cores 2
+
+# The study's tables become the paper's evidence (config key paper.evidence): commit evidence/
+# with the code that produced them (their study.json records the commit and the machine).
+evidence:
+	mkdir -p evidence/study
+	cp runs/study/tables/*.csv runs/study/tables/study.json evidence/study/
 
 # The CPU rehearsal of configs/paper.yaml (configs/overlays/rehearsal.yaml) through a local
 # single-node SLURM cluster, in runs/rehearsal: needs root (the cluster) and .venv-vllm

@@ -4,6 +4,7 @@ the PDF builder's paths."""
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,7 +185,7 @@ def test_win_rates_come_with_wins_ties_and_losses():
     assert paper.outcome_text(1, 2, 1, "prompt") == "wins 25.0%, ties 50.0% and loses 25.0% of 4 prompts"
 
 
-PAPER_SOURCES = ("paper/main.tex", "paper/sections/toy.tex")
+PAPER_SOURCES = ("paper/main.tex", *sorted(str(p) for p in Path("paper/sections").glob("*.tex")))
 
 
 def test_every_win_rate_sentence_gives_wins_ties_and_losses():

@@ -775,6 +775,10 @@ class PaperSettings(Section):
 
     setup: dict = setting(help='words describing the set-up: macro name -> text, e.g. setupModel: "a tiny Llama"',
                           factory=dict, schema={"type": "object", "additionalProperties": {"type": "string"}})
+    evidence: str | None = setting(None, "a study's tables (the copy of `make study`'s under evidence/) that the "
+                                         "paper's evidence section reads; null: no such section", minimum=1)
+    evidence_rerun: str | None = setting(None, "the same study rerun with other float kernels, compared verdict by "
+                                               "verdict in that section; null: none", minimum=1)
 
     def check(self):
         if not isinstance(self.setup, Mapping) or not all(isinstance(v, str) for v in self.setup.values()):

@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +35,8 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = ("config.yaml", "configs/overlays/study.yaml")
 # What the study reads from each run: Snakemake builds only these (and what they need).
 RUN_TARGETS = ("results/tables/prompt_scores.parquet", "results/experiments.json", "results/tables/premise.json")
+# The switches that change float results on x86 CPUs (README, "What identical numbers means").
+KERNEL_VARIABLES = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def run_directory(study: StudySettings, design: str, world: int) -> Path:
@@ -77,6 +82,23 @@ def collect(study: StudySettings) -> tuple[pd.DataFrame, list[dict]]:
     return pd.concat(frames, ignore_index=True), experiments
 
 
+def write_provenance(directory: Path) -> None:
+    """What the study's numbers are conditional on, written before its runs: the commit, the CPU,
+    the float-kernel switches and the date (the tables carry it as ``provenance``)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    record = {"commit": git("rev-parse", "--short=12", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain")),
+              "cpu": cpu or "unknown", "cores": os.cpu_count(), "platform": platform.platform(),
+              "kernels": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ},
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    write_text(directory / "provenance.json", json.dumps(record, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dppo.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", nargs="+", type=Path, default=[REPOSITORY / c for c in DEFAULT_CONFIGS])
@@ -96,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     study = replace(study, designs={d: r for d, r in study.designs.items() if d in (args.designs or study.designs)},
                     worlds=args.worlds or study.worlds, directory=args.directory or study.directory)
     if not args.aggregate_only:
+        write_provenance(Path(study.directory))
         for design in study.designs:
             for world in range(study.worlds):
                 run_world(study, args.configfile, design, world, args.cores, args.snakemake_args)

@@ -5,6 +5,7 @@ import glob
 import os
 import shutil
 
+from dppo.evaluate.study import STUDY_RECORD, STUDY_TABLES
 from dppo.settings import PENALTY_SWEEP_GROUPS
 
 PAPER_SRC = os.path.join(workflow.basedir, "paper")
@@ -29,10 +30,22 @@ PAPER_TABLES = [
     "paper/tables/claims.tex",
     "paper/tables/penalty_scale.tex",
 ]
+# The evidence section reads a study's tables committed to the repository (make study writes
+# them; dppo.report.evidence): relative paths are the repository's, whatever --directory says.
+EVIDENCE = {}
+for key in ("evidence", "evidence_rerun"):
+    if getattr(S.paper, key):
+        EVIDENCE[key] = os.path.join(workflow.basedir, getattr(S.paper, key))
+EVIDENCE_OUTPUTS = (
+    {"macros": "paper/tables/study_macros.tex", "table": "paper/tables/study.tex", **figure_outputs("dose_response")}
+    if EVIDENCE
+    else {}
+)
 PAPER_OUTPUTS = (
     [f"paper/figures/{fig}.{ext}" for fig in PAPER_FIGURES for ext in ("pdf", "png", "csv")]
     + PAPER_TABLES
     + list(PAPER_PDF_OUTPUTS.values())
+    + [str(p) for p in EVIDENCE_OUTPUTS.values()]
 )
 
 
@@ -158,6 +171,27 @@ rule fig_length_dist:
         "../scripts/fig_length_dist.py"
 
 
+rule study_evidence:
+    # The paper's evidence section from a study's committed tables (and its rerun with other kernels).
+    input:
+        **{key: [f"{d}/{t}.csv" for t in STUDY_TABLES] + [f"{d}/{STUDY_RECORD}"] for key, d in EVIDENCE.items()},
+    output:
+        **EVIDENCE_OUTPUTS,
+    log:
+        "logs/study_evidence/study_evidence.log",
+    conda:
+        "../../envs/plot.yaml"
+    threads: 1
+    resources:
+        **res("study_evidence"),
+    params:
+        directories=EVIDENCE,
+        source=S.paper.evidence,
+        main=S.claims.dppo,
+    script:
+        "../scripts/study_evidence.py"
+
+
 rule paper_pdf:
     input:
         # The LaTeX sources come from the repository, the generated figures and tables from
@@ -168,6 +202,7 @@ rule paper_pdf:
         figures=expand("paper/figures/{fig}.pdf", fig=PAPER_FIGURES),
         sections=sorted(glob.glob(f"{PAPER_SRC}/sections/*.tex")),
         toy=[p for p in TOY_OUTPUTS if p.startswith("paper/")],
+        evidence=[str(p) for p in EVIDENCE_OUTPUTS.values()],
     output:
         **PAPER_PDF_OUTPUTS,
     log:

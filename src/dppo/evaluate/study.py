@@ -160,3 +160,57 @@ def aa_checks(table: pd.DataFrame, designs: Sequence[str], pairs: Sequence[tuple
             rows.append({"design": design, "experiment": experiment, "twin": twin,
                          **_interval_columns(check, "d_win_"), "excludes_zero": check["excludes_zero"]})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ one study against its rerun
+
+STUDY_TABLES = ("comparisons", "aa", "alpha", "tuned")
+STUDY_RECORD = "study.json"  # beside the tables: the study's settings, labels and provenance
+
+
+def verdicts_of(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every verdict a study's tables hold, one row each: ``table, design, subject, statistic,
+    estimate, low, high, verdict`` (estimate and interval where the table has them; the alpha
+    tests' verdicts combine several intervals and carry none)."""
+    rows = []
+    for _, r in tables["comparisons"].iterrows():
+        for prefix, statistic in (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A")):
+            result = {k: r[prefix + k] for k in ("estimate", "low", "high")}
+            rows.append({"table": "comparisons", "design": r["design"], "subject": r["experiment"],
+                         "statistic": statistic, **result, "verdict": verdict(result, "greater")})
+    for _, r in tables["aa"].iterrows():
+        result = {k: r["d_win_" + k] for k in ("estimate", "low", "high")}
+        rows.append({"table": "aa", "design": r["design"], "subject": r["twin"], "statistic": "DPO minus its twin",
+                     **result, "verdict": "false positive" if r["excludes_zero"] else "inconclusive"})
+    for _, r in tables["tuned"].iterrows():
+        result = {k: r["d_win_" + k] for k in ("estimate", "low", "high")}
+        rows.append({"table": "tuned", "design": r["design"], "subject": r["loss"],
+                     "statistic": "best alpha minus DPO's best beta (test prompts)", **result, "verdict": r["verdict"]})
+    for _, r in tables["alpha"].iterrows():
+        for column, statistic in (("trend_verdict", "alpha matters"), ("interior_verdict", "an interior alpha beats both ends")):
+            rows.append({"table": "alpha", "design": r["design"], "subject": r["loss"], "statistic": statistic,
+                         "estimate": np.nan, "low": np.nan, "high": np.nan, "verdict": r[column]})
+    return pd.DataFrame(rows)
+
+
+def compare_studies(first: Mapping[str, pd.DataFrame], second: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The same study run twice (on another machine, or with other float kernels), verdict by
+    verdict: both estimates and intervals, ``same_verdict``, and whether each run's estimate lies
+    inside the other run's interval (what a 95% interval that includes every level a rerun
+    redraws should do about 95% of the time, less often when the reruns' estimates are correlated
+    by shared settings and prompts)."""
+    key = ["table", "design", "subject", "statistic"]
+    a, b = verdicts_of(first), verdicts_of(second)
+    merged = a.merge(b, on=key, how="outer", suffixes=("_first", "_second"), indicator=True)
+    missing = merged[merged["_merge"] != "both"]
+    if len(missing):
+        raise ValueError(f"the two studies hold different verdicts, e.g. {missing.iloc[0][key].to_dict()}: "
+                         "compare runs of the same study settings")
+    merged = merged.drop(columns="_merge")
+    merged["same_verdict"] = merged["verdict_first"] == merged["verdict_second"]
+    no_interval = merged["low_first"].isna()
+    for column, estimate, side in (("second_inside_first", "estimate_second", "first"),
+                                   ("first_inside_second", "estimate_first", "second")):
+        inside = merged[estimate].between(merged[f"low_{side}"], merged[f"high_{side}"])
+        merged[column] = inside.astype("boolean").mask(no_interval)  # NA: a verdict without an interval
+    return merged

@@ -11,6 +11,7 @@ alpha against DPO at its best beta, chosen on validation prompts, judged on test
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from dppo.evaluate.study import (  # noqa: E402
     BASELINE,
+    STUDY_RECORD,
     aa_checks,
     alpha_tests,
     balance_prompts,
@@ -55,23 +57,49 @@ def _interval(row: pd.Series, prefix: str) -> str:
             f"(MDE {row[prefix + 'mde']:.3f})")
 
 
+PANELS = (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A"))
+
+
+def design_order(study: StudySettings) -> list[str]:
+    """The designs from "the pairs correct y_gen's flaw" to "the pairs teach it" (the share of
+    chosen minus the share of rejected answers that carry it)."""
+    return sorted(study.designs, key=lambda name: study.designs[name][0] - study.designs[name][1])
+
+
+def dose_response_data(comparisons: pd.DataFrame, study: StudySettings, shown: list[str],
+                       labels: dict[str, str]) -> pd.DataFrame:
+    """What the dose-response figure draws, one row per (panel, experiment, design): the design's
+    position and flaw shares, the experiment's label, the estimate and interval over worlds, and
+    the counts behind them."""
+    position = {name: k for k, name in enumerate(design_order(study))}
+    rows = []
+    for prefix, ylabel in PANELS:
+        for name in shown:
+            for _, r in comparisons[comparisons["experiment"] == name].iterrows():
+                chosen, rejected = study.designs[r["design"]]
+                rows.append({"panel": ylabel, "experiment": name, "label": labels.get(name, name),
+                             "design": r["design"], "x": position[r["design"]], "chosen_flawed": chosen,
+                             "rejected_flawed": rejected, "estimate": r[prefix + "estimate"], "low": r[prefix + "low"],
+                             "high": r[prefix + "high"], "n_worlds": int(r["n_worlds"]),
+                             "n_seeds": int(r["n_seeds"]), "n_prompts": int(r["n_prompts"])})
+    return pd.DataFrame(rows).sort_values(["panel", "experiment", "x"], kind="stable", ignore_index=True)
+
+
 def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown: list[str], labels: dict[str, str],
-                         path_stem: Path) -> None:
-    """Gain over DPO at each design (ordered by the share of chosen minus the share of rejected
-    answers that carry y_gen's flaw), one line per experiment, replicated 95% intervals. The
-    designs are categories on the x axis, so drawing the lines side by side moves no value."""
-    order = sorted(study.designs, key=lambda name: study.designs[name][0] - study.designs[name][1])
-    position = {name: k for k, name in enumerate(order)}
+                         path_stem: Path) -> pd.DataFrame:
+    """Gain over DPO at each design (:func:`design_order`), one line per experiment, replicated
+    95% intervals; returns what it draws (:func:`dose_response_data`), also written as
+    ``<path_stem>.csv``. The designs are categories on the x axis, so drawing the lines side by
+    side moves no value."""
+    order = design_order(study)
+    data = dose_response_data(comparisons, study, shown, labels)
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0), sharex=True)
-    panels = (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A"))
-    for ax, (prefix, ylabel) in zip(axes, panels):
+    for ax, (prefix, ylabel) in zip(axes, PANELS):
         for k, name in enumerate(shown):
-            rows = comparisons[comparisons["experiment"] == name].assign(x=lambda d: d["design"].map(position))
-            rows = rows.sort_values("x")
+            rows = data[(data["panel"] == ylabel) & (data["experiment"] == name)]
             offset = (k - (len(shown) - 1) / 2) * 0.6 / max(1, len(shown))
-            ax.errorbar(rows["x"] + offset, rows[prefix + "estimate"],
-                        yerr=[rows[prefix + "estimate"] - rows[prefix + "low"],
-                              rows[prefix + "high"] - rows[prefix + "estimate"]],
+            ax.errorbar(rows["x"] + offset, rows["estimate"],
+                        yerr=[rows["estimate"] - rows["low"], rows["high"] - rows["estimate"]],
                         marker="o", ms=3, capsize=2, lw=1, label=labels.get(name, name))
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xticks(range(len(order)))
@@ -81,9 +109,11 @@ def dose_response_figure(comparisons: pd.DataFrame, study: StudySettings, shown:
     fig.supxlabel("design (share of chosen, share of rejected answers with y_gen's flaw)", fontsize=9)
     n = comparisons.iloc[0]
     fig.suptitle(f"{int(n['n_worlds'])} worlds x {int(n['n_seeds'])} seed(s) x {int(n['n_prompts'])} prompts per "
-                 f"design; 95% intervals over worlds", fontsize=9)
+                 f"design; {100 * study.level:g}% intervals over worlds", fontsize=9)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     save_figure(fig, path_stem.with_suffix(".pdf"), path_stem.with_suffix(".png"))
+    write_csv(data, path_stem.with_suffix(".csv"))
+    return data
 
 
 def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettings, directory: Path) -> None:
@@ -106,6 +136,10 @@ def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettin
     labels = distinct_labels(labels)
     dose_response_figure(comparisons, study, shown, labels, directory / "figures" / "dose_response")
     write_text(directory / "summary.md", summary(comparisons, aa, alpha, tuned, study, shown, labels))
+    provenance = directory / "provenance.json"
+    about = {"study": study.to_dict(), "shown": shown, "labels": labels,
+             "provenance": json.loads(provenance.read_text()) if provenance.exists() else None}
+    write_text(directory / "tables" / STUDY_RECORD, json.dumps(about, indent=1) + "\n")
 
 
 def summary(comparisons, aa, alpha, tuned, study: StudySettings, shown, labels) -> str:
