@@ -82,9 +82,10 @@ def collect(study: StudySettings) -> tuple[pd.DataFrame, list[dict]]:
     return pd.concat(frames, ignore_index=True), experiments
 
 
-def write_provenance(directory: Path) -> None:
+def write_provenance(directory: Path, snakemake_args: list[str]) -> None:
     """What the study's numbers are conditional on, written before its runs: the commit, the CPU,
-    the float-kernel switches and the date (the tables carry it as ``provenance``)."""
+    the float-kernel switches (and the Snakemake options, ``--max-threads`` among them), the date
+    (the tables carry it as ``provenance``)."""
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else "unknown"
@@ -95,6 +96,7 @@ def write_provenance(directory: Path) -> None:
     record = {"commit": git("rev-parse", "--short=12", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain")),
               "cpu": cpu or "unknown", "cores": os.cpu_count(), "platform": platform.platform(),
               "kernels": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ},
+              "snakemake_args": list(snakemake_args),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     write_text(directory / "provenance.json", json.dumps(record, indent=1) + "\n")
 
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     study = replace(study, designs={d: r for d, r in study.designs.items() if d in (args.designs or study.designs)},
                     worlds=args.worlds or study.worlds, directory=args.directory or study.directory)
     if not args.aggregate_only:
-        write_provenance(Path(study.directory))
+        write_provenance(Path(study.directory), args.snakemake_args)
         for design in study.designs:
             for world in range(study.worlds):
                 run_world(study, args.configfile, design, world, args.cores, args.snakemake_args)

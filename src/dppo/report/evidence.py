@@ -113,8 +113,12 @@ def alpha_sentence(alpha: pd.DataFrame) -> str:
 
 def kernels_text(record: Mapping) -> str:
     """The float-kernel switches a study ran with ("default kernels" when none was set)."""
-    kernels = (record.get("provenance") or {}).get("kernels") or {}
-    return ", ".join(f"{k}={v}" for k, v in sorted(kernels.items())) or "default kernels"
+    provenance = record.get("provenance") or {}
+    switches = [f"{k}={v}" for k, v in sorted((provenance.get("kernels") or {}).items())]
+    args = provenance.get("snakemake_args") or []
+    if "--max-threads" in args:
+        switches.append(f"{args[args.index('--max-threads') + 1]} thread per job")
+    return ", ".join(switches) or "default kernels"
 
 
 def rerun_sentence(check: pd.DataFrame, rerun: Mapping) -> str:
