@@ -25,11 +25,11 @@ HELPS = {"dpo": 0.0, "dpo_twin": 0.0, "dpo_beta": 0.0, "unll_0.01": 0.0, "unll_0
 EFFECTS = {"teach": HELPS, "correct": {**HELPS, "unll_0.1": -0.6, "unll_1": 0.0, "unll_10": 0.0}}
 
 
-def simulated_study(directory: Path, seed: int = 0) -> Path:
+def simulated_study(directory: Path, seed: int = 0, pairs: dict | None = None) -> Path:
     """A study's tables from simulated scores with known effects (unll_0.1: +0.6 reward where the
     pairs teach the flaw, -0.6 where they correct it); returns its tables' directory."""
     study = StudySettings(worlds=4, designs={"teach": [0.6, 0.0], "correct": [0.0, 0.6]},
-                          dose_response=("unll_0.1", "dpo_twin"), directory=str(directory))
+                          dose_response=("unll_0.1", "dpo_twin"), directory=str(directory), pairs=pairs or {})
     (directory / "provenance.json").parent.mkdir(parents=True, exist_ok=True)
     (directory / "provenance.json").write_text(json.dumps({"commit": "abc123", "cpu": "a CPU", "cores": 2,
                                                            "kernels": {"MKL_CBWR": "COMPATIBLE"} if seed else {},
@@ -84,6 +84,23 @@ def test_a_study_against_its_own_copy_agrees_and_against_a_rerun_counts_what_mov
     other = {**second, "aa": second["aa"].assign(design="elsewhere")}
     with pytest.raises(ValueError, match="different verdicts"):
         compare_studies(first, other)
+
+
+def test_a_further_pair_is_compared_with_its_own_baseline_and_leaves_the_dpo_rows_alone(tmp_path):
+    plain = evidence.read_study(simulated_study(tmp_path / "plain"))[0]
+    tables, record = evidence.read_study(simulated_study(tmp_path / "pairs", pairs={"unll_1": "unll_0.1"}))
+    rows = tables["comparisons"]
+    assert (rows["baseline"] == "dpo").sum() == len(plain["comparisons"])
+    pair = rows[rows["baseline"] == "unll_0.1"].set_index("design")
+    assert list(pair["experiment"]) == ["unll_1", "unll_1"]
+    # unll_1 (+0.3) against unll_0.1 (+0.6) where the pairs teach the flaw; (0 against -0.6) where they correct it
+    assert pair.loc["teach", "d_win_estimate"] < 0 < pair.loc["correct", "d_win_low"]
+    m = evidence.evidence_macros(tables, record, "unll_0.1")
+    assert m["studyPairsSentence"].startswith("unll 1 beats unll 0.1 (win rate against SFT, difference): holds in 1 "
+                                              "(correct (0, 0.6)")
+    assert m["studyUnllZeroPointOneSentence"] == evidence.evidence_macros(plain, record, "unll_0.1")[
+        "studyUnllZeroPointOneSentence"]
+    assert (tmp_path / "pairs" / "summary.md").read_text().count("| unll 1 | unll 0.1 |") == 2
 
 
 def test_a_missing_table_is_named(tmp_path):

@@ -704,6 +704,9 @@ class StudySettings(Section):
                                           "from", schema={"type": "array", "items": {"enum": list(GROUPS)}})
     dose_response: tuple[str, ...] = setting((), "the experiments the dose-response figure draws",
                                              schema={"type": "array", "items": {"type": "string"}})
+    pairs: Mapping[str, str] = setting(help="further comparisons, experiment -> the experiment it is compared with "
+                                            "(e.g. unll_onpolicy: unll), read like the comparisons with DPO",
+                                       factory=dict, schema={"type": "object", "additionalProperties": {"type": "string"}})
     split_seed: int = setting(0, "the validation / test split of each world's held-out prompts", minimum=0)
     level: float = setting(0.95, "confidence level of the intervals", above=0, maximum=0.999)
     directory: str = setting("runs/study", "where the study's runs, tables and figure go", minimum=1)
@@ -721,6 +724,8 @@ class StudySettings(Section):
         object.__setattr__(self, "designs", designs)
         for name in ("dpo_groups", "dose_response"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.pairs, Mapping) or not all(isinstance(v, str) for v in self.pairs.values()):
+            raise FieldError("pairs", f"must map experiment names to experiment names, got {self.pairs!r}")
         for group in self.dpo_groups:
             check_choice("dpo_groups", group, GROUPS)
 

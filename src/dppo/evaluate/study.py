@@ -102,6 +102,12 @@ def compare_with_baseline(table: pd.DataFrame, design: str, names: Sequence[str]
     return pd.DataFrame(rows)
 
 
+def against(comparisons: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """The rows of a comparisons table that compare with ``baseline`` (DPO, or the other
+    experiment of a ``study.pairs`` entry)."""
+    return comparisons[comparisons["baseline"] == baseline]
+
+
 def split_rows(table: pd.DataFrame, design: str, split_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One design's rows on each world's validation prompts and on its test prompts
     (:func:`split_prompts` per world)."""
@@ -174,7 +180,8 @@ def verdicts_of(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     tests' verdicts combine several intervals and carry none)."""
     rows = []
     for _, r in tables["comparisons"].iterrows():
-        for prefix, statistic in (("d_win_", "win rate vs SFT minus DPO's"), ("net_direct_", "A beats DPO minus DPO beats A")):
+        b = r["baseline"]
+        for prefix, statistic in (("d_win_", f"win rate vs SFT minus {b}'s"), ("net_direct_", f"A beats {b} minus {b} beats A")):
             result = {k: r[prefix + k] for k in ("estimate", "low", "high")}
             rows.append({"table": "comparisons", "design": r["design"], "subject": r["experiment"],
                          "statistic": statistic, **result, "verdict": verdict(result, "greater")})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from dppo.evaluate.replicates import HOLDS, INCONCLUSIVE, REFUTED
-from dppo.evaluate.study import STUDY_RECORD, STUDY_TABLES, compare_studies
+from dppo.evaluate.study import BASELINE, STUDY_RECORD, STUDY_TABLES, against, compare_studies
 from dppo.report.latex import booktabs_table, fmt_percent, latex_escape, macro_name, render_macros
 from dppo.report.study import design_order, dose_response_figure
 from dppo.runtime.io import write_text
@@ -47,11 +47,13 @@ def design_names(record: Mapping) -> dict[str, str]:
             for name, rates in record["study"]["designs"].items()}
 
 
-def experiment_sentence(comparisons: pd.DataFrame, name: str, record: Mapping) -> str:
-    """Where one experiment beats DPO: the designs where its win-rate difference holds, is
-    refuted and is inconclusive, with the intervals of the first two."""
-    designs, label = design_names(record), record["labels"].get(name, name)
-    rows = comparisons[comparisons["experiment"] == name].set_index("design")
+def experiment_sentence(comparisons: pd.DataFrame, name: str, record: Mapping, baseline: str = BASELINE) -> str:
+    """Where one experiment beats ``baseline`` (DPO, or the other side of a ``study.pairs``
+    entry): the designs where its win-rate difference holds, is refuted and is inconclusive,
+    with the intervals of the first two."""
+    designs, labels = design_names(record), record["labels"]
+    label, other = labels.get(name, name), labels.get(baseline, baseline)
+    rows = against(comparisons, baseline).query("experiment == @name").set_index("design")
     order = [d for d in design_order(StudySettings.from_dict(record["study"])) if d in rows.index]
     verdicts = {d: HOLDS if rows.loc[d, "d_win_low"] > 0 else REFUTED if rows.loc[d, "d_win_high"] < 0
                 else INCONCLUSIVE for d in order}
@@ -64,15 +66,15 @@ def experiment_sentence(comparisons: pd.DataFrame, name: str, record: Mapping) -
         else:
             parts.append(f"{verdict} in none")
     n_open = sum(v == INCONCLUSIVE for v in verdicts.values())
-    return (f"{label} beats DPO (win rate against SFT, difference): {parts[0]}, {parts[1]}, inconclusive in {n_open} "
-            f"of {len(order)} designs.")
+    return (f"{label} beats {other} (win rate against SFT, difference): {parts[0]}, {parts[1]}, inconclusive in "
+            f"{n_open} of {len(order)} designs.")
 
 
 def controls_sentence(comparisons: pd.DataFrame, main: str, record: Mapping) -> str:
     """At the designs where ``main`` beats DPO, what every other shown experiment gives there:
     whether a control without y_gen's trigger, or without y_gen at all, does as well."""
     designs, labels = design_names(record), record["labels"]
-    rows = comparisons.set_index(["design", "experiment"])
+    rows = against(comparisons).set_index(["design", "experiment"])
     where = [d for d in design_order(StudySettings.from_dict(record["study"]))
              if (d, main) in rows.index and rows.loc[(d, main), "d_win_low"] > 0]
     if not where:
@@ -152,6 +154,9 @@ def evidence_macros(tables: Mapping[str, pd.DataFrame], record: Mapping, main: s
          "studyMainLabel": latex_escape(record["labels"].get(main, main))}
     for name in record["shown"]:
         m[macro_name("study", name, "Sentence")] = latex_escape(experiment_sentence(comparisons, name, record))
+    pairs = (record["study"].get("pairs") or {}).items()
+    m["studyPairsSentence"] = latex_escape(" ".join(experiment_sentence(comparisons, a, record, b) for a, b in pairs)
+                                           or "No further comparison is recorded.")
     m["studyRerunSentence"] = (latex_escape(rerun_sentence(compare_studies(tables, rerun[0]), rerun[1])) if rerun
                                else "No rerun with other float kernels is recorded.")
     return m
@@ -162,7 +167,7 @@ def evidence_table_latex(comparisons: pd.DataFrame, record: Mapping) -> str:
     DPO with its interval over worlds."""
     shown, labels = record["shown"], record["labels"]
     designs = design_names(record)
-    rows = comparisons.set_index(["design", "experiment"])
+    rows = against(comparisons).set_index(["design", "experiment"])
     body = []
     for design in design_order(StudySettings.from_dict(record["study"])):
         cells = [latex_escape(_interval(rows.loc[(design, n)])) if (design, n) in rows.index else "--" for n in shown]

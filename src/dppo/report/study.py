@@ -25,6 +25,7 @@ from dppo.evaluate.study import (  # noqa: E402
     BASELINE,
     STUDY_RECORD,
     aa_checks,
+    against,
     alpha_tests,
     balance_prompts,
     compare_with_baseline,
@@ -75,7 +76,7 @@ def dose_response_data(comparisons: pd.DataFrame, study: StudySettings, shown: l
     rows = []
     for prefix, ylabel in PANELS:
         for name in shown:
-            for _, r in comparisons[comparisons["experiment"] == name].iterrows():
+            for _, r in against(comparisons).query("experiment == @name").iterrows():
                 chosen, rejected = study.designs[r["design"]]
                 rows.append({"panel": ylabel, "experiment": name, "label": labels.get(name, name),
                              "design": r["design"], "x": position[r["design"]], "chosen_flawed": chosen,
@@ -121,7 +122,12 @@ def write_study(table: pd.DataFrame, experiments: list[dict], study: StudySettin
     names = [e["name"] for e in experiments]
     labels = {e["name"]: e.get("label") or e["name"] for e in experiments}
     designs = list(study.designs)
-    comparisons = pd.concat([compare_with_baseline(table, d, names, study.level) for d in designs], ignore_index=True)
+    missing = sorted({n for pair in study.pairs.items() for n in pair} - set(names))
+    if missing:
+        raise ValueError(f"study.pairs names {missing[0]!r}, which is not an experiment of the study's runs")
+    comparisons = pd.concat([compare_with_baseline(table, d, names, study.level) for d in designs]
+                            + [compare_with_baseline(table, d, [a], study.level, baseline=b)
+                               for d in designs for a, b in study.pairs.items()], ignore_index=True)
     aa = aa_checks(table, designs, [(BASELINE, study.twin)], study.level)
     curves = alpha_curves(experiments)
     alpha = pd.DataFrame([{"loss": loss, **alpha_tests(table, d, curve, study.level, study.split_seed)}
@@ -158,11 +164,19 @@ def summary(comparisons, aa, alpha, tuned, study: StudySettings, shown, labels) 
         "| design | experiment | d win rate vs DPO | A beats DPO - DPO beats A | ties |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for _, row in comparisons[comparisons["experiment"].isin(shown)].iterrows():
+    vs_dpo = against(comparisons)
+    for _, row in vs_dpo[vs_dpo["experiment"].isin(shown)].iterrows():
         chosen, rejected = study.designs[row["design"]]
         lines.append(f"| {row['design']} ({fmt_float(chosen, 2)}, {fmt_float(rejected, 2)}) | "
                      f"{labels.get(row['experiment'], row['experiment'])} | {_interval(row, 'd_win_')} | "
                      f"{_interval(row, 'net_direct_')} | {row['ties']:.2f} |")
+    if study.pairs:
+        lines += ["", "## Further comparisons (study.pairs)", "", "| design | A | B | d win rate (A - B) | "
+                  "A beats B - B beats A | ties |", "| --- | --- | --- | --- | --- | --- |"]
+        for a, b in study.pairs.items():
+            for _, row in against(comparisons, b).query("experiment == @a").iterrows():
+                lines.append(f"| {row['design']} | {labels.get(a, a)} | {labels.get(b, b)} | {_interval(row, 'd_win_')} | "
+                             f"{_interval(row, 'net_direct_')} | {row['ties']:.2f} |")
     lines += ["", "## A/A: DPO against its twin (other seeds)", ""]
     lines += [f"- {row['design']}: {_interval(row, 'd_win_')}, excludes 0: {row['excludes_zero']}"
               for _, row in aa.iterrows()]
