@@ -77,13 +77,20 @@ def test_a_study_against_its_own_copy_agrees_and_against_a_rerun_counts_what_mov
     moved = check[check["low_first"].notna()]
     expected_inside = moved["estimate_second"].between(moved["low_first"], moved["high_first"])
     assert (moved["second_inside_first"].astype(bool) == expected_inside).all()
-    sentence = evidence.rerun_sentence(check, rerun)
+    sentence = evidence.rerun_sentence(check, rerun, len(check))
     assert sentence.startswith("Rerun with MKL_CBWR=COMPATIBLE: ")
     assert f"{int(check['same_verdict'].sum())} of {len(check)} verdicts are the same" in sentence
-    # a rerun of another study (other designs) is refused, not compared
-    other = {**second, "aa": second["aa"].assign(design="elsewhere")}
-    with pytest.raises(ValueError, match="different verdicts"):
-        compare_studies(first, other)
+    assert "not checked" not in sentence
+    # verdicts the rerun lacks (an experiment added later) are left out and counted
+    fewer = {**second, "aa": second["aa"].assign(design="elsewhere")}
+    partial = compare_studies(first, fewer)
+    assert len(partial) == len(check) - len(first["aa"])
+    assert f"({len(first['aa'])} verdicts of experiments added after the rerun are not checked)" in \
+        evidence.rerun_sentence(partial, rerun, len(check))
+    # a rerun of another study altogether is refused, not compared
+    elsewhere = {name: table.assign(design="elsewhere") for name, table in second.items()}
+    with pytest.raises(ValueError, match="share no verdict"):
+        compare_studies(first, elsewhere)
 
 
 def test_a_further_pair_is_compared_with_its_own_baseline_and_leaves_the_dpo_rows_alone(tmp_path):

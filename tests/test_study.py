@@ -3,6 +3,7 @@ what y_gen adds, and the study's tables and figure from per-prompt scores."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,17 @@ def test_labels_of_the_study_are_distinct_and_name_the_controls():
     assert [e.label for e in plain.experiments.values()] == [
         "unll (linear)", "unll (linear) on y_l", "unll (linear), random gate"]
     assert distinct_labels({"x": "DPO", "y": "DPO", "z": "IPO"}) == {"x": "DPO [x]", "y": "DPO [y]", "z": "IPO"}
+
+
+def test_provenance_names_commit_cpu_and_switches_and_keeps_the_runs_before_it(tmp_path, monkeypatch):
+    from dppo.study import write_provenance
+
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    write_provenance(tmp_path, ["--max-threads", "1"])
+    first = json.loads((tmp_path / "provenance.json").read_text())
+    assert first["kernels"] == {"MKL_CBWR": "COMPATIBLE"} and first["snakemake_args"] == ["--max-threads", "1"]
+    assert first["commit"] != "unknown" and first["cpu"]
+    monkeypatch.delenv("MKL_CBWR")
+    write_provenance(tmp_path, [])
+    second = json.loads((tmp_path / "provenance.json").read_text())
+    assert second["kernels"] == {} and second["earlier"] == [first]

@@ -98,7 +98,11 @@ def write_provenance(directory: Path, snakemake_args: list[str]) -> None:
               "kernels": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ},
               "snakemake_args": list(snakemake_args),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    write_text(directory / "provenance.json", json.dumps(record, indent=1) + "\n")
+    path = directory / "provenance.json"
+    if path.exists():  # runs made earlier in this directory are kept, not rerun: keep their record too
+        earlier = json.loads(path.read_text())
+        record["earlier"] = [*earlier.pop("earlier", []), earlier]
+    write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

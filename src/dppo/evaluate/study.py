@@ -202,18 +202,16 @@ def verdicts_of(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 def compare_studies(first: Mapping[str, pd.DataFrame], second: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The same study run twice (on another machine, or with other float kernels), verdict by
-    verdict: both estimates and intervals, ``same_verdict``, and whether each run's estimate lies
+    verdict over the verdicts both hold (one may have run more experiments, or a table may be
+    missing from the other): both estimates and intervals, ``same_verdict``, and whether each run's estimate lies
     inside the other run's interval (what a 95% interval that includes every level a rerun
     redraws should do about 95% of the time, less often when the reruns' estimates are correlated
     by shared settings and prompts)."""
     key = ["table", "design", "subject", "statistic"]
     a, b = verdicts_of(first), verdicts_of(second)
-    merged = a.merge(b, on=key, how="outer", suffixes=("_first", "_second"), indicator=True)
-    missing = merged[merged["_merge"] != "both"]
-    if len(missing):
-        raise ValueError(f"the two studies hold different verdicts, e.g. {missing.iloc[0][key].to_dict()}: "
-                         "compare runs of the same study settings")
-    merged = merged.drop(columns="_merge")
+    merged = a.merge(b, on=key, how="inner", suffixes=("_first", "_second"))
+    if merged.empty:
+        raise ValueError("the two studies share no verdict (other designs or experiments): compare runs of one study")
     merged["same_verdict"] = merged["verdict_first"] == merged["verdict_second"]
     no_interval = merged["low_first"].isna()
     for column, estimate, side in (("second_inside_first", "estimate_second", "first"),

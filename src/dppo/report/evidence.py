@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from dppo.evaluate.replicates import HOLDS, INCONCLUSIVE, REFUTED
-from dppo.evaluate.study import BASELINE, STUDY_RECORD, STUDY_TABLES, against, compare_studies
+from dppo.evaluate.study import BASELINE, STUDY_RECORD, STUDY_TABLES, against, compare_studies, verdicts_of
 from dppo.report.latex import booktabs_table, fmt_percent, latex_escape, macro_name, render_macros
 from dppo.report.study import design_order, dose_response_figure
 from dppo.runtime.io import write_text
@@ -123,13 +123,16 @@ def kernels_text(record: Mapping) -> str:
     return ", ".join(switches) or "default kernels"
 
 
-def rerun_sentence(check: pd.DataFrame, rerun: Mapping) -> str:
-    """How the study's verdicts fared when it was rerun with other float kernels."""
+def rerun_sentence(check: pd.DataFrame, rerun: Mapping, n_verdicts: int) -> str:
+    """How the study's verdicts fared when it was rerun with other float kernels (``check``:
+    :func:`dppo.evaluate.study.compare_studies`; ``n_verdicts``: how many the study holds)."""
     with_interval = check[check["low_first"].notna()]
     inside = int(with_interval["second_inside_first"].astype(bool).sum())
+    unchecked = n_verdicts - len(check)
     return (f"Rerun with {kernels_text(rerun)}: {int(check['same_verdict'].sum())} of {len(check)} verdicts are the "
             f"same, and {inside} of the {len(with_interval)} rerun estimates that have an interval lie inside the first "
-            f"run's interval.")
+            f"run's interval" + (f" ({unchecked} verdicts of experiments added after the rerun are not checked)"
+                                 if unchecked else "") + ".")
 
 
 def evidence_macros(tables: Mapping[str, pd.DataFrame], record: Mapping, main: str,
@@ -157,7 +160,8 @@ def evidence_macros(tables: Mapping[str, pd.DataFrame], record: Mapping, main: s
     pairs = (record["study"].get("pairs") or {}).items()
     m["studyPairsSentence"] = latex_escape(" ".join(experiment_sentence(comparisons, a, record, b) for a, b in pairs)
                                            or "No further comparison is recorded.")
-    m["studyRerunSentence"] = (latex_escape(rerun_sentence(compare_studies(tables, rerun[0]), rerun[1])) if rerun
+    m["studyRerunSentence"] = (latex_escape(rerun_sentence(compare_studies(tables, rerun[0]), rerun[1],
+                                                           len(verdicts_of(tables)))) if rerun
                                else "No rerun with other float kernels is recorded.")
     return m
 
