@@ -3,6 +3,7 @@ for this tree and (optionally) an earlier commit side by side, in one invocation
 
     python benchmarks/e2e.py                      # this tree only
     python benchmarks/e2e.py --baseline 7936581   # also that commit, run right after, same machine
+    python benchmarks/e2e.py --study runs/study    # the times of a study already run (make study)
 
 Each tree runs ``snakemake --cores 2 all`` on its own ``config.yaml`` in a fresh directory, with
 its own ``src`` first on PYTHONPATH (one installed environment serves both). Per job the rule
@@ -78,6 +79,28 @@ def table(name: str, result: dict) -> str:
     return "\n".join(lines)
 
 
+STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)
+
+
+def study_times(directory: Path) -> dict:
+    """The wall time of each (design, world) run of a study already run (``make study``), from
+    the first and last job stamps of its newest Snakemake log, and its jobs' start-up and work
+    per rule; a run with nothing to do (kept from an earlier study) has no jobs and counts 0 s."""
+    from datetime import datetime
+
+    cells, rules = [], defaultdict(lambda: {"jobs": 0, "startup_s": 0.0, "work_s": 0.0})
+    for run in sorted(directory.glob("*/world-*")):
+        logs = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
+        text = logs[-1].read_text() if logs else ""
+        times = [datetime.strptime(" ".join(t.split()), "%a %b %d %H:%M:%S %Y") for t in STAMP.findall(text)]
+        cells.append({"run": str(run.relative_to(directory)), "wall_s": (times[-1] - times[0]).total_seconds()
+                      if times else 0.0, "jobs": len(re.findall(r"^Finished jobid", text, flags=re.M))})
+        for rule, row in per_rule(run).items():
+            for key in row:
+                rules[rule][key] += row[key]
+    return {"cells": cells, "wall_s": sum(c["wall_s"] for c in cells), "rules": dict(rules)}
+
+
 def baseline_tree(ref: str, parent: Path) -> Path:
     """``ref`` of this repository as a plain directory (git archive)."""
     tree = parent / f"tree-{ref}"
@@ -91,7 +114,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="a commit to run right after this tree, on the same machine")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    parser.add_argument("--study", type=Path, help="report the times of a study already run there (make study: "
+                                                   "runs/study) instead of running the embedded default")
     args = parser.parse_args(argv)
+    if args.study:
+        result = study_times(args.study)
+        print(f"study {args.study}: {len(result['cells'])} runs, {result['wall_s'] / 60:.1f} min of job wall time "
+              f"(first to last job stamp of each run; the runs' own start-up and the aggregation come on top)")
+        for cell in result["cells"]:
+            print(f"  {cell['run']:<32} {cell['wall_s']:>7.0f} s")
+        print(table("all runs' jobs", {**result, "jobs": sum(c["jobs"] for c in result["cells"])}))
+        return 0
     print(f"machine: {machine()}; snakemake --cores 2 all on each tree's config.yaml, fresh directories", flush=True)
     with work_directory("dppo_e2e_", keep=args.keep) as work:
         results = {"this tree": run_tree(ROOT, work / "this", [])}
