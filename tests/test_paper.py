@@ -57,7 +57,7 @@ def _tables(shape: dict[str, tuple[float, float]]):
     names = [e["name"] for e in EXPERIMENTS]
     table = win_rate_table(EXPERIMENTS, against_sft(long, prompts, names, SETTINGS),
                            paired_differences(prompts, names, "dpo", SETTINGS))
-    return table, prompts
+    return table, long
 
 
 def test_verdicts_hold_when_the_differences_are_clear():
@@ -174,7 +174,7 @@ def test_win_rates_come_with_wins_ties_and_losses():
                                 rf"{100 * dpo['n_ties'] / n:.1f}\% of them are SFT's own answer, and "
                                 rf"{100 * dpo['n_wins'] / changed:.1f}\% of the {changed:,} others win")
     # prompt by prompt: each model's mean reward over its seeds, unll against DPO
-    wide = prompts.pivot(index="prompt_id", columns="name", values="reward")
+    wide = per_prompt(prompts).pivot(index="prompt_id", columns="name", values="reward")
     diff = wide["unll"] - wide["dpo"]
     wins, ties, losses = (int(k) for k in ((diff > 0).sum(), (diff == 0).sum(), (diff < 0).sum()))
     assert paper.head_to_head(prompts, "unll", "dpo") == (wins, ties, losses) and wins + ties + losses == N

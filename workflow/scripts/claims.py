@@ -2,13 +2,12 @@
 import logging
 
 from dppo.evaluate.claims import test_claims
-from dppo.evaluate.winrate import per_prompt
 from dppo.report.result_files import read_prompt_scores, read_win_rates, write_claims
 from dppo.runtime.stage import stage
 from dppo.settings import ClaimsSettings, WinRateSettings
 
 with stage(snakemake):
-    table = test_claims(read_win_rates(snakemake.input.win_rates), per_prompt(read_prompt_scores(snakemake.input.prompts)),
+    table = test_claims(read_win_rates(snakemake.input.win_rates), read_prompt_scores(snakemake.input.prompts),
                         ClaimsSettings.from_dict(snakemake.params.claims, "claims"),
                         WinRateSettings.from_dict(snakemake.params.win_rate, "win_rate"))
     for row in table.itertuples():

@@ -1,32 +1,58 @@
-"""The verdicts on the poster's four claims.
+"""The verdicts on the poster's four claims, on one run of the pipeline.
 
 Every claim is tested the same way: a paired difference between two experiments on the same
-held-out prompts (per prompt, the mean over each experiment's seeds), with its bootstrap
-interval (:func:`dppo.evaluate.winrate.difference`) and its minimum detectable difference (MDE). A
-claim that one method beats another HOLDS when the interval lies above zero, is REFUTED when
-it lies below zero, and is INCONCLUSIVE when it contains zero. The experiments each claim is
-tested on are named in the config (``claims``), before the results are seen; the one choice
-made after them (the best alpha of a sweep, the best run the chained one is compared with) is
-stated with the claim.
+held-out prompts, with its interval and its minimum detectable difference (MDE). Where the two
+experiments share at least two training seeds (the same seed is the same data order), the
+interval is over those seeds (:func:`dppo.evaluate.replicates.replicated_interval`: Student's t
+over the seed means of the paired differences, S - 1 df), so it includes the seed's variance;
+otherwise it is the bootstrap over prompts of the seed means (:func:`dppo.evaluate.winrate.difference`),
+conditional on the seeds too. Either way it is conditional on the run's world (its data draw,
+SFT model, y_gen) and on the machine: ``over`` and ``conditional_on`` say which. The study
+(:mod:`dppo.evaluate.study`) replicates the worlds. A claim that one method beats another HOLDS
+when the interval lies above zero, is REFUTED when it lies below zero, and is INCONCLUSIVE when
+it contains zero. The experiments each claim is tested on are named in the config (``claims``),
+before the results are seen; the one choice made after them (the best alpha of a sweep, the
+best run the chained one is compared with) is stated with the claim.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from dppo.evaluate.replicates import paired_differences, replicated_interval
 from dppo.evaluate.run_selection import penalty_sweep_runs
-from dppo.evaluate.winrate import difference
+from dppo.evaluate.winrate import difference, per_prompt
 from dppo.settings import ClaimsSettings, WinRateSettings
 
 HOLDS, REFUTED, INCONCLUSIVE, NOT_TESTED = "holds", "refuted", "inconclusive", "not tested"
 CLAIM_COLUMNS = ("claim", "statement", "test", "a", "b", "metric", "diff", "low", "high", "mde", "level", "verdict",
-                 "n_seeds_a", "n_seeds_b", "note")
+                 "over", "df", "conditional_on", "n_seeds_a", "n_seeds_b", "note")
 STATEMENTS = {
     "alpha": "The choice of the penalty strength alpha is essential.",
     "negative": "Negative rewards decrease compared with DPO.",
     "efficiency": "Unlikelihood on the small subset beats DPO on every row.",
     "chained": "Unlikelihood on every row, then DPO on the subset, has the highest win rate.",
 }
+
+
+def paired_difference(scores: pd.DataFrame, a: str, b: str, metric: str, settings: WinRateSettings) -> dict:
+    """``a`` minus ``b`` in one per-(seed, prompt) metric of ``scores`` (the per-seed table of
+    :func:`dppo.evaluate.winrate.per_seed_scores`): over their common seeds when they share at
+    least two, else over prompts (seed means); ``diff, low, high, mde, over, df,
+    conditional_on``."""
+    seeds = [set(scores.loc[scores["name"] == name, "seed"]) for name in (a, b)]
+    common = sorted(seeds[0] & seeds[1])
+    if len(common) >= 2:
+        rows = scores[scores["name"].isin([a, b]) & scores["seed"].isin(common)]
+        values = pd.DataFrame({"world": 0, "experiment": rows["name"], "seed": rows["seed"],
+                               "prompt_id": rows["prompt_id"], "value": rows[metric].to_numpy(float)})
+        result = replicated_interval(paired_differences(values, a, b), settings.level)
+        return {"diff": result["estimate"], "low": result["low"], "high": result["high"], "mde": result["mde"],
+                "over": f"{len(common)} common seeds", "df": result["df"],
+                "conditional_on": "+".join(result["conditional_on"])}
+    result = difference(per_prompt(scores), a, b, metric, settings)
+    return {**result, "over": f"{result['n_prompts']} prompts (bootstrap)", "df": None,
+            "conditional_on": "world+seeds+machine"}
 
 
 def better_verdict(low: float, high: float) -> str:
@@ -41,7 +67,8 @@ def _seeds(win_rates: pd.DataFrame, name: str) -> int:
 def _claim(key, test, a, b, metric, result, verdict, level, win_rates, note="") -> dict:
     return {"claim": key, "statement": STATEMENTS[key], "test": test, "a": a, "b": b, "metric": metric,
             "diff": result["diff"], "low": result["low"], "high": result["high"], "mde": result["mde"],
-            "level": level, "verdict": verdict, "n_seeds_a": _seeds(win_rates, a), "n_seeds_b": _seeds(win_rates, b),
+            "level": level, "verdict": verdict, "over": result["over"], "df": result["df"],
+            "conditional_on": result["conditional_on"], "n_seeds_a": _seeds(win_rates, a), "n_seeds_b": _seeds(win_rates, b),
             "note": note}
 
 
@@ -50,7 +77,7 @@ def _not_tested(key, why: str) -> dict:
             "verdict": NOT_TESTED}
 
 
-def alpha_claim(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSettings,
+def alpha_claim(win_rates: pd.DataFrame, scores: pd.DataFrame, claims: ClaimsSettings,
                 settings: WinRateSettings) -> dict:
     """Per penalty loss with an alpha sweep (same f and unlikelihood form, at least two alphas):
     the paired difference in win rate between its best and its worst alpha, at a Bonferroni
@@ -67,7 +94,7 @@ def alpha_claim(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSe
         best = line.loc[line["win_rate"].idxmax()]
         rest = line[line["name"] != best["name"]]
         worst = rest.loc[rest["win_rate"].idxmin()]
-        results.append((best, worst, difference(prompts, best["name"], worst["name"], "win", adjusted)))
+        results.append((best, worst, paired_difference(scores, best["name"], worst["name"], "win", adjusted)))
     best, worst, result = max(results, key=lambda item: item[2]["low"])
     if result["low"] > 0:
         verdict = HOLDS
@@ -83,15 +110,16 @@ def alpha_claim(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSe
     return _claim("alpha", test, best["name"], worst["name"], "win", result, verdict, level, win_rates, note)
 
 
-def test_claims(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSettings,
+def test_claims(win_rates: pd.DataFrame, scores: pd.DataFrame, claims: ClaimsSettings,
                 settings: WinRateSettings) -> pd.DataFrame:
-    """One row per claim (:data:`CLAIM_COLUMNS`): the test, its numbers and its verdict."""
+    """One row per claim (:data:`CLAIM_COLUMNS`): the test, its numbers and its verdict;
+    ``scores``: every model's per-(seed, prompt) values (``results/tables/prompt_scores.parquet``)."""
     names = set(win_rates["name"])
     baseline = settings.baseline
-    rows = [alpha_claim(win_rates, prompts, claims, settings)]
+    rows = [alpha_claim(win_rates, scores, claims, settings)]
 
     if claims.dppo in names and baseline in names:
-        result = difference(prompts, claims.dppo, baseline, "negative", settings)
+        result = paired_difference(scores, claims.dppo, baseline, "negative", settings)
         verdict = better_verdict(-result["high"], -result["low"])  # fewer negatives is better
         test = ("paired difference in the share of negative rewards (penalty variant minus DPO); holds if the "
                 "interval lies below 0, refuted if above 0")
@@ -102,7 +130,7 @@ def test_claims(win_rates: pd.DataFrame, prompts: pd.DataFrame, claims: ClaimsSe
 
     def beats(claim: str, a: str, b: str, which: str) -> dict:
         """``a`` has a higher win rate against SFT than ``b`` (``which`` says what each is)."""
-        result = difference(prompts, a, b, "win", settings)
+        result = paired_difference(scores, a, b, "win", settings)
         test = f"paired difference in win rate against SFT ({which}); holds if the interval lies above 0, refuted if below 0"
         return _claim(claim, test, a, b, "win", result, better_verdict(result["low"], result["high"]), settings.level,
                       win_rates)

@@ -75,6 +75,13 @@ def _against_sft(row) -> str:
     return text
 
 
+def _conditions(conditional_on: str) -> str:
+    """'world+seeds+machine' -> 'run's world, its seeds and the machine'."""
+    words = {"world": "run's world", "seeds": "its seeds", "seed": "its seed", "machine": "machine"}
+    parts = [words.get(p, p) for p in str(conditional_on).split("+") if p]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and the " + parts[-1]
+
+
 def claim_sentence(claim: Mapping, labels: Mapping[str, str], prompt_scores: pd.DataFrame | None = None) -> str:
     """One sentence per claim, from its verdict and numbers; a claim on the win rate also says
     how often A's answers beat, tie and lose to B's (:func:`head_to_head`)."""
@@ -87,7 +94,8 @@ def claim_sentence(claim: Mapping, labels: Mapping[str, str], prompt_scores: pd.
         duel = (f" Prompt by prompt, {a} {outcome_text(*head_to_head(prompt_scores, claim['a'], claim['b']), 'prompt')}"
                 f" against {b}.")
     return (f"{claim['verdict'].capitalize()}: {a} minus {b}, {metric}, {float(claim['diff']):+.3f} "
-            f"[{float(claim['low']):+.3f}, {float(claim['high']):+.3f}] ({100 * float(claim['level']):.1f}% interval; "
+            f"[{float(claim['low']):+.3f}, {float(claim['high']):+.3f}] ({100 * float(claim['level']):.1f}% interval "
+            f"over {claim['over']}, conditional on the {_conditions(claim['conditional_on'])}; "
             f"smallest detectable difference {float(claim['mde']):.3f}; {int(claim['n_seeds_a'])} and "
             f"{int(claim['n_seeds_b'])} seeds).{duel}")
 

@@ -77,13 +77,14 @@ def claims_latex(table: pd.DataFrame) -> str:
     body = []
     for row in table.to_dict("records"):
         tested = row["verdict"] != "not tested"
-        interval = f"[{row['low']:+.3f}, {row['high']:+.3f}]" if tested else "--"
+        interval = f"[{row['low']:+.3f}, {row['high']:+.3f}] over {row['over']}" if tested else "--"
         body.append([latex_escape(row["statement"]), latex_escape(row["test"]),
                      f"{row['diff']:+.3f}" if tested else "--", interval, f"{row['mde']:.3f}" if tested else "--",
                      r"\textbf{" + latex_escape(row["verdict"]) + "}"])
-    caption = (r"The poster's claims, each with its test on the same held-out prompts (per prompt the mean over "
-               r"seeds), its paired difference, the bootstrap interval, the minimum detectable difference (80\% "
-               r"power) and the verdict.")
+    caption = (r"The poster's claims, each with its test on the same held-out prompts, its paired difference, the "
+               r"interval (Student's t over the seeds the two experiments share where they share two or more, else "
+               r"the bootstrap over prompts of the seed means; either way conditional on this run's world and the "
+               r"machine), the minimum detectable difference (80\% power) and the verdict.")
     return booktabs_table(r"p{0.23\textwidth}p{0.36\textwidth}rccr", r"Claim & Test & Difference & Interval & MDE & Verdict",
                           body, caption, "tab:claims", env="table*", placement="[t]", fit=False)
 
