@@ -80,9 +80,13 @@ if __name__ == "__main__":
     with open(sys.argv[1]) as spec_file:
         spec = json.load(spec_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(message)s")
-    from dppo.train.distributed import close_distributed
+    import torch.distributed
 
     try:
         _resolve(spec["target"])(**spec["kwargs"])
     finally:
-        close_distributed()
+        # Destroyed while the interpreter is whole: gloo's worker threads left to the interpreter's
+        # teardown abort the process now and then ("terminate called without an active
+        # exception", pytorch/pytorch#190489), failing a job that had finished.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -34,14 +34,6 @@ def init_distributed() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
 
 
-def close_distributed() -> None:
-    """Destroy the process group, if any, while the interpreter is whole: gloo's worker threads
-    left to the interpreter's teardown abort the process now and then ("terminate called without
-    an active exception", pytorch/pytorch#190489), failing a job that had finished."""
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
