@@ -229,9 +229,9 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     metrics = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
     fields = {key: record[key] for key in ("seed", "round") if key in record}
     total = total_steps(opt, len(rows))
-    stop = total if stop_at is None else stop_at
-    if not start <= stop <= total:
-        raise ValueError(f"{run}: cannot run from step {start} to step {stop} of {total}")
+    end = total if stop_at is None else stop_at
+    if not start <= end <= total:
+        raise ValueError(f"{run}: cannot run from step {start} to step {end} of {total}")
     _warn_if_frozen(opt, total, run)
     per_process, micro = micro_batches(opt, size)
     lengths = task.lengths() if opt.group_by_length else None
@@ -240,7 +240,7 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     skipped = 0
     params = [p for p in model.parameters() if p.requires_grad]
     with SignalFlag() as terminate, tqdm(total=total, initial=start, desc=f"train {run}", disable=rank != 0) as bar:
-        for step in range(start, stop):
+        for step in range(start, end):
             batch = batch_rows(len(rows), opt, step, lengths)
             mine = [rows[i] for i in batch[rank * per_process : (rank + 1) * per_process]]
             logged, nonfinite = _accumulate(model, task, mine, [rows[batch[0]]], micro, poisoned(step + 1), use_bf16)
@@ -274,11 +274,11 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
             if done % opt.save_steps == 0 and done < total:
                 saved = done
                 save_checkpoint(run_dir, done, model, optimizer)
-    if stop < total and saved != stop:  # a round's end: the next round starts from this state
-        save_checkpoint(run_dir, stop, model, optimizer)
-    save_model(model, tokenizer, run_dir / FINAL, {**record, "steps": stop, "skipped_steps": skipped,
+    if end < total and saved != end:  # a round's end: the next round starts from this state
+        save_checkpoint(run_dir, end, model, optimizer)
+    save_model(model, tokenizer, run_dir / FINAL, {**record, "steps": end, "skipped_steps": skipped,
                                                    "resumed_from": str(checkpoint) if checkpoint else None})
-    if rank == 0 and stop == total:
+    if rank == 0 and end == total:
         for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
             shutil.rmtree(path, ignore_errors=True)
     barrier()
