@@ -170,7 +170,7 @@ def test_rounds_on_an_unchanged_y_gen_end_bit_identical_to_the_one_round_run(tin
     assert [(m["seed"], m["step"], m["round"]) for m in three] == [
         (s, step, (step + 1) // 2) for s in SEEDS for step in range(1, 7)]
     assert _lines(root / "metrics.jsonl") == _lines(tmp_path / "one" / "metrics.jsonl")
-    assert not (root / "ckpt").exists()
+    assert not any((root / "ckpt").iterdir())  # every round dropped its checkpoints
 
 
 @pytest.mark.slow
@@ -269,21 +269,29 @@ def test_round_k_y_gen_is_the_greedy_answer_of_round_k_minus_1(tiny_model_dir, p
                                 for p, a, b in zip(prompts, old, new)])
         assert record["logp_old_mean"] == pytest.approx(float(sums[:, 0].mean()), abs=1e-4)
         assert record["logp_new_mean"] == pytest.approx(float(sums[:, 1].mean()), abs=1e-4)
-    assert answers[0] != answers[1]  # each seed's policy answers for itself
     assert json.loads((tmp_path / "round-2/drift.json").read_text()) == records
     table = drift_table([tmp_path / "round-2/drift.json"])
     assert table[["round", "seed"]].values.tolist() == [[2, 0], [2, 1]]
 
     # the round's reference log-probs: y_w's and y_l's from the shared cache, y_gen's of the SFT
-    # model (here the tiny model) on the new answers; unchanged answers keep the cached value
-    cache_round_reference_logps(tiny_model_dir, pref, ygen, ref, tmp_path / "round-2/ygen", tmp_path / "round-2/ref",
+    # model (here the tiny model) on the answers that changed, the cached value where none did
+    # (seed 1: every odd row keeps the SFT model's answer)
+    mixed = pd.read_parquet(ygen)
+    mixed["gen_ids"] = [a if i % 2 else b for i, (a, b) in enumerate(zip(old, answers[1]))]
+    (tmp_path / "mixed").mkdir()
+    shutil.copyfile(tmp_path / "round-2/ygen/seed-0.parquet", tmp_path / "mixed/seed-0.parquet")
+    mixed.to_parquet(tmp_path / "mixed/seed-1.parquet")
+    cache_round_reference_logps(tiny_model_dir, pref, ygen, ref, tmp_path / "mixed", tmp_path / "round-2/ref",
                                 list(SEEDS), batch_size=4)
     base = pd.read_parquet(ref)
     for seed in SEEDS:
         got = pd.read_parquet(tmp_path / f"round-2/ref/seed-{seed}.parquet")
         assert got[["prompt_id", "ref_chosen", "ref_rejected"]].equals(base[["prompt_id", "ref_chosen", "ref_rejected"]])
-        fresh = cache_reference_logps(tiny_model_dir, pref, tmp_path / f"round-2/ygen/seed-{seed}.parquet",
+        fresh = cache_reference_logps(tiny_model_dir, pref, tmp_path / f"mixed/seed-{seed}.parquet",
                                       tmp_path / f"fresh-{seed}.parquet", batch_size=4)
         np.testing.assert_allclose(got["ref_gen"], fresh["ref_gen"], atol=1e-5)
-        unchanged = [a == b for a, b in zip(old, answers[seed])]
+        gen = [list(map(int, g)) for g in pd.read_parquet(tmp_path / f"mixed/seed-{seed}.parquet")["gen_ids"]]
+        unchanged = np.array([a == b for a, b in zip(old, gen)])
+        assert (~unchanged).any() and (seed == 0 or unchanged[1::2].all())
         assert (got["ref_gen"][unchanged] == base["ref_gen"][unchanged]).all()
+        assert not np.allclose(got["ref_gen"][~unchanged], base["ref_gen"][~unchanged])  # really scored anew
