@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from pipeline import snakemake
+from test_workflow import planned_jobs
 from transformers import AutoModelForCausalLM
 
 from dppo.config import ConfigError
@@ -295,3 +298,87 @@ def test_round_k_y_gen_is_the_greedy_answer_of_round_k_minus_1(tiny_model_dir, p
         assert (~unchanged).any() and (seed == 0 or unchanged[1::2].all())
         assert (got["ref_gen"][unchanged] == base["ref_gen"][unchanged]).all()
         assert not np.allclose(got["ref_gen"][~unchanged], base["ref_gen"][~unchanged])  # really scored anew
+
+
+# ----------------------------------------------------------------------------- slow: the workflow (configs/tiny.yaml)
+
+ONP = "unll_onpolicy"  # configs/tiny.yaml: unll in 3 rounds, seeds 0 and 1 (4 steps: rounds of 1, 1 and 2)
+
+
+def _changed(tiny_run: Path, **values) -> Path:
+    config = yaml.safe_load((tiny_run / "tiny.yaml").read_text())
+    config["experiments"][ONP].update(values)
+    path = tiny_run / f"changed-{'-'.join(values)}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _training_jobs(tiny_run: Path, config: Path) -> list[tuple[str, str]]:
+    jobs = planned_jobs(snakemake(tiny_run, "all", "-n", "--configfile", str(config)).stdout)
+    stages = {"pregenerate", "ref_logps", "train_preference", "pregenerate_round", "ref_logps_round", "train_round",
+              "train_last_round"}
+    return sorted((rule, out) for rule, out in jobs if rule in stages)
+
+
+@pytest.mark.slow
+def test_a_setting_only_later_rounds_read_reruns_rounds_2_and_3_only(tiny_run):
+    assert _training_jobs(tiny_run, tiny_run / "tiny.yaml") == []
+    later = _training_jobs(tiny_run, _changed(tiny_run, refresh_max_new_tokens=5))
+    assert later == sorted([
+        ("pregenerate_round", f"results/rounds/{ONP}/round-2/ygen"),
+        ("pregenerate_round", f"results/rounds/{ONP}/round-3/ygen"),
+        ("ref_logps_round", f"results/rounds/{ONP}/round-2/ref"),
+        ("ref_logps_round", f"results/rounds/{ONP}/round-3/ref"),
+        ("train_round", f"results/rounds/{ONP}/round-2/model"),
+        ("train_last_round", f"results/models/{ONP}"),
+    ])
+    # what round 1 reads reruns every round (and nothing of the other experiments)
+    every = _training_jobs(tiny_run, _changed(tiny_run, lr=0.002))
+    assert ("train_round", f"results/rounds/{ONP}/round-1/model") in every
+    assert len(every) == 7 and {rule for rule, _ in every} == {"pregenerate_round", "ref_logps_round", "train_round",
+                                                                "train_last_round"}
+
+
+@pytest.mark.slow
+def test_the_tiny_on_policy_run_logs_its_rounds_and_regenerates_y_gen_by_each_round(tiny_run):
+    metrics = [json.loads(line) for line in (tiny_run / f"results/metrics/{ONP}.jsonl").read_text().splitlines()]
+    assert [(m["seed"], m["step"], m["round"]) for m in metrics] == [
+        (s, step, r) for s in SEEDS for step, r in ((1, 1), (2, 2), (3, 3), (4, 3))]
+    twin = [json.loads(line) for line in (tiny_run / "results/metrics/unll.jsonl").read_text().splitlines()]
+    assert [(m["seed"], m["step"], m["lr"]) for m in metrics] == [(m["seed"], m["step"], m["lr"]) for m in twin]
+    drift = pd.read_csv(tiny_run / "results/tables/ygen_drift.csv")
+    assert drift[["round", "seed"]].values.tolist() == [[2, 0], [2, 1], [3, 0], [3, 1]]
+    assert drift["changed_share"].between(0, 1).all() and np.isfinite(drift[["logp_old_mean", "logp_new_mean"]]).all(
+        axis=None)
+    cutoff = json.loads((tiny_run / "results/data/pref/stats.json").read_text())["cutoff"]
+    prompts = [list(map(int, p)) for p in pd.read_parquet(tiny_run / "results/data/pref/train.parquet")["prompt_ids"]]
+    for k in (2, 3):
+        for seed in SEEDS:
+            model_dir = tiny_run / f"results/rounds/{ONP}/round-{k - 1}/model/seed-{seed}"
+            ygen = pd.read_parquet(tiny_run / f"results/rounds/{ONP}/round-{k}/ygen/seed-{seed}.parquet")
+            got = [list(map(int, g)) for g in ygen["gen_ids"]]
+            assert got == [_greedy(model_dir, p, max(1, cutoff - len(p))) for p in prompts], (k, seed)
+
+
+@pytest.mark.slow
+def test_a_kill_in_round_2_resumes_bit_identical(tiny_run, tmp_path):
+    """Round 2 SIGKILLed after its step (before its state is saved, as a preemption would): the
+    same target again resumes from round 1's state and ends bit-identical."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)  # keeps mtimes and .snakemake, so nothing upstream reruns
+    target = f"results/models/{ONP}"
+    kill = {"DPPO_FAULT_RUN": ONP, "DPPO_FAULT_AT_STEP": "2", "DPPO_FAULT_SIGNAL": "SIGKILL"}
+    done = snakemake(run, target, "--cores", "1", "--forcerun", f"results/rounds/{ONP}/round-2/model",
+                     "--configfile", str(run / "tiny.yaml"), check=False, env=kill)
+    assert done.returncode != 0
+    assert not (run / f"results/rounds/{ONP}/round-2/model").exists() and not (run / target).exists()
+    [partial] = (run / f"results/checkpoints/rounds/{ONP}/round-2/seed-0").glob("run-*")
+    assert [json.loads(line)["step"] for line in (partial / "metrics.jsonl").read_text().splitlines()] == [2]
+
+    snakemake(run, target, "--cores", "1", "--configfile", str(run / "tiny.yaml"))
+    for seed in SEEDS:
+        weights = f"{target}/seed-{seed}/model.safetensors"
+        assert (run / weights).read_bytes() == (tiny_run / weights).read_bytes()
+        record = json.loads((run / f"results/rounds/{ONP}/round-2/model/seed-{seed}/dppo_training.json").read_text())
+        assert record["resumed_from"] == f"results/rounds/{ONP}/round-1/state/seed-{seed}"
+    assert (run / f"results/metrics/{ONP}.jsonl").read_bytes() == (tiny_run / f"results/metrics/{ONP}.jsonl").read_bytes()
