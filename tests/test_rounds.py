@@ -371,7 +371,8 @@ def test_a_kill_in_round_2_resumes_bit_identical(tiny_run, tmp_path):
     done = snakemake(run, target, "--cores", "1", "--forcerun", f"results/rounds/{ONP}/round-2/model",
                      "--configfile", str(run / "tiny.yaml"), check=False, env=kill)
     assert done.returncode != 0
-    assert not (run / f"results/rounds/{ONP}/round-2/model").exists() and not (run / target).exists()
+    assert not (run / f"results/rounds/{ONP}/round-2/model").exists()  # no half-trained round taken as done
+    assert "unll_onpolicy-2.log" in done.stderr + done.stdout  # the failed job is round 2's
     [partial] = (run / f"results/checkpoints/rounds/{ONP}/round-2/seed-0").glob("run-*")
     assert [json.loads(line)["step"] for line in (partial / "metrics.jsonl").read_text().splitlines()] == [2]
 

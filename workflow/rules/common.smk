@@ -24,8 +24,9 @@ def threads_of(rule_name):
 
 
 def one_of(names):
-    """A wildcard constraint matching exactly one of ``names``."""
-    return "|".join(re.escape(n) for n in names)
+    """A wildcard constraint matching exactly one of ``names`` (none: nothing; an empty
+    constraint would match anything)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def dataset_settings(kind):
