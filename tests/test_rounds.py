@@ -367,6 +367,8 @@ def test_a_kill_in_round_2_resumes_bit_identical(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, symlinks=True)  # keeps mtimes and .snakemake, so nothing upstream reruns
     target = f"results/models/{ONP}"
+    shutil.rmtree(run / target)  # as in a first run killed in round 2: round 3 never ran
+    (run / f"results/metrics/{ONP}.jsonl").unlink()
     kill = {"DPPO_FAULT_RUN": ONP, "DPPO_FAULT_AT_STEP": "2", "DPPO_FAULT_SIGNAL": "SIGKILL"}
     done = snakemake(run, target, "--cores", "1", "--forcerun", f"results/rounds/{ONP}/round-2/model",
                      "--configfile", str(run / "tiny.yaml"), check=False, env=kill)
