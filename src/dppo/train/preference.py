@@ -249,11 +249,12 @@ def round_job(experiment: dict, round_k: int, init_dir: str, state_dir: str | No
         part = {"round": round_k, "start": start, "stop": stop, "start_from": start_from}
         runs[seed] = train_seed(experiment, seed, seed_init, rows, probe, Path(checkpoint_dir) / f"seed-{seed}",
                                 trust_remote_code, max_steps, distributed, part)
-        states[seed] = last_checkpoint(runs[seed]) if not last else None
-        if not last and (states[seed] is None or not states[seed].name.endswith(f"-{stop}")):
-            raise ValueError(f"{runs[seed]}: no checkpoint of step {stop} (the state the next round starts from)")
-    if world()[0] != 0:
+    if world()[0] != 0:  # rank 0 wrote the checkpoints and publishes
         return
+    for seed, run_dir in runs.items():
+        states[seed] = last_checkpoint(run_dir) if not last else None
+        if not last and (states[seed] is None or states[seed].name != f"checkpoint-{stop}"):
+            raise ValueError(f"{run_dir}: no checkpoint of step {stop} (the state the next round starts from)")
     if not last:
         with atomic_output_dir(out_state) as tmp:
             for seed, state in states.items():
