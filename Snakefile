@@ -42,6 +42,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/preference.smk"
+include: "workflow/rules/rounds.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/paper.smk"
@@ -53,6 +54,7 @@ rule all:
         "results/data/sft/stats.json",
         "results/data/pref/stats.json",
         "results/tables/win_rates.csv",
+        round_outputs(),
         TOY_OUTPUTS,
         PAPER_OUTPUTS,
 

@@ -51,9 +51,15 @@ def test_dry_run_of_every_shipped_config(configs, tmp_path):
         assert refused.returncode != 0 and expected in refused.stderr + refused.stdout, refused.stderr[-3000:]
         assert not (tmp_path / "results").exists()
     done = snakemake(tmp_path, *args, env={"DPPO_SKIP_VLLM_CHECK": "1"} if expected is not None else None)
-    n_experiments = len(expand_experiments(_merged(configs)))
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout, flags=re.M))
-    assert int(counts["train_preference"]) == n_experiments  # one job per experiment, whatever its seeds
+    experiments = load_settings(_merged(configs)).experiments
+    assert len(experiments) == len(expand_experiments(_merged(configs)))
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", done.stdout, flags=re.M)}
+    # one job per experiment, whatever its seeds; an on-policy one (rounds: R) one per round
+    assert counts["train_preference"] == sum(e.rounds == 1 for e in experiments.values())
+    rounds = [e.rounds for e in experiments.values() if e.rounds > 1]
+    assert counts.get("train_last_round", 0) == len(rounds)
+    assert counts.get("train_round", 0) == sum(r - 1 for r in rounds)
+    assert counts.get("pregenerate_round", 0) == counts.get("ref_logps_round", 0) == sum(r - 1 for r in rounds)
     # one job answers for every model and one scores them all: one reward-model load per pass
     assert int(counts["generate_eval"]) == int(counts["score"]) == 1
 
@@ -106,7 +112,8 @@ def test_tiny_end_to_end_run_produces_every_result(tiny_run):
     stats = json.loads((tiny_run / "results/data/pref/stats.json").read_text())
     assert stats["cutoff"] > 0 and stats["rows_kept"]["train"] > 0
     table = pd.read_csv(tiny_run / "results/tables/win_rates.csv")
-    assert set(table["name"]) == {"dpo", "unll", "conll__alpha=0.5", "unll_small", "unll_then_dpo", "ipo"}
+    assert set(table["name"]) == {"dpo", "unll", "conll__alpha=0.5", "unll_small", "unll_then_dpo", "ipo",
+                                  "unll_onpolicy"}
     assert table["win_rate"].between(0, 1).all()
     assert (table["win_rate_low"] <= table["win_rate"]).all() and (table["win_rate"] <= table["win_rate_high"]).all()
     assert table.set_index("name")["n_seeds"].to_dict()["dpo"] == 2
@@ -173,9 +180,9 @@ def test_a_changed_experiment_regenerates_and_rescores_only_its_answers(tiny_run
     before = {name: pd.read_parquet(run / f"results/scores/{name}.parquet") for name in ("sft", "dpo", "ipo")}
     snakemake(run, "results/tables/win_rates.csv", "--cores", "2", "--configfile", str(run / "changed.yaml"))
     generated = (run / "logs/generate_eval/generate_eval.log").read_text()
-    assert "generated answers of 2 of 7 models" in generated  # unll and unll_then_dpo
+    assert "generated answers of 2 of 8 models" in generated  # unll and unll_then_dpo
     scored = (run / "logs/score/score.log").read_text()
-    assert "reward-model loads: 1 (programmatic, transformers) for 2 of 7 files" in scored
+    assert "reward-model loads: 1 (programmatic, transformers) for 2 of 8 files" in scored
     for name, table in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(run / f"results/scores/{name}.parquet"), table)
 

@@ -454,8 +454,18 @@ class Experiment(Section):
     probe_rows: int = setting(64, "fixed training rows whose log-probs are logged (dynamics figure; 0: off)", minimum=0)
     probe_every: int = setting(1, "log the probe rows every N optimizer steps", minimum=1)
     on_nonfinite: str = setting("stop", "a non-finite loss: stop the job, or skip the batch", choices=("stop", "skip"))
+    rounds: int = setting(1, "on-policy DPPO: the training steps in R rounds, y_gen regenerated greedily by each round's "
+                             "policy before the next (1: y_gen of the SFT model throughout, off-policy)", minimum=1)
+    refresh_max_new_tokens: int | None = setting(None, "rounds >= 2 only: the longest regenerated y_gen in tokens "
+                                                       "(null: as pregenerate, generation.max_new_tokens or each row's "
+                                                       "budget)", minimum=1)
 
     def check(self):
+        if self.rounds > 1 and not (self.loss.needs_gen and self.loss.gen_source == "ygen"):
+            raise FieldError("rounds", f"{self.rounds} rounds regenerate y_gen, which loss {self.loss.name!r} "
+                                       f"(gen_source {self.loss.gen_source!r}) does not penalize; use 1")
+        if self.rounds == 1 and self.refresh_max_new_tokens is not None:
+            raise FieldError("refresh_max_new_tokens", "only experiments with rounds > 1 regenerate y_gen")
         if isinstance(self.seeds, list):
             object.__setattr__(self, "seeds", tuple(self.seeds))
         if not isinstance(self.seeds, tuple) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -469,7 +479,10 @@ class Experiment(Section):
             object.__setattr__(self, "label", label)
 
     RUN_KEYS = ("label", "group", "init", "n_train", "seeds", "match_full_steps", "track_gen", "probe_rows",
-                "probe_every", "on_nonfinite")
+                "probe_every", "on_nonfinite", "rounds", "refresh_max_new_tokens")
+    # Read only where y_gen is regenerated (rounds >= 2): a training job never receives them, so
+    # a change reruns rounds 2.. only (:meth:`training_dict`).
+    REFRESH_KEYS = ("refresh_max_new_tokens",)
     # optim.seed is not an experiment key: each run of `seeds` sets it.
     OPTIM_KEYS = tuple(k for k in field_names(OptimSettings) if k != "seed")
 
@@ -493,9 +506,18 @@ class Experiment(Section):
 
     def to_dict(self) -> dict:
         """The flat form: what ``results/experiments.json`` lists and a job receives."""
-        run = {key: plain(getattr(self, key)) for key in self.RUN_KEYS}
+        # A one-round experiment (every experiment before rounds existed) leaves the round keys
+        # out: its job's params, run fingerprint and training record stay what they were.
+        keys = self.RUN_KEYS if self.rounds > 1 else tuple(k for k in self.RUN_KEYS
+                                                           if k not in ("rounds", *self.REFRESH_KEYS))
+        run = {key: plain(getattr(self, key)) for key in keys}
         optim = {k: v for k, v in self.optim.to_dict().items() if k in self.OPTIM_KEYS}
         return {"name": self.name, **self.loss.to_dict(), **optim, **run}
+
+    def training_dict(self) -> dict:
+        """:meth:`to_dict` without the keys only y_gen's regeneration reads (what a training job
+        of a round receives)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.REFRESH_KEYS}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str | None = None) -> "Experiment":

@@ -61,7 +61,7 @@ rule train_preference:
     benchmark:
         "benchmarks/train_preference/{name}.tsv"
     wildcard_constraints:
-        name=one_of(EXPERIMENT_NAMES),
+        name=one_of(ONE_ROUND_EXPERIMENTS),
     priority: lambda wc: S.training_priority(wc.name)
     conda:
         "../../envs/train.yaml"

@@ -7,15 +7,27 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import torch  # noqa: F401  (every generation job uses it: imported with the job, not inside it)
+import torch
 
 from dppo.data.stats import read_stats
 from dppo.infer.generation import generate_greedy
-from dppo.runtime.io import atomic_output_file, load_tokenizer, weights_digest, write_parquet
+from dppo.runtime.io import (
+    atomic_output_dir,
+    atomic_output_file,
+    load_causal_lm,
+    load_tokenizer,
+    pad_token_id,
+    weights_digest,
+    write_parquet,
+    write_text,
+)
 from dppo.settings import GenerationSettings
+from dppo.train.logprobs import response_logps
+from dppo.train.rounds import drift_record
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +128,50 @@ def generate_all(models: dict[str, str], out_files: dict[str, str], test_file, s
             shutil.copyfile(cached, tmp)
     log.info("generated answers of %d of %d models (the others unchanged)", generated, len(models))
     return generated
+
+
+@torch.no_grad()
+def _mean_logps(model_dir, prompts: list[list[int]], responses: list[list[list[int]]], batch_size: int,
+                trust_remote_code: bool) -> list[list[float]]:
+    """Per row, the log-prob under ``model_dir`` of each of its responses (float32, batches of ``batch_size``)."""
+    model = load_causal_lm(model_dir, trust_remote_code, dtype=torch.float32).eval()
+    if torch.cuda.is_available():
+        model = model.cuda()
+    pad = pad_token_id(load_tokenizer(model_dir, trust_remote_code))
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        sums = response_logps(model, prompts[start : start + batch_size], responses[start : start + batch_size], pad).sums
+        out += sums.float().cpu().tolist()
+    return out
+
+
+def pregenerate_round(model_root, pref_train_file, stats_file, old_ygen, out_dir, drift_file,
+                      settings: GenerationSettings, experiment: str, round_k: int, seeds: list[int],
+                      refresh_max_new_tokens: int | None = None, trust_remote_code: bool = False) -> list[dict]:
+    """y_gen of round ``round_k`` of an on-policy experiment (:mod:`dppo.train.rounds`): per seed,
+    the greedy answer of round k-1's model (``model_root/seed-<s>``) to every training prompt,
+    generated as :func:`pregenerate_ygen` does (``refresh_max_new_tokens``, when set, caps its
+    length), written to ``out_dir/seed-<s>.parquet``; and ``drift_file``, how far it moved from
+    the y_gen round k-1 trained on (``old_ygen``: the SFT model's file, or round k-1's directory):
+    the share of changed answers, and the mean log-prob of the old and the new y_gen under round
+    k-1's model. Returns the drift records."""
+    if refresh_max_new_tokens is not None:
+        settings = replace(settings, max_new_tokens=refresh_max_new_tokens)
+    prompts = [[int(t) for t in p] for p in pd.read_parquet(pref_train_file)["prompt_ids"]]
+    records = []
+    with atomic_output_dir(out_dir) as tmp:
+        for seed in seeds:
+            model_dir = Path(model_root) / f"seed-{seed}"
+            old_file = Path(old_ygen) / f"seed-{seed}.parquet" if Path(old_ygen).is_dir() else Path(old_ygen)
+            old = [[int(t) for t in ids] for ids in pd.read_parquet(old_file)["gen_ids"]]
+            new = [[int(t) for t in ids] for ids in
+                   pregenerate_ygen(model_dir, pref_train_file, stats_file, tmp / f"seed-{seed}.parquet", settings,
+                                    trust_remote_code)["gen_ids"]]
+            logps = _mean_logps(model_dir, prompts, [[a, b] for a, b in zip(old, new)], settings.batch_size,
+                                trust_remote_code)
+            record = drift_record(experiment, round_k, seed, old, new, [v[0] for v in logps], [v[1] for v in logps])
+            log.info("round %d, seed %d: %.1f%% of y_gen changed; mean log-prob of the old %.3f, the new %.3f",
+                     round_k, seed, 100 * record["changed_share"], record["logp_old_mean"], record["logp_new_mean"])
+            records.append(record)
+    write_text(drift_file, json.dumps(records, indent=1))
+    return records

@@ -195,7 +195,8 @@ def _update(model, optimizer, params: list[torch.Tensor], opt: OptimSettings, lr
 
 
 def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings, checkpoint_dir: str | Path,
-          record: dict, on_nonfinite: str = "stop", distributed: str = "ddp") -> Path:
+          record: dict, on_nonfinite: str = "stop", distributed: str = "ddp", start_from: Path | None = None,
+          stop_at: int | None = None) -> Path:
     """Train ``model`` on ``rows`` with ``task``'s loss and return the run directory holding the
     finished model (``final/``, with ``record``) and the per-step metrics (``metrics.jsonl``).
 
@@ -205,7 +206,14 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     outputs). ``on_nonfinite``: "stop" raises on a non-finite loss, "skip" drops that batch
     (counted in the record). Under torchrun the model is wrapped by ``distributed`` (ddp or
     fsdp2), and a non-finite loss or a SIGTERM on any process makes every process skip, stop or
-    checkpoint at the same step (:func:`dppo.train.distributed.agree`)."""
+    checkpoint at the same step (:func:`dppo.train.distributed.agree`).
+
+    A round of on-policy DPPO (:mod:`dppo.train.rounds`) is a part of one longer run:
+    ``start_from``, a checkpoint of the run so far (weights, optimizer, RNG: the previous round's
+    state), is where a fresh run directory starts (its own newest checkpoint comes first, so a
+    killed round resumes from itself); ``stop_at`` ends it after that many updates of the same
+    schedule (the learning rate still decays over the whole run's steps), with a checkpoint of
+    that step kept in the run directory beside ``final/`` for the next round."""
     init_distributed()
     rank, size = world()
     run = record.get("experiment", record.get("stage", "run"))
@@ -214,13 +222,16 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
         return run_dir
 
     model, optimizer = _prepare(model, opt, distributed)
-    checkpoint = last_checkpoint(run_dir)
+    checkpoint = last_checkpoint(run_dir) or start_from
     start = saved = load_checkpoint(checkpoint, model, optimizer) if checkpoint else 0
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     metrics = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
-    fields = {"seed": record["seed"]} if "seed" in record else {}
+    fields = {key: record[key] for key in ("seed", "round") if key in record}
     total = total_steps(opt, len(rows))
+    end = total if stop_at is None else stop_at
+    if not start <= end <= total:
+        raise ValueError(f"{run}: cannot run from step {start} to step {end} of {total}")
     _warn_if_frozen(opt, total, run)
     per_process, micro = micro_batches(opt, size)
     lengths = task.lengths() if opt.group_by_length else None
@@ -229,7 +240,7 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
     skipped = 0
     params = [p for p in model.parameters() if p.requires_grad]
     with SignalFlag() as terminate, tqdm(total=total, initial=start, desc=f"train {run}", disable=rank != 0) as bar:
-        for step in range(start, total):
+        for step in range(start, end):
             batch = batch_rows(len(rows), opt, step, lengths)
             mine = [rows[i] for i in batch[rank * per_process : (rank + 1) * per_process]]
             logged, nonfinite = _accumulate(model, task, mine, [rows[batch[0]]], micro, poisoned(step + 1), use_bf16)
@@ -263,9 +274,11 @@ def train(model, tokenizer, rows: Sequence[dict], task: Task, opt: OptimSettings
             if done % opt.save_steps == 0 and done < total:
                 saved = done
                 save_checkpoint(run_dir, done, model, optimizer)
-    save_model(model, tokenizer, run_dir / FINAL, {**record, "steps": total, "skipped_steps": skipped,
+    if end < total and saved != end:  # a round's end: the next round starts from this state
+        save_checkpoint(run_dir, end, model, optimizer)
+    save_model(model, tokenizer, run_dir / FINAL, {**record, "steps": end, "skipped_steps": skipped,
                                                    "resumed_from": str(checkpoint) if checkpoint else None})
-    if rank == 0:
+    if rank == 0 and end == total:
         for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
             shutil.rmtree(path, ignore_errors=True)
     barrier()

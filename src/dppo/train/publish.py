@@ -78,16 +78,19 @@ def publish_model(run_dir: Path, dest: Path, output: str) -> None:
 
 
 def publish_runs(runs: dict[str, Path], out_dir: str | Path, metrics_file: str | Path,
-                 checkpoint_dir: str | Path) -> None:
+                 checkpoint_dir: str | Path, metrics: bytes | None = None) -> None:
     """A training job's outputs from its finished runs (``runs``: the model's subdirectory of
     ``out_dir``, ``""`` for ``out_dir`` itself, to its run directory): the models, then every
-    run's metrics in that order in one file, then the checkpoints are dropped. Rank 0 only."""
+    run's metrics in that order in one file (or ``metrics``, when the caller composed them), then
+    the checkpoints are dropped. Rank 0 only."""
     if world()[0] != 0:
         return
     with atomic_output_dir(out_dir) as tmp:
         for sub, run_dir in runs.items():
             dest = tmp / sub
             publish_model(run_dir, dest, output=os.path.relpath(tmp, dest))
+    if metrics is None:
+        metrics = b"".join((run_dir / METRICS).read_bytes() for run_dir in runs.values())
     with atomic_output_file(metrics_file) as tmp:
-        tmp.write_bytes(b"".join((run_dir / METRICS).read_bytes() for run_dir in runs.values()))
+        tmp.write_bytes(metrics)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
