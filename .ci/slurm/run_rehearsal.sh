@@ -47,7 +47,7 @@ DPPO_SLURM_SMOKE_TIMEOUT_S="${DPPO_REHEARSAL_TIMEOUT_S:-1200}" "$here/run_slurm_
 missing=0
 for f in results/tables/win_rates.csv results/tables/claims.csv results/tables/penalty_scale.csv \
          results/tables/premise.json paper/tables/win_rates.tex paper/tables/claims.tex paper/tables/macros.tex \
-         paper/tables/penalty_scale.tex; do
+         paper/tables/penalty_scale.tex results/tables/ygen_drift.csv; do
   [ -s "$workdir/$f" ] || { log "MISSING: $f" >&2; missing=1; }
 done
 for fig in hparam_search paradigms differences reward_hist data_efficiency dynamics length_dist toy_dynamics \
