@@ -87,6 +87,9 @@ def test_a_study_against_its_own_copy_agrees_and_against_a_rerun_counts_what_mov
     assert len(partial) == len(check) - len(first["aa"])
     assert f"({len(first['aa'])} verdicts of experiments added after the rerun are not checked)" in \
         evidence.rerun_sentence(partial, rerun, len(check))
+    # a tuned verdict chosen among other DPO settings is another verdict: not compared
+    retuned = {**second, "tuned": second["tuned"].assign(dpo_candidates="dpo/dpo_lr")}
+    assert len(compare_studies(first, retuned)) == len(check) - len(first["tuned"])
     # a rerun of another study altogether is refused, not compared
     elsewhere = {name: table.assign(design="elsewhere") for name, table in second.items()}
     with pytest.raises(ValueError, match="share no verdict"):

@@ -131,8 +131,9 @@ def tuned_comparison(table: pd.DataFrame, design: str, method: Sequence[str], dp
     validation, test = split_rows(table, design, split_seed)
     chosen, chosen_dpo = best_on(validation, method), best_on(validation, dpo)
     result = replicated_interval(paired_differences(values_of(test, design, "win"), chosen, chosen_dpo), level)
-    return {"design": design, "chosen": chosen, "chosen_dpo": chosen_dpo, **_interval_columns(result, "d_win_"),
-            "verdict": verdict(result, "greater")}
+    return {"design": design, "chosen": chosen, "chosen_dpo": chosen_dpo,
+            "candidates": "/".join(sorted(method)), "dpo_candidates": "/".join(sorted(dpo)),
+            **_interval_columns(result, "d_win_"), "verdict": verdict(result, "greater")}
 
 
 def alpha_tests(table: pd.DataFrame, design: str, curve: Mapping[float, str], level: float, split_seed: int,
@@ -191,7 +192,9 @@ def verdicts_of(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                      **result, "verdict": "false positive" if r["excludes_zero"] else "inconclusive"})
     for _, r in tables["tuned"].iterrows():
         result = {k: r["d_win_" + k] for k in ("estimate", "low", "high")}
-        rows.append({"table": "tuned", "design": r["design"], "subject": r["loss"],
+        # the verdict is about the candidates it chose from: another set is another verdict
+        among = f" among {r['dpo_candidates']}" if "dpo_candidates" in r else ""
+        rows.append({"table": "tuned", "design": r["design"], "subject": f"{r['loss']}{among}",
                      "statistic": "best alpha minus DPO's best beta (test prompts)", **result, "verdict": r["verdict"]})
     for _, r in tables["alpha"].iterrows():
         for column, statistic in (("trend_verdict", "alpha matters"), ("interior_verdict", "an interior alpha beats both ends")):
