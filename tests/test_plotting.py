@@ -327,3 +327,20 @@ def test_read_win_rates_keeps_missing_f_as_null(tmp_path):
     df = read_win_rates(path)
     assert df.loc[df["loss"] == "dpo", "f"].isna().all()
     assert run_selection.pick_runs(df, "dpo", None)["dppo"]["name"] == "unll-linear-a1.0-n200-s0"
+
+
+def test_ygen_drift_shows_every_round_and_seed_with_its_counts(tmp_path):
+    drift = pd.DataFrame([{"experiment": "unll_onpolicy", "round": k, "seed": seed, "prompts": 1200,
+                           "changed_share": 0.1 * k + seed / 100, "logp_old_mean": -5.0 - k, "logp_new_mean": -3.0}
+                          for seed in (0, 1) for k in (2, 3)])
+    plot = plotting.fig_ygen_drift(drift)
+    data = plot.data
+    changed = data[data["panel"] == "changed"]
+    assert sorted(changed["series"].unique()) == ["unll_onpolicy, seed 0", "unll_onpolicy, seed 1"]
+    assert changed.sort_values(["series", "x"])["y"].tolist() == pytest.approx([0.2, 0.3, 0.21, 0.31])
+    logp = data[data["panel"] == "logp"]
+    assert len(logp) == 8 and set(logp.loc[logp["series"].str.endswith("new y_gen"), "y"]) == {-3.0}
+    assert_labels_unique(data, "x")
+    assert_counts_stated(data)
+    _check_files(tmp_path, plot, "ygen_drift")
+    assert plotting.fig_ygen_drift(drift.iloc[:0]).data.empty

@@ -46,6 +46,7 @@ PAPER_OUTPUTS = (
     + PAPER_TABLES
     + list(PAPER_PDF_OUTPUTS.values())
     + [str(p) for p in EVIDENCE_OUTPUTS.values()]
+    + ([str(p) for p in figure_outputs("ygen_drift").values()] if ROUND_EXPERIMENTS else [])
 )
 
 
@@ -171,6 +172,23 @@ rule fig_length_dist:
         "../scripts/fig_length_dist.py"
 
 
+rule fig_ygen_drift:
+    # How far y_gen moved in each round of the on-policy experiments (only where some trains in rounds).
+    input:
+        drift="results/tables/ygen_drift.csv",
+    output:
+        **figure_outputs("ygen_drift"),
+    log:
+        "logs/fig_ygen_drift/fig_ygen_drift.log",
+    conda:
+        "../../envs/plot.yaml"
+    threads: 1
+    resources:
+        **res("fig_ygen_drift"),
+    script:
+        "../scripts/fig_ygen_drift.py"
+
+
 rule study_evidence:
     # The paper's evidence section from a study's committed tables (and its rerun with other kernels).
     input:
@@ -203,6 +221,7 @@ rule paper_pdf:
         sections=sorted(glob.glob(f"{PAPER_SRC}/sections/*.tex")),
         toy=[p for p in TOY_OUTPUTS if p.startswith("paper/")],
         evidence=[str(p) for p in EVIDENCE_OUTPUTS.values()],
+        drift=["paper/figures/ygen_drift.pdf"] if ROUND_EXPERIMENTS else [],
     output:
         **PAPER_PDF_OUTPUTS,
     log:
