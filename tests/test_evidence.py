@@ -85,7 +85,7 @@ def test_a_study_against_its_own_copy_agrees_and_against_a_rerun_counts_what_mov
     fewer = {**second, "aa": second["aa"].assign(design="elsewhere")}
     partial = compare_studies(first, fewer)
     assert len(partial) == len(check) - len(first["aa"])
-    assert f"({len(first['aa'])} verdicts of experiments added after the rerun are not checked)" in \
+    assert f"({len(first['aa'])} verdicts of the study are not in the rerun" in \
         evidence.rerun_sentence(partial, rerun, len(check))
     # a tuned verdict chosen among other DPO settings is another verdict: not compared
     retuned = {**second, "tuned": second["tuned"].assign(dpo_candidates="dpo/dpo_lr")}

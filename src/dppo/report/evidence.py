@@ -131,8 +131,8 @@ def rerun_sentence(check: pd.DataFrame, rerun: Mapping, n_verdicts: int) -> str:
     unchecked = n_verdicts - len(check)
     return (f"Rerun with {kernels_text(rerun)}: {int(check['same_verdict'].sum())} of {len(check)} verdicts are the "
             f"same, and {inside} of the {len(with_interval)} rerun estimates that have an interval lie inside the first "
-            f"run's interval" + (f" ({unchecked} verdicts of experiments added after the rerun are not checked)"
-                                 if unchecked else "") + ".")
+            f"run's interval" + (f" ({unchecked} verdicts of the study are not in the rerun: designs or experiments "
+                                 "it did not run, or a choice among other settings)" if unchecked else "") + ".")
 
 
 def evidence_macros(tables: Mapping[str, pd.DataFrame], record: Mapping, main: str,
