@@ -18,26 +18,8 @@ from dppo.train.reference import cache_reference_logps
 from dppo.train.rows import REF_COLUMNS, subset_indices
 
 
-@pytest.fixture()
-def pref_files(tmp_path):
-    rng = np.random.default_rng(0)
-    n = 12
-    prompts = [[2, 24, 22, 23, *rng.integers(4, 20, size=1 + i % 4).tolist(), 3, 2, 25] for i in range(n)]
-    pref = pd.DataFrame({
-        "prompt_id": [f"p{i}" for i in range(n)],
-        "prompt_ids": prompts,
-        "chosen_ids": [rng.integers(4, 20, size=2 + i % 3).tolist() + [3] for i in range(n)],
-        "rejected_ids": [rng.integers(4, 20, size=1 + i % 5).tolist() + [3] for i in range(n)],
-    })
-    ygen = pd.DataFrame({"prompt_id": pref["prompt_id"], "gen_ids": [rng.integers(4, 20, size=1 + i % 2).tolist() + [3] for i in range(n)]})
-    ygen["gen"] = ["x"] * n
-    pref.to_parquet(tmp_path / "pref.parquet")
-    ygen.to_parquet(tmp_path / "ygen.parquet")
-    return tmp_path / "pref.parquet", tmp_path / "ygen.parquet"
-
-
 def test_cached_reference_logps_equal_a_fresh_computation(tiny_model_dir, pref_files, tmp_path):
-    pref_file, ygen_file = pref_files
+    pref_file, ygen_file, _ = pref_files
     cached = cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet", batch_size=5)
     assert pd.read_parquet(tmp_path / "ref.parquet").equals(cached)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -59,7 +41,7 @@ def test_subsets_are_nested_and_bounded():
 
 
 def test_training_logs_every_loss_part_per_step_and_seed(tiny_model_dir, pref_files, tmp_path):
-    pref_file, ygen_file = pref_files
+    pref_file, ygen_file, _ = pref_files
     cache_reference_logps(tiny_model_dir, pref_file, ygen_file, tmp_path / "ref.parquet", batch_size=4)
     experiment = Experiment(name="unll-test", loss=LossSettings(name="unll", alpha=0.5, f="sqrt"),
                             optim=OptimSettings(lr=1e-3, epochs=2, batch_size=4), seeds=(0, 1), probe_rows=3,

@@ -90,27 +90,6 @@ def test_a_one_round_experiment_gives_its_job_what_it_gave_before_rounds_existed
 # ----------------------------------------------------------------------------- slow: real tiny models
 
 
-@pytest.fixture()
-def pref_files(tmp_path):
-    """12 preference rows, an (arbitrary) y_gen, the tiny data's stats and the reference's log-probs."""
-    rng = np.random.default_rng(0)
-    n = 12
-    prompts = [[2, 24, 22, 23, *rng.integers(4, 20, size=1 + i % 4).tolist(), 3, 2, 25] for i in range(n)]
-    pref = pd.DataFrame({
-        "prompt_id": [f"p{i}" for i in range(n)],
-        "prompt_ids": prompts,
-        "chosen_ids": [rng.integers(4, 20, size=2 + i % 3).tolist() + [3] for i in range(n)],
-        "rejected_ids": [rng.integers(4, 20, size=1 + i % 5).tolist() + [3] for i in range(n)],
-    })
-    ygen = pd.DataFrame({"prompt_id": pref["prompt_id"],
-                         "gen_ids": [rng.integers(4, 20, size=1 + i % 2).tolist() + [3] for i in range(n)],
-                         "gen": ["x"] * n})
-    pref.to_parquet(tmp_path / "pref.parquet")
-    ygen.to_parquet(tmp_path / "ygen.parquet")
-    (tmp_path / "stats.json").write_text(json.dumps({"cutoff": 20}))
-    return tmp_path / "pref.parquet", tmp_path / "ygen.parquet", tmp_path / "stats.json"
-
-
 def _experiment(rounds: int) -> Experiment:
     # 12 rows, batch 4, 2 epochs: 6 steps; 3 rounds take steps 1-2, 3-4 and 5-6 (linear decay over all 6)
     return Experiment(name="onp", loss=LossSettings(name="unll", alpha=0.5, f="linear"),
