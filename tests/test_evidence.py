@@ -113,6 +113,12 @@ def test_a_further_pair_is_compared_with_its_own_baseline_and_leaves_the_dpo_row
     assert (tmp_path / "pairs" / "summary.md").read_text().count("| unll 1 | unll 0.1 |") == 2
 
 
+def test_the_commits_of_a_study_run_again_are_all_named():
+    provenance = {"commit": "b2", "uncommitted_changes": True, "earlier": [{"commit": "a1"}]}
+    assert evidence.commits_text(provenance) == "a1, then b2 (with uncommitted changes)"
+    assert evidence.commits_text({}) == "not recorded"
+
+
 def test_a_missing_table_is_named(tmp_path):
     directory = simulated_study(tmp_path)
     (directory / "tuned.csv").unlink()

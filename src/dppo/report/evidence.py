@@ -113,6 +113,15 @@ def alpha_sentence(alpha: pd.DataFrame) -> str:
             f"inconclusive in {interior.get(INCONCLUSIVE, 0)}.")
 
 
+def commits_text(provenance: Mapping) -> str:
+    """The commits a study's runs came from, oldest first ('f9366ae, then 4573e3f (with
+    uncommitted changes)'): a study run again in its directory keeps its earlier runs."""
+    records = [*provenance.get("earlier", []), provenance] if provenance else []
+    names = [r.get("commit", "not recorded") + (" (with uncommitted changes)" if r.get("uncommitted_changes") else "")
+             for r in records]
+    return ", then ".join(dict.fromkeys(names)) or "not recorded"
+
+
 def kernels_text(record: Mapping) -> str:
     """The float-kernel switches a study ran with ("default kernels" when none was set)."""
     provenance = record.get("provenance") or {}
@@ -146,7 +155,7 @@ def evidence_macros(tables: Mapping[str, pd.DataFrame], record: Mapping, main: s
     m = {"studyWorlds": str(int(first["n_worlds"])), "studySeeds": str(int(first["n_seeds"])),
          "studyPrompts": str(int(first["n_prompts"])), "studyDesignCount": str(len(study["designs"])),
          "studyLevel": fmt_percent(study["level"], 0), "studyDf": str(int(first["d_win_df"])),
-         "studyCommit": latex_escape(provenance.get("commit", "not recorded")),
+         "studyCommit": latex_escape(commits_text(provenance)),
          "studyCpu": latex_escape(f"{provenance.get('cpu', 'not recorded')}, {provenance.get('cores', '?')} cores"),
          "studyKernels": latex_escape(kernels_text(record)),
          "studyDate": latex_escape(provenance.get("date", "not recorded")),
