@@ -77,8 +77,9 @@ def claims_latex(table: pd.DataFrame) -> str:
     body = []
     for row in table.to_dict("records"):
         tested = row["verdict"] != "not tested"
-        interval = f"[{row['low']:+.3f}, {row['high']:+.3f}] over {row['over']}" if tested else "--"
-        body.append([latex_escape(row["statement"]), latex_escape(row["test"]),
+        interval = f"[{row['low']:+.3f}, {row['high']:+.3f}]" if tested else "--"
+        test = f"{row['test']} (interval over {row['over']})" if tested else row["test"]
+        body.append([latex_escape(row["statement"]), latex_escape(test),
                      f"{row['diff']:+.3f}" if tested else "--", interval, f"{row['mde']:.3f}" if tested else "--",
                      r"\textbf{" + latex_escape(row["verdict"]) + "}"])
     caption = (r"The poster's claims, each with its test on the same held-out prompts, its paired difference, the "
@@ -86,7 +87,7 @@ def claims_latex(table: pd.DataFrame) -> str:
                r"the bootstrap over prompts of the seed means; either way conditional on this run's world and the "
                r"machine), the minimum detectable difference (80\% power) and the verdict.")
     return booktabs_table(r"p{0.23\textwidth}p{0.36\textwidth}rccr", r"Claim & Test & Difference & Interval & MDE & Verdict",
-                          body, caption, "tab:claims", env="table*", placement="[t]", fit=False)
+                          body, caption, "tab:claims", env="table*", placement="[t]")
 
 
 def penalty_scale_latex(table: pd.DataFrame) -> str:
