@@ -249,8 +249,10 @@ def test_labels_of_the_study_are_distinct_and_name_the_controls():
 
 
 def test_provenance_names_commit_cpu_and_switches_and_keeps_the_runs_before_it(tmp_path, monkeypatch):
-    from dppo.study import write_provenance
+    from dppo.study import KERNEL_VARIABLES, write_provenance
 
+    for variable in KERNEL_VARIABLES:  # make test-kernels sets some of them
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     write_provenance(tmp_path, ["--max-threads", "1"])
     first = json.loads((tmp_path / "provenance.json").read_text())
