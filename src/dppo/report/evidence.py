@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dppo.evaluate.replicates import HOLDS, INCONCLUSIVE, REFUTED
+from dppo.evaluate.replicates import HOLDS, INCONCLUSIVE, REFUTED, verdict
 from dppo.evaluate.study import BASELINE, STUDY_RECORD, STUDY_TABLES, against, compare_studies, verdicts_of
 from dppo.report.latex import booktabs_table, fmt_percent, latex_escape, macro_name, render_macros
 from dppo.report.study import design_order, dose_response_figure
@@ -47,6 +47,15 @@ def design_names(record: Mapping) -> dict[str, str]:
             for name, rates in record["study"]["designs"].items()}
 
 
+def _design_order(record: Mapping) -> list[str]:
+    return design_order(StudySettings.from_dict(record["study"]))
+
+
+def _verdict(row: Mapping) -> str:
+    """"A beats B" on a comparisons row's win-rate difference (:func:`dppo.evaluate.replicates.verdict`)."""
+    return verdict({"low": row["d_win_low"], "high": row["d_win_high"]}, "greater")
+
+
 def experiment_sentence(comparisons: pd.DataFrame, name: str, record: Mapping, baseline: str = BASELINE) -> str:
     """Where one experiment beats ``baseline`` (DPO, or the other side of a ``study.pairs``
     entry): the designs where its win-rate difference holds, is refuted and is inconclusive,
@@ -54,17 +63,16 @@ def experiment_sentence(comparisons: pd.DataFrame, name: str, record: Mapping, b
     designs, labels = design_names(record), record["labels"]
     label, other = labels.get(name, name), labels.get(baseline, baseline)
     rows = against(comparisons, baseline).query("experiment == @name").set_index("design")
-    order = [d for d in design_order(StudySettings.from_dict(record["study"])) if d in rows.index]
-    verdicts = {d: HOLDS if rows.loc[d, "d_win_low"] > 0 else REFUTED if rows.loc[d, "d_win_high"] < 0
-                else INCONCLUSIVE for d in order}
+    order = [d for d in _design_order(record) if d in rows.index]
+    verdicts = {d: _verdict(rows.loc[d]) for d in order}
     parts = []
-    for verdict in (HOLDS, REFUTED):
-        where = [d for d in order if verdicts[d] == verdict]
+    for outcome in (HOLDS, REFUTED):
+        where = [d for d in order if verdicts[d] == outcome]
         if where:
             listed = "; ".join(f"{designs[d]}: {_interval(rows.loc[d])}" for d in where)
-            parts.append(f"{verdict} in {len(where)} ({listed})")
+            parts.append(f"{outcome} in {len(where)} ({listed})")
         else:
-            parts.append(f"{verdict} in none")
+            parts.append(f"{outcome} in none")
     n_open = sum(v == INCONCLUSIVE for v in verdicts.values())
     return (f"{label} beats {other} (win rate against SFT, difference): {parts[0]}, {parts[1]}, inconclusive in "
             f"{n_open} of {len(order)} designs.")
@@ -75,8 +83,7 @@ def controls_sentence(comparisons: pd.DataFrame, main: str, record: Mapping) -> 
     whether a control without y_gen's trigger, or without y_gen at all, does as well."""
     designs, labels = design_names(record), record["labels"]
     rows = against(comparisons).set_index(["design", "experiment"])
-    where = [d for d in design_order(StudySettings.from_dict(record["study"]))
-             if (d, main) in rows.index and rows.loc[(d, main), "d_win_low"] > 0]
+    where = [d for d in _design_order(record) if (d, main) in rows.index and _verdict(rows.loc[(d, main)]) == HOLDS]
     if not where:
         return f"{labels.get(main, main)} beats DPO in no design, so no control has a gain to match."
     others = [n for n in record["shown"] if n != main]
@@ -182,7 +189,7 @@ def evidence_table_latex(comparisons: pd.DataFrame, record: Mapping) -> str:
     designs = design_names(record)
     rows = against(comparisons).set_index(["design", "experiment"])
     body = []
-    for design in design_order(StudySettings.from_dict(record["study"])):
+    for design in _design_order(record):
         cells = [latex_escape(_interval(rows.loc[(design, n)])) if (design, n) in rows.index else "--" for n in shown]
         body.append([latex_escape(designs[design]), *cells])
     first = comparisons.iloc[0]
