@@ -254,11 +254,43 @@ def test_provenance_names_commit_cpu_and_switches_and_keeps_the_runs_before_it(t
     for variable in KERNEL_VARIABLES:  # make test-kernels sets some of them
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
-    write_provenance(tmp_path, ["--max-threads", "1"])
+    write_provenance(tmp_path, ["--keep-going"], at_once=2)
     first = json.loads((tmp_path / "provenance.json").read_text())
-    assert first["kernels"] == {"MKL_CBWR": "COMPATIBLE"} and first["snakemake_args"] == ["--max-threads", "1"]
+    assert first["kernels"] == {"MKL_CBWR": "COMPATIBLE"} and first["snakemake_args"] == ["--keep-going"]
+    assert first["threads_per_job"] == 1 and first["runs_at_once"] == 2
     assert first["commit"] != "unknown" and first["cpu"]
     monkeypatch.delenv("MKL_CBWR")
-    write_provenance(tmp_path, [])
+    write_provenance(tmp_path, [], at_once=1)
     second = json.loads((tmp_path / "provenance.json").read_text())
     assert second["kernels"] == {} and second["earlier"] == [first]
+
+
+def test_the_study_runs_cells_at_once_and_a_failed_one_stops_the_rest(monkeypatch):
+    import threading
+    import time
+
+    import dppo.study as driver
+
+    study = StudySettings(worlds=3, designs={"a": (0.0, 0.6), "b": (0.6, 0.0)})
+    running, most, started = [0], [0], []
+    lock = threading.Lock()
+
+    def fake_run_world(_study, _configs, design, world, _cores, _extra):
+        with lock:
+            started.append((design, world))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if (design, world) == ("a", 1):
+            raise RuntimeError("a world 1: Snakemake failed (1); see a/world-1/study.log")
+
+    monkeypatch.setattr(driver, "run_world", fake_run_world)
+    with pytest.raises(SystemExit, match="a world 1: .*a/world-1/study.log"):
+        driver.run_all(study, [], cores=2, extra=[])
+    assert most[0] == 2 and len(started) < 6  # two at a time; the cells after the failure never started
+    started.clear()
+    monkeypatch.setattr(driver, "run_world", lambda _s, _c, design, world, _n, _e: started.append((design, world)))
+    driver.run_all(study, [], cores=4, extra=[])
+    assert sorted(started) == [(d, w) for d in ("a", "b") for w in range(3)]

@@ -199,6 +199,12 @@ def test_the_worker_key_follows_sources_environment_and_preload(monkeypatch):
     assert warm.worker_key(("dppo.train.preference",)) == key  # sources: see the next test
 
 
+def test_every_pipeline_job_goes_to_one_worker():
+    keys = {warm.worker_key(warm.job_preload(module)) for module in warm.PRELOAD}
+    assert len(keys) == 1
+    assert warm.worker_key(warm.job_preload("warm_jobs")) not in keys
+
+
 def test_the_preload_list_names_job_modules_and_importable_modules():
     # find_spec finds a module without importing it (its parent packages only)
     assert warm.PRELOAD and all(importlib.util.find_spec(job) for job in warm.PRELOAD)

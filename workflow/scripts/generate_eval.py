@@ -1,17 +1,13 @@
 """Every model's greedy answers to the held-out evaluation prompts (logic in dppo.infer.answers)."""
 from pathlib import Path
 
-from dppo.infer.answers import generate_all
-from dppo.runtime.stage import stage
-from dppo.runtime.warm import import_preloads
-from dppo.settings import GenerationSettings
+from dppo.runtime.launch import run_rule_job
 
-import_preloads(generate_all.__module__)  # before stage(): the model stack's import is start-up
-
-with stage(snakemake):
-    p = snakemake.params
-    models = {Path(path).name: path for path in snakemake.input.models}
-    outputs = {Path(path).stem: path for path in snakemake.output.generations}
-    generate_all(models, outputs, snakemake.input.test, snakemake.input.stats,
-                 GenerationSettings.from_dict(p.generation, "generation"), p.max_prompts, p.cache_dir,
-                 p.trust_remote_code)
+p = snakemake.params
+# One process even on several GPUs (n_gpus at most 1): generation does not run under torchrun.
+run_rule_job(snakemake, "dppo.infer.answers:generate_all_job", dict(
+    models={Path(path).name: path for path in snakemake.input.models},
+    out_files={Path(path).stem: path for path in snakemake.output.generations},
+    test_file=snakemake.input.test, stats_file=snakemake.input.stats, generation=p.generation,
+    max_prompts=p.max_prompts, cache_dir=p.cache_dir, trust_remote_code=p.trust_remote_code,
+), n_gpus=min(snakemake.resources.gpu, 1))

@@ -1,12 +1,9 @@
-"""y_gen = the SFT (reference) model's greedy answer to every preference-training prompt."""
-from dppo.infer.answers import pregenerate_ygen
-from dppo.runtime.stage import stage
-from dppo.runtime.warm import import_preloads
-from dppo.settings import GenerationSettings
+"""y_gen = the SFT (reference) model's greedy answer to every preference-training prompt (dppo.infer.answers)."""
+from dppo.runtime.launch import run_rule_job
 
-import_preloads(pregenerate_ygen.__module__)  # before stage(): the model stack's import is start-up
-
-with stage(snakemake):
-    pregenerate_ygen(snakemake.input.model, snakemake.input.train, snakemake.input.stats, snakemake.output.ygen,
-                     GenerationSettings.from_dict(snakemake.params.generation, "generation"),
-                     snakemake.params.trust_remote_code)
+# One process even on several GPUs (n_gpus at most 1): generation does not run under torchrun.
+run_rule_job(snakemake, "dppo.infer.answers:pregenerate_job", dict(
+    model_dir=snakemake.input.model, pref_train_file=snakemake.input.train, stats_file=snakemake.input.stats,
+    out_file=snakemake.output.ygen, generation=snakemake.params.generation,
+    trust_remote_code=snakemake.params.trust_remote_code,
+), n_gpus=min(snakemake.resources.gpu, 1))

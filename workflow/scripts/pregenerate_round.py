@@ -1,15 +1,12 @@
 """y_gen of one round of an on-policy experiment, by the previous round's models (dppo.infer.answers)."""
-from dppo.infer.answers import pregenerate_round
-from dppo.runtime.stage import stage
-from dppo.runtime.warm import import_preloads
-from dppo.settings import GenerationSettings
+from dppo.runtime.launch import run_rule_job
 
-import_preloads(pregenerate_round.__module__)  # before stage(): the model stack's import is start-up
-
-with stage(snakemake):
-    pregenerate_round(snakemake.input.model, snakemake.input.train, snakemake.input.stats, snakemake.input.old_ygen,
-                      snakemake.output.ygen, snakemake.output.drift,
-                      GenerationSettings.from_dict(snakemake.params.generation, "generation"),
-                      experiment=snakemake.wildcards.name, round_k=int(snakemake.wildcards.k),
-                      seeds=snakemake.params.seeds, refresh_max_new_tokens=snakemake.params.refresh_max_new_tokens,
-                      trust_remote_code=snakemake.params.trust_remote_code)
+inputs = snakemake.input
+# One process even on several GPUs (n_gpus at most 1): generation does not run under torchrun.
+run_rule_job(snakemake, "dppo.infer.answers:pregenerate_round_job", dict(
+    model_root=inputs.model, pref_train_file=inputs.train, stats_file=inputs.stats, old_ygen=inputs.old_ygen,
+    out_dir=snakemake.output.ygen, drift_file=snakemake.output.drift, generation=snakemake.params.generation,
+    experiment=snakemake.wildcards.name, round_k=int(snakemake.wildcards.k), seeds=snakemake.params.seeds,
+    refresh_max_new_tokens=snakemake.params.refresh_max_new_tokens,
+    trust_remote_code=snakemake.params.trust_remote_code,
+), n_gpus=min(snakemake.resources.gpu, 1))

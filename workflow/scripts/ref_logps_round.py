@@ -1,12 +1,10 @@
 """The SFT model's log-probs of one round's regenerated y_gen (dppo.train.reference)."""
-from dppo.runtime.stage import stage
-from dppo.runtime.warm import import_preloads
-from dppo.train.reference import cache_round_reference_logps
+from dppo.runtime.launch import run_rule_job
 
-import_preloads(cache_round_reference_logps.__module__)  # before stage(): the model stack's import is start-up
-
-with stage(snakemake):
-    cache_round_reference_logps(snakemake.input.model, snakemake.input.train, snakemake.input.base_ygen,
-                                snakemake.input.base_ref, snakemake.input.ygen, snakemake.output.ref,
-                                seeds=snakemake.params.seeds, batch_size=snakemake.params.batch_size,
-                                trust_remote_code=snakemake.params.trust_remote_code)
+inputs = snakemake.input
+# One process even on several GPUs (n_gpus at most 1): the cache is not computed under torchrun.
+run_rule_job(snakemake, "dppo.train.reference:cache_round_reference_logps", dict(
+    model_dir=inputs.model, pref_file=inputs.train, base_ygen_file=inputs.base_ygen, base_ref_file=inputs.base_ref,
+    ygen_dir=inputs.ygen, out_dir=snakemake.output.ref, seeds=snakemake.params.seeds,
+    batch_size=snakemake.params.batch_size, trust_remote_code=snakemake.params.trust_remote_code,
+), n_gpus=min(snakemake.resources.gpu, 1))

@@ -23,6 +23,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from dppo.runtime.io import atomic_output_dir
 from dppo.settings import TinyModelSpec
 
 PAD, UNK, IM_START, IM_END = "<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"
@@ -120,3 +121,10 @@ def save_tiny_model(out_dir: str | Path, words: list[str], spec: TinyModelSpec, 
     """Build the tokenizer and a randomly initialised model and save both to ``out_dir``."""
     tokenizer = build_tokenizer(words)
     return save_model(out_dir, build_model(tokenizer, spec, architecture), tokenizer)
+
+
+def init_model_job(out_dir: str, words: list[str], spec: dict) -> None:
+    """:func:`save_tiny_model` from plain arguments (for :func:`dppo.runtime.launch.run_rule_job`),
+    written whole or not at all."""
+    with atomic_output_dir(out_dir) as tmp:
+        save_tiny_model(tmp, words, TinyModelSpec.from_dict(spec, "tiny_model"))

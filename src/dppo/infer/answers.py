@@ -57,6 +57,11 @@ def pregenerate_ygen(model_dir, pref_train_file, stats_file, out_file, settings:
     return out
 
 
+def pregenerate_job(generation: dict, **kwargs) -> None:
+    """:func:`pregenerate_ygen` from plain arguments (for :func:`dppo.runtime.launch.run_rule_job`)."""
+    pregenerate_ygen(settings=GenerationSettings.from_dict(generation, "generation"), **kwargs)
+
+
 def model_runs(root: str | Path) -> list[tuple[int, Path]]:
     """(seed, model directory) of every run under ``root``: an experiment's ``seed-<s>/``
     directories, or ``root`` itself (seed 0) when it is one model (the SFT model)."""
@@ -130,6 +135,11 @@ def generate_all(models: dict[str, str], out_files: dict[str, str], test_file, s
     return generated
 
 
+def generate_all_job(generation: dict, **kwargs) -> None:
+    """:func:`generate_all` from plain arguments (for :func:`dppo.runtime.launch.run_rule_job`)."""
+    generate_all(settings=GenerationSettings.from_dict(generation, "generation"), **kwargs)
+
+
 @torch.no_grad()
 def _mean_logps(model_dir, prompts: list[list[int]], responses: list[list[list[int]]], batch_size: int,
                 trust_remote_code: bool) -> list[list[float]]:
@@ -175,3 +185,8 @@ def pregenerate_round(model_root, pref_train_file, stats_file, old_ygen, out_dir
             records.append(record)
     write_text(drift_file, json.dumps(records, indent=1))
     return records
+
+
+def pregenerate_round_job(generation: dict, **kwargs) -> None:
+    """:func:`pregenerate_round` from plain arguments (for :func:`dppo.runtime.launch.run_rule_job`)."""
+    pregenerate_round(settings=GenerationSettings.from_dict(generation, "generation"), **kwargs)

@@ -37,7 +37,8 @@ def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0) -> None:
     if warm.usable(n_gpus):
         request = {"target": target, "kwargs": kwargs, "job": job, "n_gpus": n_gpus, "started": process_start_time()}
         try:
-            warm.exit_with(warm.submit("dppo.runtime.launch:run_in_stage", request, preload=(target.partition(":")[0],)))
+            preload = warm.job_preload(target.partition(":")[0])
+            warm.exit_with(warm.submit("dppo.runtime.launch:run_in_stage", request, preload=preload))
         except warm.Unavailable as why:
             log.warning("no warm worker could take the job (%s); running it in this process", why)
     run_in_stage(target, kwargs, job, n_gpus)

@@ -64,7 +64,15 @@ PRELOAD = {
     "dppo.train.sft": MODEL_STACK,  # loads the model it fine-tunes
     "dppo.train.reference": MODEL_STACK,  # loads the reference model to cache its log-probs
     "dppo.infer.answers": MODEL_STACK,  # loads every model it generates answers with
+    "dppo.data.tiny_model": MODEL_STACK,  # builds the embedded default's initial model
 }
+
+
+def job_preload(job_module: str) -> tuple[str, ...]:
+    """What a worker for a job of ``job_module`` imports: for the pipeline's jobs (:data:`PRELOAD`)
+    every one of their modules, so that one worker (one key) serves all of a run's jobs and only
+    its first pays the imports; another module (a test's) alone."""
+    return tuple(PRELOAD) if job_module in PRELOAD else (job_module,)
 _HEADER = struct.Struct("!I")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
