@@ -71,3 +71,41 @@ def test_an_a_a_comparison_with_training_noise_is_inconclusive_at_the_stated_rat
     bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / n_sims)
     assert over_seeds / n_sims <= bound
     assert over_prompts / n_sims > 2 * bound
+
+
+def _sweep(names_alphas: dict[str, float], table: pd.DataFrame) -> pd.DataFrame:
+    """The win-rate table rows the alpha claim reads, for one unll sweep."""
+    means = table.groupby("name")["win"].mean()
+    return pd.DataFrame([{"name": n, "label": n, "group": "alpha_sweep", "loss": "unll", "f": "linear",
+                          "unll_level": "sequence", "alpha": a, "win_rate": means[n], "n_seeds": 1}
+                         for n, a in names_alphas.items()])
+
+
+def test_the_alpha_claim_chooses_on_validation_prompts_and_keeps_its_error_rate():
+    """Three alphas with no effect, one seed each: choosing the best and the worst on the
+    validation half and testing them on the other half says "holds" at most at the stated rate
+    (the interval's one-sided 2.5%, within 3 binomial standard errors); choosing and testing on
+    the same prompts, as the claim did before, says it more often than that bound allows (best
+    minus worst is >= 0 by construction)."""
+    from dppo.evaluate.claims import alpha_claim, split_scores
+    from dppo.settings import ClaimsSettings
+
+    rng = np.random.default_rng(4)
+    alphas = {"a001": 0.01, "a01": 0.1, "a1": 1.0}
+    settings, claims = WinRateSettings(n_boot=200, seed=0, level=0.95, baseline="dpo"), ClaimsSettings(margin=0.03)
+    n_sims, held, held_same_prompts = 200, 0, 0
+    for _ in range(n_sims):
+        table = scores(dict.fromkeys(alphas, 0.0), dict.fromkeys(alphas, (0,)), 400, rng)
+        result = alpha_claim(_sweep(alphas, table), table, claims, settings)
+        held += result["verdict"] == "holds"
+        means = table.groupby("name")["win"].mean()
+        same = paired_difference(table, means.idxmax(), means.idxmin(), "win", settings)
+        held_same_prompts += same["low"] > 0
+    validation, test = split_scores(table, claims.split_seed)
+    assert set(validation["prompt_id"]).isdisjoint(test["prompt_id"])
+    assert set(validation["prompt_id"]) | set(test["prompt_id"]) == set(table["prompt_id"])
+    assert "chosen on 200 validation prompts" in result["test"] and "on the 200 test prompts" in result["test"]
+    one_sided = (1 - settings.level) / 2
+    bound = one_sided + 3 * math.sqrt(one_sided * (1 - one_sided) / n_sims)
+    assert held / n_sims <= bound
+    assert held_same_prompts / n_sims > bound

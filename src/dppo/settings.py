@@ -701,6 +701,9 @@ class ClaimsSettings(Section):
                                              "win_rate.baseline)")
     chained: str | None = setting(None, "unlikelihood on every row, then DPO on the subset")
     margin: float = setting(0.03, "smallest difference in win rate that matters", above=0, maximum=1)
+    split_seed: int = setting(0, "the split of the held-out prompts into validation halves, on which the best and "
+                                 "worst alpha and the best other run are chosen, and test halves, on which those "
+                                 "choices are judged", minimum=0)
 
 
 # World k adds k * WORLD_SEED_STRIDE to every seed of the pipeline (world 0 runs the seeds as

@@ -11,15 +11,18 @@ SFT model, y_gen) and on the machine: ``over`` and ``conditional_on`` say which.
 (:mod:`dppo.evaluate.study`) replicates the worlds. A claim that one method beats another HOLDS
 when the interval lies above zero, is REFUTED when it lies below zero, and is INCONCLUSIVE when
 it contains zero. The experiments each claim is tested on are named in the config (``claims``),
-before the results are seen; the one choice made after them (the best alpha of a sweep, the
-best run the chained one is compared with) is stated with the claim.
+before the results are seen; the choices made after them (the best and the worst alpha of a
+sweep, the best run the chained one is compared with) are made on a validation half of the
+held-out prompts and judged on the other half (``claims.split_seed``), so that picking the
+largest of several differences does not make it look larger than it is; they are stated with
+the claim.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from dppo.evaluate.replicates import paired_differences, replicated_interval
+from dppo.evaluate.replicates import paired_differences, replicated_interval, split_prompts
 from dppo.evaluate.run_selection import penalty_sweep_runs
 from dppo.evaluate.winrate import difference, per_prompt
 from dppo.settings import ClaimsSettings, WinRateSettings
@@ -77,24 +80,43 @@ def _not_tested(key, why: str) -> dict:
             "verdict": NOT_TESTED}
 
 
+def split_scores(scores: pd.DataFrame, split_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``scores`` on the validation and on the test half of its prompts (disjoint, together all;
+    :func:`dppo.evaluate.replicates.split_prompts`)."""
+    validation, test = split_prompts(scores["prompt_id"].unique(), split_seed)
+    return scores[scores["prompt_id"].isin(validation)], scores[scores["prompt_id"].isin(test)]
+
+
+def _win_rates(scores: pd.DataFrame, names) -> pd.Series:
+    """Win rate against SFT of each of ``names`` on ``scores``' prompts (mean over seeds and prompts)."""
+    return scores[scores["name"].isin(list(names))].groupby("name")["win"].mean()
+
+
+def _prompts(scores: pd.DataFrame) -> int:
+    return scores["prompt_id"].nunique()
+
+
 def alpha_claim(win_rates: pd.DataFrame, scores: pd.DataFrame, claims: ClaimsSettings,
                 settings: WinRateSettings) -> dict:
     """Per penalty loss with an alpha sweep (same f and unlikelihood form, at least two alphas):
-    the paired difference in win rate between its best and its worst alpha, at a Bonferroni
-    level over the losses. Holds when one interval lies above zero; refuted when every interval
-    lies within +-margin (no difference that matters); inconclusive otherwise."""
+    its best and its worst alpha by win rate on the validation prompts, and their paired
+    difference on the test prompts, at a Bonferroni level over the losses: with no effect of
+    alpha that difference is centred on zero, so the verdict's error rate is the stated one.
+    Holds when one interval lies above zero; refuted when every interval lies within +-margin
+    (no difference that matters); inconclusive otherwise."""
     sweep = penalty_sweep_runs(win_rates)
     lines = [g for _, g in sweep.groupby(["loss", "f", "unll_level"], dropna=False) if g["alpha"].nunique() >= 2]
     if not lines:
         return _not_tested("alpha", "no penalty loss is run at two or more alphas")
     level = 1 - (1 - settings.level) / len(lines)  # Bonferroni over the lines tested
     adjusted = WinRateSettings(**{**settings.to_dict(), "level": level})
+    validation, test = split_scores(scores, claims.split_seed)
     results = []
     for line in lines:
-        best = line.loc[line["win_rate"].idxmax()]
-        rest = line[line["name"] != best["name"]]
-        worst = rest.loc[rest["win_rate"].idxmin()]
-        results.append((best, worst, paired_difference(scores, best["name"], worst["name"], "win", adjusted)))
+        chosen = _win_rates(validation, line["name"]).sort_values(kind="stable")
+        by_name = line.set_index("name")
+        best, worst = by_name.loc[chosen.index[-1]], by_name.loc[chosen.index[0]]
+        results.append((best, worst, paired_difference(test, best.name, worst.name, "win", adjusted)))
     best, worst, result = max(results, key=lambda item: item[2]["low"])
     if result["low"] > 0:
         verdict = HOLDS
@@ -102,12 +124,13 @@ def alpha_claim(win_rates: pd.DataFrame, scores: pd.DataFrame, claims: ClaimsSet
         verdict = REFUTED
     else:
         verdict = INCONCLUSIVE
-    test = (f"best minus worst alpha of each penalty loss's sweep, paired difference in win rate against SFT, "
+    test = (f"best minus worst alpha of each penalty loss's sweep, chosen on {_prompts(validation)} validation "
+            f"prompts, paired difference in win rate against SFT on the {_prompts(test)} test prompts, "
             f"{100 * level:.1f}% intervals (Bonferroni over {len(lines)} losses); holds if one lies above 0, refuted "
             f"if all lie within +-{claims.margin:g}")
     note = "; ".join(f"{b['loss']} ({b['f']}): alpha {b['alpha']:g} vs {w['alpha']:g} {r['diff']:+.3f} "
                      f"[{r['low']:+.3f}, {r['high']:+.3f}]" for b, w, r in results)
-    return _claim("alpha", test, best["name"], worst["name"], "win", result, verdict, level, win_rates, note)
+    return _claim("alpha", test, best.name, worst.name, "win", result, verdict, level, win_rates, note)
 
 
 def test_claims(win_rates: pd.DataFrame, scores: pd.DataFrame, claims: ClaimsSettings,
@@ -143,9 +166,14 @@ def test_claims(win_rates: pd.DataFrame, scores: pd.DataFrame, claims: ClaimsSet
 
     others = win_rates[win_rates["name"] != claims.chained]
     if claims.chained in names and len(others):
-        best_other = others.loc[others["win_rate"].idxmax(), "name"]
-        rows.append(beats("chained", claims.chained, best_other,
-                          "chained run minus the best other run of the grid, picked by win rate"))
+        validation, test = split_scores(scores, claims.split_seed)
+        best_other = _win_rates(validation, others["name"]).idxmax()
+        result = paired_difference(test, claims.chained, best_other, "win", settings)
+        rows.append(_claim("chained", f"paired difference in win rate against SFT on the {_prompts(test)} test prompts, "
+                           f"chained run minus the best other run of the grid by win rate on the {_prompts(validation)} "
+                           "validation prompts; holds if the interval lies above 0, refuted if below 0",
+                           claims.chained, best_other, "win", result, better_verdict(result["low"], result["high"]),
+                           settings.level, win_rates))
     else:
         rows.append(_not_tested("chained", "claims.chained names no experiment"))
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
