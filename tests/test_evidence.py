@@ -119,6 +119,14 @@ def test_the_commits_of_a_study_run_again_are_all_named():
     assert evidence.commits_text({}) == "not recorded"
 
 
+def test_the_kernels_and_threads_of_a_study_are_named():
+    assert evidence.kernels_text({"provenance": {"kernels": {}, "threads_per_job": 1}}) == \
+        "default kernels, 1 thread per job"
+    older = {"kernels": {"MKL_CBWR": "COMPATIBLE"}, "snakemake_args": ["--max-threads", "1", "--quiet"]}
+    assert evidence.kernels_text({"provenance": older}) == "MKL_CBWR=COMPATIBLE, 1 thread per job"
+    assert evidence.kernels_text({}) == "default kernels"
+
+
 def test_a_missing_table_is_named(tmp_path):
     directory = simulated_study(tmp_path)
     (directory / "tuned.csv").unlink()

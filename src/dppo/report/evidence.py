@@ -130,13 +130,16 @@ def commits_text(provenance: Mapping) -> str:
 
 
 def kernels_text(record: Mapping) -> str:
-    """The float-kernel switches a study ran with ("default kernels" when none was set)."""
+    """The float-kernel switches a study ran with ("default kernels" when none was set) and its
+    threads per job, where recorded (the driver's own record, or an older run's ``--max-threads``)."""
     provenance = record.get("provenance") or {}
-    switches = [f"{k}={v}" for k, v in sorted((provenance.get("kernels") or {}).items())]
+    switches = [f"{k}={v}" for k, v in sorted((provenance.get("kernels") or {}).items())] or ["default kernels"]
     args = provenance.get("snakemake_args") or []
-    if "--max-threads" in args:
-        switches.append(f"{args[args.index('--max-threads') + 1]} thread per job")
-    return ", ".join(switches) or "default kernels"
+    threads = args[args.index("--max-threads") + 1] if "--max-threads" in args[:-1] else \
+        provenance.get("threads_per_job")
+    if threads is not None:
+        switches.append(f"{threads} thread{'' if str(threads) == '1' else 's'} per job")
+    return ", ".join(switches)
 
 
 def rerun_sentence(check: pd.DataFrame, rerun: Mapping, n_verdicts: int) -> str:
