@@ -1,5 +1,5 @@
 """Helpers the benchmark scripts share: process memory, the machine line, table cells, the CSV
-with its settings header, and whether TRL is installed."""
+with its settings header, whether TRL is installed, and a timed Snakemake run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,3 +76,20 @@ def publish(header: str, table: str, write, path: Path, results: dict) -> None:
     print("\n" + header + "\n" + table)
     write(path, results, header + table)
     print(f"\nwrote {path}")
+
+
+# The line dppo.runtime.stage logs for every job: its start-up and its work, in seconds.
+TIMING = re.compile(r"^dppo-timing (\{.*\})$", re.M)
+
+
+def run_snakemake(args: list[str], workdir: Path, env: dict, what: str = "snakemake") -> tuple[float, str]:
+    """``python -m snakemake *args`` in ``env``, timed: (wall seconds, its output, also written to
+    ``workdir/snakemake.out``); exits naming that file if Snakemake fails."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "snakemake", *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    output = done.stdout + done.stderr
+    (workdir / "snakemake.out").write_text(output)
+    if done.returncode != 0:
+        raise SystemExit(f"{what}: snakemake failed (exit {done.returncode}); see {workdir / 'snakemake.out'}")
+    return wall, output

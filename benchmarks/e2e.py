@@ -21,29 +21,21 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import machine, work_directory
+from common import TIMING, machine, run_snakemake, work_directory
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = re.compile(r"^dppo-timing (\{.*\})$", re.M)
 
 
 def run_tree(tree: Path, workdir: Path, extra: list[str]) -> dict:
     """One fresh end-to-end run of ``tree``'s Snakefile and config.yaml."""
     env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(tree / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "all", *extra]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    (workdir / "snakemake.out").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"{tree}: snakemake failed (exit {done.returncode}); see {workdir / 'snakemake.out'}")
-    jobs = len(re.findall(r"^Finished jobid", done.stdout + done.stderr, flags=re.M))
+    wall, output = run_snakemake(["--snakefile", str(tree / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+                                  "all", *extra], workdir, env, what=str(tree))
+    jobs = len(re.findall(r"^Finished jobid", output, flags=re.M))
     return {"wall_s": wall, "jobs": jobs, "rules": per_rule(workdir)}
 
 
@@ -85,20 +77,23 @@ STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)
 def study_times(directory: Path) -> dict:
     """The wall time of each (design, world) run of a study already run (``make study``), from
     the first and last job stamps of its newest Snakemake log, and its jobs' start-up and work
-    per rule; a run with nothing to do (kept from an earlier study) has no jobs and counts 0 s."""
+    per rule; a run with nothing to do (kept from an earlier study) has no jobs and counts 0 s.
+    ``wall_s``: the first job stamp of any run to the last of any (runs go at once)."""
     from datetime import datetime
 
-    cells, rules = [], defaultdict(lambda: {"jobs": 0, "startup_s": 0.0, "work_s": 0.0})
+    cells, rules, stamps = [], defaultdict(lambda: {"jobs": 0, "startup_s": 0.0, "work_s": 0.0}), []
     for run in sorted(directory.glob("*/world-*")):
         logs = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
         text = logs[-1].read_text() if logs else ""
         times = [datetime.strptime(" ".join(t.split()), "%a %b %d %H:%M:%S %Y") for t in STAMP.findall(text)]
+        stamps += times
         cells.append({"run": str(run.relative_to(directory)), "wall_s": (times[-1] - times[0]).total_seconds()
                       if times else 0.0, "jobs": len(re.findall(r"^Finished jobid", text, flags=re.M))})
         for rule, row in per_rule(run).items():
             for key in row:
                 rules[rule][key] += row[key]
-    return {"cells": cells, "wall_s": sum(c["wall_s"] for c in cells), "rules": dict(rules)}
+    wall = (max(stamps) - min(stamps)).total_seconds() if stamps else 0.0
+    return {"cells": cells, "wall_s": wall, "rules": dict(rules)}
 
 
 def baseline_tree(ref: str, parent: Path) -> Path:
@@ -119,8 +114,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.study:
         result = study_times(args.study)
-        print(f"study {args.study}: {len(result['cells'])} runs, {result['wall_s'] / 60:.1f} min of job wall time "
-              f"(first to last job stamp of each run; the runs' own start-up and the aggregation come on top)")
+        print(f"study {args.study}: {len(result['cells'])} runs, {result['wall_s'] / 60:.1f} min from the first job to "
+              f"the last (the runs' own start-up and the aggregation come on top); each run, first to last job:")
         for cell in result["cells"]:
             print(f"  {cell['run']:<32} {cell['wall_s']:>7.0f} s")
         print(table("all runs' jobs", {**result, "jobs": sum(c["jobs"] for c in result["cells"])}))

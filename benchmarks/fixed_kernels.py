@@ -32,17 +32,14 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import machine
+from common import TIMING, machine, run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = re.compile(r"^dppo-timing (\{.*\})$", re.M)
 KERNEL_SWITCHES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
                    "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CPUS = {
@@ -68,14 +65,9 @@ def work_seconds(workdir: Path, rule: str) -> float:
 def run(workdir: Path, switches: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in KERNEL_SWITCHES}
     env.update(switches, PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "snakemake", *TARGETS, "--snakefile", str(ROOT / "Snakefile"),
-               "--directory", str(workdir), "--cores", "1", "--configfile", str(ROOT / "config.yaml")]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    (workdir / "snakemake.out").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"snakemake failed (exit {done.returncode}); see {workdir / 'snakemake.out'}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    wall, _ = run_snakemake([*TARGETS, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                             "--cores", "1", "--configfile", str(ROOT / "config.yaml")], workdir, env)
     results = workdir / "results"
     return {"wall_s": wall, "sft_s": work_seconds(workdir, "sft"), "ygen_s": work_seconds(workdir, "pregenerate"),
             "sft_weights": digest(results / "models" / "sft" / "model.safetensors"),
