@@ -142,6 +142,23 @@ def test_a_warm_worker_trains_what_a_fresh_process_trains(uninterrupted, tmp_pat
     assert_same_training(workdir, uninterrupted, "dpo", "dpo/seed-0")
 
 
+def test_every_job_that_loads_a_model_runs_warm_and_gives_a_fresh_process_bytes(uninterrupted, tmp_path):
+    """The initial model, SFT, y_gen and the reference log-probs were made in a warm worker's
+    child too; y_gen and the reference log-probs made again in fresh processes are the same bytes."""
+    said = "running in a warm worker's child"
+    for log in ("init_model/init_model", "sft/sft", "pregenerate/pregenerate", "ref_logps/ref_logps"):
+        assert said in (uninterrupted / f"logs/{log}.log").read_text(), log
+    workdir = copy_run(uninterrupted, tmp_path / "run")
+    outputs = ("results/ygen/train.parquet", "results/ref_logps/train.parquet")
+    for log in ("pregenerate/pregenerate", "ref_logps/ref_logps"):
+        (workdir / f"logs/{log}.log").unlink()
+    done = run(workdir, *outputs, "--forcerun", "pregenerate", "ref_logps", fault={"DPPO_WARM_WORKER": "0"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert said not in (workdir / "logs/pregenerate/pregenerate.log").read_text()
+    for output in outputs:
+        assert (workdir / output).read_bytes() == (uninterrupted / output).read_bytes(), output
+
+
 def test_a_damaged_finished_model_is_named_and_its_forcerun_rebuilds_it_bit_identical(uninterrupted, tmp_path):
     """A finished model damaged after its job published it: the next job that loads it fails
     naming the directory, the file and the command; that command rebuilds it, bit-identical."""
