@@ -45,6 +45,8 @@ DEFAULT_CONFIGS = ("config.yaml", "configs/overlays/study.yaml")
 RUN_TARGETS = ("results/tables/prompt_scores.parquet", "results/experiments.json", "results/tables/premise.json")
 # The switches that change float results on x86 CPUs (README, "What identical numbers means").
 KERNEL_VARIABLES = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Every job's threads, whatever --cores is: a job's thread count changes its float results.
+THREADS_PER_JOB = 1
 
 
 def run_directory(study: StudySettings, design: str, world: int) -> Path:
@@ -65,7 +67,7 @@ def run_world(study: StudySettings, configs: list[Path], design: str, world: int
     write_text(overlay, json.dumps(world_overlay(study, design, world), indent=1) + "\n")
     # the targets first: --configfile takes every word after it up to the next option
     command = [sys.executable, "-m", "snakemake", *RUN_TARGETS, "--snakefile", str(REPOSITORY / "Snakefile"),
-               "--directory", str(directory), "--cores", str(cores), "--max-threads", "1",
+               "--directory", str(directory), "--cores", str(cores), "--max-threads", str(THREADS_PER_JOB),
                "--configfile", *[str(p.resolve()) for p in configs], str(overlay.resolve()), *extra]
     log.info("study: %s world %d: %s", design, world, " ".join(command))
     started = time.monotonic()
@@ -128,7 +130,7 @@ def write_provenance(directory: Path, snakemake_args: list[str], at_once: int) -
     record = {"commit": git("rev-parse", "--short=12", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain")),
               "cpu": cpu or "unknown", "cores": os.cpu_count(), "platform": platform.platform(),
               "kernels": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ},
-              "threads_per_job": 1, "runs_at_once": at_once, "snakemake_args": list(snakemake_args),
+              "threads_per_job": THREADS_PER_JOB, "runs_at_once": at_once, "snakemake_args": list(snakemake_args),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     path = directory / "provenance.json"
     if path.exists():  # runs made earlier in this directory are kept, not rerun: keep their record too

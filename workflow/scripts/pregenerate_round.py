@@ -2,11 +2,10 @@
 from dppo.runtime.launch import run_rule_job
 
 inputs = snakemake.input
-# One process even on several GPUs (n_gpus at most 1): generation does not run under torchrun.
 run_rule_job(snakemake, "dppo.infer.answers:pregenerate_round_job", dict(
     model_root=inputs.model, pref_train_file=inputs.train, stats_file=inputs.stats, old_ygen=inputs.old_ygen,
     out_dir=snakemake.output.ygen, drift_file=snakemake.output.drift, generation=snakemake.params.generation,
     experiment=snakemake.wildcards.name, round_k=int(snakemake.wildcards.k), seeds=snakemake.params.seeds,
     refresh_max_new_tokens=snakemake.params.refresh_max_new_tokens,
     trust_remote_code=snakemake.params.trust_remote_code,
-), n_gpus=min(snakemake.resources.gpu, 1))
+), n_gpus=snakemake.resources.gpu, one_process=True)

@@ -27,11 +27,15 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0) -> None:
+def run_rule_job(snakemake, target: str, kwargs: dict, n_gpus: int = 0, one_process: bool = False) -> None:
     """A workflow script's whole body: ``target`` ("module:function") called with ``kwargs`` inside
     ``dppo.runtime.stage.stage``; on a local CPU in a warm worker (dppo.runtime.warm), which has imported the
-    target's module already, else in this process."""
+    target's module already, else in this process. ``one_process``: a job that never runs under
+    torchrun (generation, the reference log-prob caches) runs in one process whatever GPUs it holds."""
     from dppo.runtime.stage import process_start_time
+
+    if one_process:
+        n_gpus = min(n_gpus, 1)
 
     job = {"rule": snakemake.rule, "log": str(snakemake.log[0]), "threads": int(snakemake.threads)}
     if warm.usable(n_gpus):

@@ -66,6 +66,8 @@ PRELOAD = {
     "dppo.infer.answers": MODEL_STACK,  # loads every model it generates answers with
     "dppo.data.tiny_model": MODEL_STACK,  # builds the embedded default's initial model
 }
+_HEADER = struct.Struct("!I")
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
 def job_preload(job_module: str) -> tuple[str, ...]:
@@ -73,8 +75,6 @@ def job_preload(job_module: str) -> tuple[str, ...]:
     every one of their modules, so that one worker (one key) serves all of a run's jobs and only
     its first pays the imports; another module (a test's) alone."""
     return tuple(PRELOAD) if job_module in PRELOAD else (job_module,)
-_HEADER = struct.Struct("!I")
-_FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
 def import_preloads(job_module: str) -> None:
